@@ -1,0 +1,29 @@
+# Two entry points for a newcomer: `make run` (the main job) and `make test` (the whole suite).
+# Each creates .venv and installs what it needs when missing. torch==2.13.0 goes in first and
+# explicitly: any other torch spec would pull several GB of CUDA packages on this machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h) pyactor/_private/store_build.py
+
+.PHONY: run test bench clean
+
+$(STAMP): $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q setuptools wheel cffi
+	$(BIN)/pip install -q --no-build-isolation -e '.[all]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m pyactor.cli microbenchmark --quick
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/store_bench.py
+
+clean:
+	rm -rf build *.egg-info pyactor/_store_cffi*.so pyactor/_store_cffi.c

@@ -1,0 +1,170 @@
+"""`@pa.remote` on a class: actor classes, handles, and method calls."""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+
+import cloudpickle
+
+from pyactor._private import protocol as P
+from pyactor._private.ids import new_actor_id, new_task_id
+from pyactor._private.references import FAILED, PENDING
+from pyactor._private.remote_function import demand_of, validate_options
+from pyactor._private.task_spec import TaskSpec, encode_args
+
+ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_restarts",
+                 "max_task_retries", "max_concurrency", "name", "namespace", "get_if_exists",
+                 "lifetime"}
+# Like Ray: an actor holds no CPU while it lives unless asked to, so a 2-CPU host can hold many.
+DEFAULT_ACTOR_OPTIONS = {"num_cpus": 0, "num_gpus": 0, "resources": None, "memory": None,
+                         "max_restarts": 0, "max_task_retries": 0, "max_concurrency": None,
+                         "name": None, "namespace": None, "get_if_exists": False,
+                         "lifetime": None}
+
+
+def method(*, num_returns: int = 1):
+    """Decorator for actor methods: `@pa.method(num_returns=2)`."""
+    if not isinstance(num_returns, int) or num_returns < 1:
+        raise ValueError(f"num_returns must be a positive int, got {num_returns!r}")
+
+    def mark(function):
+        function.__pyactor_num_returns__ = num_returns
+        return function
+    return mark
+
+
+class ActorClass:
+    """A class turned into an actor factory: `.remote(...)` starts one actor process."""
+
+    def __init__(self, cls: type, options: dict):
+        validate_options(options, ACTOR_OPTIONS, "actor")
+        self._cls = cls
+        self._options = {**DEFAULT_ACTOR_OPTIONS, **options}
+        lifetime = self._options["lifetime"]
+        if lifetime not in (None, "detached", "non_detached"):
+            raise ValueError(f"lifetime must be None, 'detached' or 'non_detached', "
+                             f"got {lifetime!r}")
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__doc__ = cls.__doc__
+        self._methods = {name: getattr(member, "__pyactor_num_returns__", 1)
+                         for name, member in inspect.getmembers(cls, callable)
+                         if not name.startswith("__")}
+        self._blob: bytes | None = None
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"actor class {self.__name__} cannot be instantiated directly; "
+                        f"use {self.__name__}.remote(...)")
+
+    def options(self, **options) -> "ActorClass":
+        validate_options(options, ACTOR_OPTIONS, "actor")
+        merged = ActorClass(self._cls, {**self._options, **options})
+        merged._blob = self._blob
+        return merged
+
+    def remote(self, *args, **kwargs) -> "ActorHandle":
+        from pyactor._private.api import get_namespace, runtime_for_call
+        runtime = runtime_for_call()
+        options = self._options
+        if self._blob is None:
+            self._blob = cloudpickle.dumps(self._cls)
+        held: list = []
+        wire_args, wire_kwargs = encode_args(runtime, args, kwargs, held)
+        wire_args = [_resolve_now(runtime, a) for a in wire_args]
+        wire_kwargs = {k: _resolve_now(runtime, v) for k, v in wire_kwargs.items()}
+        spec = pickle.dumps({
+            "class_blob": self._blob, "args": wire_args, "kwargs": wire_kwargs,
+            "class_name": self.__name__,
+            "options": {"max_restarts": options["max_restarts"],
+                        "max_task_retries": options["max_task_retries"],
+                        "max_concurrency": options["max_concurrency"]},
+            "max_concurrency": options["max_concurrency"]})
+        namespace = options["namespace"] if options["namespace"] is not None else \
+            get_namespace()
+        name = options["name"] or ""
+        if options["get_if_exists"] and not name:
+            raise ValueError("get_if_exists=True needs a name")
+        state = runtime.node_request(P.CreateActor, new_actor_id(), spec, demand_of(options),
+                                     name, namespace, bool(options["get_if_exists"]),
+                                     options["lifetime"] == "detached")
+        actor_id = state[0]
+        runtime.actors_created[actor_id] = held  # args stay alive while it may restart
+        return ActorHandle(actor_id, self.__name__, self._methods, options["max_task_retries"])
+
+
+def _resolve_now(runtime, arg: list) -> list:
+    """Actor creation arguments are resolved before the actor is started (blocking)."""
+    if arg[0] != P.VALUE_REF:
+        return arg
+    from pyactor._private.object_ref import ObjectRef
+    ref = ObjectRef(arg[1], arg[2])
+    entry = runtime._entries_of([ref])[0]
+    if entry.state == PENDING:
+        runtime.get([ref], None)
+    if entry.state == FAILED:
+        raise pickle.loads(entry.inline)
+    if entry.inline is not None:
+        return [P.VALUE_INLINE, entry.inline]
+    return [P.VALUE_IN_STORE, arg[1], entry.node_id]
+
+
+class ActorHandle:
+    """A handle to a running actor; picklable, so it can be passed to tasks and actors."""
+
+    def __init__(self, actor_id: bytes, class_name: str, methods: dict, max_task_retries: int):
+        self._actor_id = actor_id
+        self._class_name = class_name
+        self._methods = methods
+        self._max_task_retries = max_task_retries
+
+    def __getattr__(self, name: str) -> "ActorMethod":
+        if name.startswith("__") or name not in self._methods:
+            raise AttributeError(f"actor {self._class_name} has no method {name!r}")
+        return ActorMethod(self, name, self._methods[name])
+
+    def __reduce__(self):
+        return (ActorHandle, (self._actor_id, self._class_name, self._methods,
+                              self._max_task_retries))
+
+    def __repr__(self) -> str:
+        return f"Actor({self._class_name}, {self._actor_id.hex()})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self) -> int:
+        return hash(self._actor_id)
+
+
+class ActorMethod:
+    __slots__ = ("_handle", "_name", "_num_returns")
+
+    def __init__(self, handle: ActorHandle, name: str, num_returns: int):
+        self._handle = handle
+        self._name = name
+        self._num_returns = num_returns
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"actor method {self._name} cannot be called directly; "
+                        f"use .{self._name}.remote(...)")
+
+    def options(self, *, num_returns: int | None = None, name: str | None = None
+                ) -> "ActorMethod":
+        return ActorMethod(self._handle, self._name,
+                           num_returns if num_returns is not None else self._num_returns)
+
+    def remote(self, *args, **kwargs):
+        from pyactor._private.api import runtime_for_call
+        runtime = runtime_for_call()
+        handle = self._handle
+        spec = TaskSpec()
+        spec.task_id = new_task_id()
+        spec.actor = handle._actor_id
+        spec.method = self._name
+        spec.name = f"{handle._class_name}.{self._name}"
+        spec.args, spec.kwargs = encode_args(runtime, args, kwargs, spec.held_refs)
+        spec.num_returns = self._num_returns
+        spec.retry_exceptions = False
+        refs = runtime.submit_actor_call(spec, handle._max_task_retries)
+        return refs[0] if spec.num_returns == 1 else refs

@@ -1,0 +1,194 @@
+"""The caller's side of actors: where each actor lives, and its calls in order.
+
+A caller keeps, per actor, a queue of calls not yet sent and the calls in flight. Calls go out in
+the order they were made, over one connection to the actor's process, so the actor runs them in
+that order. A call whose ref arguments are not ready holds back the ones behind it (ordering wins
+over eagerness, as in Ray).
+
+When the connection drops the actor's process died: calls in flight are retried on the restarted
+actor while `max_task_retries` allows, else they fail with ActorDiedError; the caller asks the node
+(WaitActor) for the next incarnation's address, or learns that the actor is dead for good.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections import deque
+
+from pyactor._private import protocol as P
+from pyactor._private.task_spec import TaskSpec
+from pyactor.exceptions import ActorDiedError, TaskCancelledError
+
+logger = logging.getLogger("pyactor.actors")
+
+
+class ActorView:
+    __slots__ = ("actor_id", "state", "address", "conn", "incarnation", "death_cause", "queue",
+                 "in_flight", "max_task_retries", "asking", "sequence", "blocked")
+
+    def __init__(self, actor_id: bytes, max_task_retries: int):
+        self.actor_id = actor_id
+        self.state = "unknown"
+        self.address = None
+        self.conn = None
+        self.incarnation = -1
+        self.death_cause = ""
+        self.queue: deque[TaskSpec] = deque()
+        self.in_flight: dict[bytes, TaskSpec] = {}
+        self.max_task_retries = max_task_retries
+        self.asking = False
+        self.sequence = 0
+        self.blocked = False  # the head of the queue waits for its arguments
+
+
+class ActorSubmitter:
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.actors: dict[bytes, ActorView] = {}
+        self.by_task: dict[bytes, ActorView] = {}
+
+    def view(self, actor_id: bytes, max_task_retries: int = 0) -> ActorView:
+        view = self.actors.get(actor_id)
+        if view is None:
+            view = self.actors[actor_id] = ActorView(actor_id, max_task_retries)
+        return view
+
+    # ------------------------------------------------------------------ calls (IO thread)
+    def submit(self, spec: TaskSpec, max_task_retries: int) -> None:
+        view = self.view(spec.actor, max_task_retries)
+        spec.retries_left = max_task_retries
+        view.queue.append(spec)
+        self.by_task[spec.task_id] = view
+        self._flush(view)
+
+    def _flush(self, view: ActorView) -> None:
+        if view.state == "dead":
+            self._fail_all(view)
+            return
+        if view.state != "alive" or view.conn is None:
+            self._ask_node(view)
+            return
+        runtime = self.runtime
+        while view.queue and not view.blocked:
+            spec = view.queue[0]
+            if not runtime._resolve_dependencies(spec, lambda _s, v=view: self._unblock(v)):
+                view.blocked = True
+                return
+            view.queue.popleft()
+            if spec.cancelled:
+                continue
+            resolved = runtime.resolve_args(spec)
+            if resolved is None:  # an argument failed: the call fails with its error
+                self.by_task.pop(spec.task_id, None)
+                continue
+            args, kwargs = resolved
+            view.sequence += 1
+            view.in_flight[spec.task_id] = spec
+            view.conn.send(P.encode(P.ActorCall(spec.task_id, view.actor_id, spec.method, args,
+                                                kwargs, spec.num_returns, runtime.address,
+                                                view.sequence)))
+
+    def _unblock(self, view: ActorView) -> None:
+        view.blocked = False
+        self._flush(view)
+
+    def _ask_node(self, view: ActorView) -> None:
+        if view.asking or self.runtime.closed or self.runtime.node_conn is None:
+            return
+        view.asking = True
+
+        async def ask():
+            try:
+                state = await self.runtime._request(self.runtime.node_conn, P.WaitActor,
+                                                    view.actor_id, view.incarnation)
+                actor_id, status, address, incarnation, cause, _spec = state
+            except Exception as error:
+                status, address, incarnation, cause = "dead", None, view.incarnation, (
+                    f"the node could not be asked about the actor: {error}")
+            view.asking = False
+            if status == "dead":
+                view.state = "dead"
+                view.death_cause = cause
+                self._fail_all(view)
+                return
+            try:
+                conn = await self.runtime.peer(address)
+            except Exception as error:
+                logger.debug("actor %s unreachable at %s: %s", view.actor_id.hex(), address,
+                             error)
+                view.incarnation = incarnation
+                self._ask_node(view)
+                return
+            view.state = "alive"
+            view.address = address
+            view.conn = conn
+            view.incarnation = incarnation
+            self._flush(view)
+        self.runtime.loop.create_task(ask())
+
+    def on_task_done(self, conn, message: P.TaskDone) -> bool:
+        view = self.by_task.pop(message.task_id, None)
+        if view is None:
+            return False
+        spec = view.in_flight.pop(message.task_id, None)
+        if spec is None:
+            return False
+        if message.error is not None:
+            self.runtime._finish(spec, error=message.error)
+        else:
+            self.runtime._finish(spec, returns=message.returns)
+        return True
+
+    def on_connection_closed(self, conn) -> None:
+        for view in self.actors.values():
+            if view.conn is not conn:
+                continue
+            view.conn = None
+            view.state = "unknown"
+            retry = []
+            for spec in view.in_flight.values():
+                if spec.retries_left != 0 and not spec.cancelled:
+                    spec.retries_left -= 1
+                    retry.append(spec)
+                else:
+                    self.by_task.pop(spec.task_id, None)
+                    error = TaskCancelledError("actor task was cancelled") if spec.cancelled \
+                        else ActorDiedError(
+                            f"the actor {view.actor_id.hex()} died while running {spec.method}; "
+                            f"the call was not retried (max_task_retries)")
+                    self.runtime._finish(spec, error=pickle.dumps(error))
+            view.in_flight.clear()
+            view.queue.extendleft(reversed(retry))
+            self._ask_node(view)
+
+    def _fail_all(self, view: ActorView) -> None:
+        error = pickle.dumps(ActorDiedError(
+            f"the actor {view.actor_id.hex()} is dead: {view.death_cause or 'it was killed'}"))
+        for spec in list(view.in_flight.values()) + list(view.queue):
+            self.by_task.pop(spec.task_id, None)
+            self.runtime._finish(spec, error=error)
+        view.in_flight.clear()
+        view.queue.clear()
+
+    def cancel(self, task_id: bytes, force: bool) -> None:
+        view = self.by_task.get(task_id)
+        if view is None:
+            return
+        for spec in view.queue:
+            if spec.task_id == task_id:
+                spec.cancelled = True
+                view.queue.remove(spec)
+                self.by_task.pop(task_id, None)
+                self.runtime._finish(spec, error=pickle.dumps(
+                    TaskCancelledError("actor task was cancelled before it ran")))
+                return
+        spec = view.in_flight.get(task_id)
+        if spec is not None and view.conn is not None:
+            spec.cancelled = True
+            view.conn.send(P.encode(P.CancelTask(task_id, False, b"")))
+
+    def forget(self, actor_id: bytes) -> None:
+        view = self.actors.get(actor_id)
+        if view is not None and not view.queue and not view.in_flight:
+            del self.actors[actor_id]

@@ -1,0 +1,299 @@
+"""The public functions: init, shutdown, remote, get, put, wait, cancel, kill, get_actor..."""
+
+from __future__ import annotations
+
+import atexit
+import pickle
+import json
+import os
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import cloudpickle
+
+from pyactor._private import protocol as P
+from pyactor._private.actor import ActorClass, ActorHandle
+from pyactor._private.object_ref import ObjectRef
+from pyactor._private.remote_function import RemoteFunction
+from pyactor._private.runtime import Runtime
+
+_lock = threading.RLock()
+_runtime: Runtime | None = None
+_node_process: subprocess.Popen | None = None
+_namespace = ""
+_is_worker = False
+
+ADDRESS_FILE = os.path.join(os.environ.get("XDG_RUNTIME_DIR") or "/tmp",
+                            f"pyactor-{os.getuid()}", "address.json")
+
+
+# ---------------------------------------------------------------------- init / shutdown
+def init(address: str | None = None, *, num_cpus: float | None = None,
+         num_gpus: float | None = None, resources: dict | None = None,
+         object_store_memory: int | None = None, namespace: str | None = None,
+         log_to_driver: bool = True, ignore_reinit_error: bool = False,
+         token: str | None = None, **unsupported) -> dict:
+    """Start pyactor in this process.
+
+    With no address, a node (daemon, store and workers) starts in the background and stops with
+    this process. With "host:port" or "auto", this process joins a running cluster.
+    """
+    global _runtime, _node_process, _namespace
+    if unsupported:
+        raise TypeError(f"init() got unexpected argument(s) {sorted(unsupported)}")
+    with _lock:
+        if _runtime is not None:
+            if ignore_reinit_error:
+                return _context_info()
+            raise RuntimeError("pyactor.init() was already called; call pyactor.shutdown() "
+                               "first or pass ignore_reinit_error=True")
+        _validate_init(num_cpus, num_gpus, resources, object_store_memory)
+        _namespace = namespace if namespace is not None else f"anonymous-{os.getpid()}"
+        if address is None:
+            host, port, token_bytes = _start_local_node(num_cpus, num_gpus, resources,
+                                                        object_store_memory)
+        else:
+            if num_cpus is not None or num_gpus is not None or resources:
+                raise ValueError("num_cpus, num_gpus and resources describe a new node; when "
+                                 "joining a cluster (address=...) set them on `pyactor start`")
+            host, port, token_bytes = _resolve_address(address, token)
+        runtime = Runtime(node_host=host, node_port=port, token=token_bytes, kind="driver",
+                          namespace=_namespace)
+        if not log_to_driver:
+            runtime.log_handler = lambda message: None
+        try:
+            runtime.start()
+        except BaseException:
+            _stop_local_node()
+            raise
+        _runtime = runtime
+        atexit.register(shutdown)
+        return _context_info()
+
+
+def _validate_init(num_cpus, num_gpus, resources, object_store_memory) -> None:
+    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+            raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    if resources is not None and not isinstance(resources, dict):
+        raise TypeError(f"resources must be a dict, got {type(resources).__name__}")
+    if object_store_memory is not None and (not isinstance(object_store_memory, int) or
+                                            object_store_memory < 1 << 20):
+        raise ValueError(f"object_store_memory must be an int of at least 1 MiB, "
+                         f"got {object_store_memory!r}")
+
+
+def _start_local_node(num_cpus, num_gpus, resources, object_store_memory):
+    global _node_process
+    token = os.urandom(32)
+    config = {"token_hex": token.hex(), "num_cpus": num_cpus, "num_gpus": num_gpus,
+              "resources": resources or {}, "object_store_memory": object_store_memory,
+              "embedded": True}
+    # The token goes through the pipe, never on a command line; the pipe stays open as the
+    # node's lifeline (it stops when this process exits, however it exits).
+    process = subprocess.Popen([sys.executable, "-m", "pyactor._private.node"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               start_new_session=True)
+    process.stdin.write((json.dumps(config) + "\n").encode())
+    process.stdin.flush()
+    line = process.stdout.readline()
+    if not line:
+        process.wait(10)
+        raise RuntimeError(f"the pyactor node failed to start (exit code {process.returncode}); "
+                           f"its error is printed above")
+    ready = json.loads(line)
+    process.stdout.close()
+    _node_process = process
+    return "127.0.0.1", ready["port"], token
+
+
+def _resolve_address(address: str, token: str | None):
+    if address == "auto":
+        address = os.environ.get("PYACTOR_ADDRESS", "")
+        if not address:
+            try:
+                with open(ADDRESS_FILE) as f:
+                    saved = json.load(f)
+                address = saved["address"]
+                token = token or saved["token"]
+            except (OSError, ValueError, KeyError):
+                raise ConnectionError("address='auto' found no cluster: start one with "
+                                      "`pyactor start --head` or set PYACTOR_ADDRESS") from None
+    token = token or os.environ.get("PYACTOR_TOKEN")
+    if not token:
+        raise ValueError(f"joining {address} needs the cluster token: pass token=... or set "
+                         f"PYACTOR_TOKEN (printed by `pyactor start --head`)")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"address must be 'host:port', got {address!r}")
+    return host, int(port), bytes.fromhex(token)
+
+
+def shutdown() -> None:
+    """Stop pyactor in this process (and the node, when init started one)."""
+    global _runtime
+    with _lock:
+        runtime, _runtime = _runtime, None
+        if runtime is not None:
+            runtime.shutdown()
+        _stop_local_node()
+
+
+def _stop_local_node() -> None:
+    global _node_process
+    process, _node_process = _node_process, None
+    if process is None:
+        return
+    try:
+        process.stdin.close()  # the node's lifeline: it stops and removes its store
+    except OSError:
+        pass
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def is_initialized() -> bool:
+    return _runtime is not None
+
+
+def attach_worker_runtime(runtime: Runtime) -> None:
+    """Called in worker processes: user code there uses the worker's runtime."""
+    global _runtime, _is_worker
+    _runtime = runtime
+    _is_worker = True
+
+
+def runtime_for_call() -> Runtime:
+    runtime = _runtime
+    if runtime is None:
+        with _lock:
+            if _runtime is None:
+                init()  # like Ray: the first remote call starts pyactor
+            runtime = _runtime
+    return runtime
+
+
+def get_namespace() -> str:
+    return _namespace
+
+
+def _context_info() -> dict:
+    runtime = _runtime
+    return {"node_id": runtime.node_id.hex(), "address": runtime.address,
+            "namespace": _namespace}
+
+
+# ---------------------------------------------------------------------- remote
+def remote(*args, **options):
+    """`@pa.remote` or `@pa.remote(num_cpus=..., ...)` on a function or class."""
+    if len(args) == 1 and not options and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("@pyactor.remote takes keyword options only, e.g. "
+                        "@pyactor.remote(num_cpus=2)")
+    return lambda target: _make_remote(target, options)
+
+
+def _make_remote(target, options: dict):
+    if isinstance(target, type):
+        return ActorClass(target, options)
+    if callable(target):
+        return RemoteFunction(target, options)
+    raise TypeError(f"@pyactor.remote needs a function or a class, got {type(target).__name__}")
+
+
+# ---------------------------------------------------------------------- objects
+def get(refs, *, timeout: float | None = None):
+    """The value of a ref, or the values of a list of refs (raising the first error)."""
+    runtime = runtime_for_call()
+    if type(refs) is ObjectRef:
+        return runtime.get([refs], _check_timeout(timeout))[0]
+    if isinstance(refs, (list, tuple)):
+        for ref in refs:
+            if type(ref) is not ObjectRef:
+                raise TypeError(f"get() takes ObjectRefs, got a {type(ref).__name__} in the list")
+        return runtime.get(list(refs), _check_timeout(timeout))
+    raise TypeError(f"get() takes an ObjectRef or a list of them, got {type(refs).__name__}")
+
+
+def _check_timeout(timeout):
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be None or a non-negative number, got {timeout!r}")
+    return timeout
+
+
+def put(value: Any) -> ObjectRef:
+    """Store a value once; pass the ref to tasks instead of the value."""
+    if type(value) is ObjectRef:
+        raise TypeError("put() of an ObjectRef is not allowed; pass the ref itself")
+    return runtime_for_call().put(value)
+
+
+def wait(refs, *, num_returns: int = 1, timeout: float | None = None,
+         fetch_local: bool = True) -> tuple[list, list]:
+    """Split refs into (ready, not_ready) once num_returns are ready or the timeout passes."""
+    if isinstance(refs, ObjectRef) or not isinstance(refs, (list, tuple)):
+        raise TypeError("wait() takes a list of ObjectRefs")
+    refs = list(refs)
+    for ref in refs:
+        if type(ref) is not ObjectRef:
+            raise TypeError(f"wait() takes ObjectRefs, got a {type(ref).__name__}")
+    if len(set(refs)) != len(refs):
+        raise ValueError("wait() got the same ObjectRef more than once")
+    if not isinstance(num_returns, int) or not 1 <= num_returns <= max(1, len(refs)):
+        raise ValueError(f"num_returns must be between 1 and len(refs)={len(refs)}, "
+                         f"got {num_returns!r}")
+    if not refs:
+        return [], []
+    return runtime_for_call().wait(refs, num_returns, _check_timeout(timeout))
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
+    """Cancel the task behind `ref`: dropped if queued, interrupted if running, its worker
+    killed if force=True. `get` on it then raises TaskCancelledError."""
+    if type(ref) is not ObjectRef:
+        raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
+    runtime_for_call().cancel(ref, force)
+
+
+# ---------------------------------------------------------------------- actors
+def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
+    runtime = runtime_for_call()
+    runtime.run_in_loop(runtime.node_conn.send,
+                        P.encode(P.KillActor(actor._actor_id, no_restart)))
+
+
+def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
+    if not isinstance(name, str) or not name:
+        raise ValueError("get_actor() needs the actor's name")
+    runtime = runtime_for_call()
+    namespace = namespace if namespace is not None else _namespace
+    state = runtime.node_request(P.GetActor, name, namespace)
+    spec = pickle.loads(state[5])
+    methods = ActorClass(cloudpickle.loads(spec["class_blob"]), {})._methods
+    return ActorHandle(state[0], spec["class_name"], methods,
+                       spec["options"].get("max_task_retries", 0))
+
+
+# ---------------------------------------------------------------------- cluster
+def cluster_resources() -> dict:
+    return runtime_for_call().node_request(P.ClusterInfo, "resources")
+
+
+def available_resources() -> dict:
+    return runtime_for_call().node_request(P.ClusterInfo, "available")
+
+
+def nodes() -> list[dict]:
+    return runtime_for_call().node_request(P.ClusterInfo, "nodes")
+
+
+def get_runtime_context() -> dict:
+    return _context_info()

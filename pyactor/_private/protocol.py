@@ -1,0 +1,225 @@
+"""The messages pyactor processes exchange, one class per kind.
+
+On the wire a message is the msgpack list `[kind, field, field, ...]` inside a length-prefixed
+frame (transport.py). Each kind is a NamedTuple here: `encode(msg)` gives the list, `decode(list)`
+the typed value, and nothing else in the runtime builds lists by hand. Fields hold only msgpack
+types; pickled values travel as `bytes` fields and are unpickled by the receiver only after the
+connection is authenticated.
+
+Who sends what:
+
+    driver/worker runtime -> node      Register, RequestLease, ReturnLease, CreateActor, GetActor,
+                                       KillActor, WaitActor, WorkerBlocked, CancelTask, FreeObjects,
+                                       ClusterInfo, Shutdown
+    node -> runtime                    Reply (to any request), ActorUpdate, Log
+    owner runtime -> worker            PushTask, ActorCall, CancelTask
+    worker -> owner runtime            TaskDone
+    node -> worker                     StartActor, KillWorker
+    borrower runtime -> owner runtime  GetObject, AddBorrower, RemoveBorrower
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from pyactor.exceptions import ProtocolError
+
+# Where a task's argument or return value lives.
+VALUE_INLINE = 0  # the serialized bytes are in the message
+VALUE_IN_STORE = 1  # in the shared-memory store of node `node_id`
+VALUE_REF = 2  # an ObjectRef passed through (nested refs travel inside pickles instead)
+
+
+class Register(NamedTuple):
+    """A process introduces itself to its node: kind is 'driver', 'worker' or 'cli'."""
+    request_id: int
+    kind: str
+    pid: int
+    worker_id: bytes
+    address: list  # [host, port] where this process's owner service (or task endpoint) listens
+    namespace: str
+
+
+class Reply(NamedTuple):
+    """The answer to any request that carries a request_id; `error` is a message or None."""
+    request_id: int
+    value: Any
+    error: Any
+
+
+class RequestLease(NamedTuple):
+    request_id: int
+    demand: dict  # resource name -> amount
+    scheduling_key: bytes
+
+
+class ReturnLease(NamedTuple):
+    lease_id: int
+    worker_exiting: bool
+
+
+class WorkerBlocked(NamedTuple):
+    """A worker's task waits in `get`: its CPUs are lent back (blocked=True) or taken back."""
+    worker_id: bytes
+    blocked: bool
+
+
+class PushTask(NamedTuple):
+    task_id: bytes
+    function_id: bytes
+    function_blob: Any  # bytes the first time this connection sees function_id, else None
+    args: list  # [[where, payload...], ...]
+    kwargs: dict
+    num_returns: int
+    owner: list  # [host, port] of the owner service
+    gpu_ids: list
+    name: str
+
+
+class ActorCall(NamedTuple):
+    task_id: bytes
+    actor_id: bytes
+    method: str
+    args: list
+    kwargs: dict
+    num_returns: int
+    owner: list
+    sequence: int  # per caller, for diagnostics; the connection already keeps the order
+
+
+class TaskDone(NamedTuple):
+    """A task or actor call finished. `returns` holds one [where, payload] per return value;
+    when `error` is set it is a pickled TaskError and `returns` is empty."""
+    task_id: bytes
+    returns: list
+    error: Any
+    retryable: bool
+
+
+class CancelTask(NamedTuple):
+    task_id: bytes
+    force: bool
+    worker_id: bytes
+
+
+class CreateActor(NamedTuple):
+    request_id: int
+    actor_id: bytes
+    spec: bytes  # pickled ActorSpec
+    demand: dict
+    name: str
+    namespace: str
+    get_if_exists: bool
+    detached: bool
+
+
+class StartActor(NamedTuple):
+    actor_id: bytes
+    spec: bytes
+    gpu_ids: list
+    restart_count: int
+
+
+class GetActor(NamedTuple):
+    request_id: int
+    name: str
+    namespace: str
+
+
+class KillActor(NamedTuple):
+    actor_id: bytes
+    no_restart: bool
+
+
+class WaitActor(NamedTuple):
+    """Ask for the actor's address once it is alive (or its death)."""
+    request_id: int
+    actor_id: bytes
+    known_incarnation: int
+
+
+class ActorState(NamedTuple):
+    """The node's answer about an actor (in a Reply's value, encoded)."""
+    actor_id: bytes
+    state: str  # 'pending', 'alive', 'restarting', 'dead'
+    address: list
+    incarnation: int
+    death_cause: str
+    spec: bytes
+
+
+class FreeObjects(NamedTuple):
+    object_ids: list
+
+
+class GetObject(NamedTuple):
+    """A borrower asks the owner for an object's value; answered when it is ready."""
+    request_id: int
+    object_id: bytes
+
+
+class AddBorrower(NamedTuple):
+    request_id: int
+    object_id: bytes
+    borrower: list
+
+
+class RemoveBorrower(NamedTuple):
+    object_id: bytes
+    borrower: list
+
+
+class ClusterInfo(NamedTuple):
+    request_id: int
+    what: str  # 'resources', 'available', 'nodes', 'status'
+
+
+class Log(NamedTuple):
+    source: str
+    stream: str
+    lines: list
+
+
+class KillWorker(NamedTuple):
+    reason: str
+
+
+class Shutdown(NamedTuple):
+    request_id: int
+
+
+class TaskRejected(NamedTuple):
+    """A worker blocked in `get` hands back tasks it had queued but not started."""
+    task_ids: list
+
+
+class ActorReady(NamedTuple):
+    """A worker ran the actor's __init__: error is None, or the creation error's text."""
+    actor_id: bytes
+    error: Any
+
+
+_KINDS: list[type] = [
+    Register, Reply, RequestLease, ReturnLease, WorkerBlocked, PushTask, ActorCall, TaskDone,
+    CancelTask, CreateActor, StartActor, GetActor, KillActor, WaitActor, FreeObjects, GetObject,
+    AddBorrower, RemoveBorrower, ClusterInfo, Log, KillWorker, Shutdown, TaskRejected, ActorReady,
+]
+KIND_OF: dict[type, int] = {cls: i for i, cls in enumerate(_KINDS)}
+_ARITY = [len(cls._fields) for cls in _KINDS]
+
+
+def encode(message: NamedTuple) -> list:
+    return [KIND_OF[type(message)], *message]
+
+
+def decode(raw: Any) -> NamedTuple:
+    """Turn a received list into its message class; anything else is a ProtocolError."""
+    if type(raw) is not list or not raw:
+        raise ProtocolError(f"a message must be a non-empty list, got {type(raw).__name__}")
+    kind = raw[0]
+    if type(kind) is not int or not 0 <= kind < len(_KINDS):
+        raise ProtocolError(f"unknown message kind {kind!r}")
+    if len(raw) - 1 != _ARITY[kind]:
+        raise ProtocolError(f"{_KINDS[kind].__name__} takes {_ARITY[kind]} fields, "
+                            f"got {len(raw) - 1}")
+    return _KINDS[kind](*raw[1:])

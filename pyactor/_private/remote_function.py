@@ -1,0 +1,102 @@
+"""`@pa.remote` on a function: options, and turning a call into a TaskSpec."""
+
+from __future__ import annotations
+
+import hashlib
+from pyactor._private import serialization
+from pyactor._private.ids import new_task_id
+from pyactor._private.task_spec import TaskSpec, encode_args
+
+TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries",
+                "retry_exceptions", "name", "memory"}
+DEFAULT_TASK_OPTIONS = {"num_cpus": 1, "num_gpus": 0, "resources": None, "num_returns": 1,
+                        "max_retries": 3, "retry_exceptions": False, "name": None, "memory": None}
+
+
+def validate_options(options: dict, allowed: set, what: str) -> None:
+    unknown = set(options) - allowed
+    if unknown:
+        raise ValueError(f"unknown {what} option(s) {sorted(unknown)}; "
+                         f"valid ones are {sorted(allowed)}")
+    for key in ("num_cpus", "num_gpus", "memory"):
+        value = options.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+            raise ValueError(f"{key} must be a non-negative number, got {value!r}")
+    num_returns = options.get("num_returns")
+    if num_returns is not None and (not isinstance(num_returns, int) or num_returns < 1):
+        raise ValueError(f"num_returns must be a positive int, got {num_returns!r}")
+    resources = options.get("resources")
+    if resources is not None:
+        if not isinstance(resources, dict):
+            raise TypeError(f"resources must be a dict, got {type(resources).__name__}")
+        for name in ("CPU", "GPU"):
+            if name in resources:
+                raise ValueError(f"use num_cpus/num_gpus instead of resources={{{name!r}: ...}}")
+
+
+def demand_of(options: dict) -> dict:
+    demand = {}
+    if options.get("num_cpus"):
+        demand["CPU"] = options["num_cpus"]
+    if options.get("num_gpus"):
+        demand["GPU"] = options["num_gpus"]
+    if options.get("memory"):
+        demand["memory"] = options["memory"]
+    for name, amount in (options.get("resources") or {}).items():
+        if amount:
+            demand[name] = amount
+    return demand
+
+
+class RemoteFunction:
+    """A function turned into a task: call `.remote(...)` to run it in a worker."""
+
+    def __init__(self, function, options: dict):
+        validate_options(options, TASK_OPTIONS, "task")
+        self._function = function
+        self._options = {**DEFAULT_TASK_OPTIONS, **options}
+        self._blob: bytes | None = None
+        self._function_id: bytes | None = None
+        self._demand = demand_of(self._options)
+        self._scheduling_key = repr(sorted(self._demand.items())).encode()
+        self.__name__ = getattr(function, "__name__", "remote_function")
+        self.__qualname__ = getattr(function, "__qualname__", self.__name__)
+        self.__doc__ = getattr(function, "__doc__", None)
+        self.__wrapped__ = function
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"remote function {self.__name__} cannot be called directly; "
+                        f"use {self.__name__}.remote(...)")
+
+    def options(self, **options) -> "RemoteFunction":
+        validate_options(options, TASK_OPTIONS, "task")
+        merged = RemoteFunction(self._function, {**self._options, **options})
+        merged._blob, merged._function_id = self._blob, self._function_id
+        return merged
+
+    def _export(self) -> None:
+        # Pickled once per RemoteFunction (at first call: the function's globals may be defined
+        # after the decorator ran); workers cache it by id.
+        blob = serialization.dumps_function(self._function)
+        self._function_id = hashlib.blake2b(blob, digest_size=16).digest()
+        self._blob = blob
+
+    def remote(self, *args, **kwargs):
+        from pyactor._private.api import runtime_for_call
+        runtime = runtime_for_call()
+        if self._blob is None:
+            self._export()
+        options = self._options
+        spec = TaskSpec()
+        spec.task_id = new_task_id()
+        spec.function_id = self._function_id
+        spec.function_blob = self._blob
+        spec.name = options["name"] or self.__qualname__
+        spec.args, spec.kwargs = encode_args(runtime, args, kwargs, spec.held_refs)
+        spec.num_returns = options["num_returns"]
+        spec.demand = self._demand
+        spec.scheduling_key = self._scheduling_key
+        spec.retries_left = options["max_retries"]
+        spec.retry_exceptions = options["retry_exceptions"]
+        refs = runtime.submit(spec)
+        return refs[0] if spec.num_returns == 1 else refs

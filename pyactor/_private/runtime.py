@@ -1,0 +1,851 @@
+"""The per-process runtime: one IO thread, the owner of this process's refs, the task path.
+
+Every pyactor process (a driver, a worker) has exactly one Runtime. Its IO thread runs a uvloop
+event loop that holds every connection; user threads hand it work through `run_in_loop`, which
+batches wake-ups so a burst of submissions costs one syscall.
+
+The path of a task (numbers are messages; no hop through the node per task):
+
+    driver thread             driver IO thread             node             worker IO / main
+    f.remote(x) --encode args--> queue by resources
+                                  |--1 RequestLease------------> grant a worker
+                                  |<-2 Reply(lease)-------------|
+                                  |--3 PushTask (pipelined, batched) ------------> queue -> run
+                                  |<-4 TaskDone (small result inline, large in store) ---|
+    pa.get(ref) <--wake---------- resolve entry
+                                  ... the lease is reused while tasks of the same shape queue,
+                                  and handed back to the node after LEASE_LINGER_S idle.
+
+An actor call skips steps 1-2: the caller sends ActorCall straight to the actor's process over
+one connection, so calls from one caller arrive, and run, in the order they were sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import pickle
+import sys
+import threading
+from collections import deque
+from typing import Any, Callable
+
+import uvloop
+
+from pyactor._private import object_ref as object_ref_module
+from pyactor._private import protocol as P
+from pyactor._private import serialization, transport
+from pyactor._private.ids import new_put_id, object_id_for
+from pyactor._private.object_ref import ObjectRef
+from pyactor._private.references import (FAILED, PENDING, READY, CountdownWaiter, ObjectEntry,
+                                         ReferenceTable)
+from pyactor._private.task_spec import TaskSpec
+from pyactor.exceptions import (GetTimeoutError, InfeasibleResourcesError, ObjectLostError,
+                                PyActorError, TaskCancelledError, TaskError, WorkerCrashedError)
+
+logger = logging.getLogger("pyactor.runtime")
+
+# Tasks in flight on one leased worker. More amortizes the round trip; fewer balances long tasks
+# better. A worker that blocks in `get` hands its queued tasks back, so this cannot deadlock.
+PIPELINE_DEPTH = int(os.environ.get("PYACTOR_PIPELINE_DEPTH", "8"))
+# How long an idle lease is kept before the worker goes back to the node: a program that submits
+# one task at a time reuses its worker instead of paying a lease round trip per task.
+LEASE_LINGER_S = 0.05
+MAX_PENDING_LEASE_REQUESTS = 16
+
+
+class Lease:
+    __slots__ = ("lease_id", "worker_id", "address", "conn", "queue", "in_flight", "gpu_ids",
+                 "idle_timer", "returned")
+
+    def __init__(self, lease_id, worker_id, address, conn, queue, gpu_ids):
+        self.lease_id = lease_id
+        self.worker_id = worker_id
+        self.address = address
+        self.conn = conn
+        self.queue = queue
+        self.in_flight: dict[bytes, TaskSpec] = {}
+        self.gpu_ids = gpu_ids
+        self.idle_timer = None
+        self.returned = False
+
+
+class SchedulingQueue:
+    """Tasks of one resource shape waiting for a worker, and the leases serving them."""
+
+    __slots__ = ("key", "demand", "tasks", "leases", "requests_pending")
+
+    def __init__(self, key, demand):
+        self.key = key
+        self.demand = demand
+        self.tasks: deque[TaskSpec] = deque()
+        self.leases: list[Lease] = []
+        self.requests_pending = 0
+
+
+class Runtime:
+    def __init__(self, *, node_host: str, node_port: int, token: bytes, kind: str,
+                 namespace: str = "", worker_id: bytes = b"", bind_host: str = "127.0.0.1"):
+        self.node_host, self.node_port, self.token = node_host, node_port, token
+        self.kind = kind
+        self.namespace = namespace
+        self.worker_id = worker_id
+        self.bind_host = bind_host
+        self.refs = ReferenceTable(self._schedule_release_drain)
+        self.loop = uvloop.new_event_loop()
+        self.address: list | None = None
+        self.node_id: bytes = b""
+        self.store = None
+        self.node_conn: transport.Connection | None = None
+        self.server: transport.Server | None = None
+        self._thread = threading.Thread(target=self._run_loop, name="pyactor-io", daemon=True)
+        self._inbox: deque = deque()
+        self._wake_pending = False
+        self._release_pending = False
+        self._request_ids = itertools.count(1)
+        self._requests: dict[int, asyncio.Future] = {}
+        self._peers: dict[tuple, asyncio.Future] = {}  # (host, port) -> future of Connection
+        self._sent_functions: dict = {}  # connection -> function ids it has
+        self._queues: dict[bytes, SchedulingQueue] = {}
+        self._running: dict[bytes, TaskSpec] = {}  # task_id -> spec, for dispatched tasks
+        self._waiting_deps: dict[bytes, TaskSpec] = {}  # queued for their arguments
+        self.pending_registrations: set[asyncio.Future] = set()
+        self.handlers: dict[type, Callable[[transport.Connection, Any], None]] = {
+            P.Reply: self._on_reply,
+            P.TaskDone: self._on_task_done,
+            P.GetObject: self._on_get_object,
+            P.AddBorrower: self._on_add_borrower,
+            P.RemoveBorrower: self._on_remove_borrower,
+            P.Log: self._on_log,
+            P.TaskRejected: self._on_task_rejected,
+        }
+        self.on_blocked: Callable[[bool], None] | None = None  # set by the worker executor
+        self.log_handler: Callable[[P.Log], None] | None = None
+        self.actors = None  # ActorSubmitter, made in start()
+        self.actors_created: dict[bytes, list] = {}  # creation args kept for restarts
+        self.worker_label = ""
+        self.closed = False
+        self.node_lost = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, timeout_s: float = 30.0) -> dict:
+        from pyactor._private.actor_submitter import ActorSubmitter
+        self.actors = ActorSubmitter(self)
+        self._thread.start()
+        info = asyncio.run_coroutine_threadsafe(self._connect(), self.loop).result(timeout_s)
+        object_ref_module.set_runtime(self)
+        return info
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    async def _connect(self) -> dict:
+        self.server = await transport.serve(self.bind_host, 0, self.token, self._on_message,
+                                            on_close=self._on_connection_closed)
+        self.address = [self.bind_host, self.server.port]
+        self.node_conn = await transport.connect(self.node_host, self.node_port, self.token,
+                                                 self._on_message,
+                                                 on_close=self._on_node_closed)
+        info = await self._request(self.node_conn, P.Register, self.kind, os.getpid(),
+                                   self.worker_id, self.address, self.namespace)
+        self.node_id = info["node_id"]
+        if info.get("store_name"):
+            from pyactor._private.store import ObjectStore
+            self.store = ObjectStore.attach(info["store_name"])
+        return info
+
+    def shutdown(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        object_ref_module.set_runtime(None)
+
+        async def close():
+            for conn_future in list(self._peers.values()):
+                if conn_future.done() and not conn_future.exception():
+                    conn_future.result().close("shutdown")
+            if self.node_conn is not None:
+                self.node_conn.close("shutdown")
+            if self.server is not None:
+                self.server.close()
+            for task in asyncio.all_tasks(self.loop):
+                if task is not asyncio.current_task():
+                    task.cancel()
+        try:
+            asyncio.run_coroutine_threadsafe(close(), self.loop).result(5)
+        except Exception:
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # ------------------------------------------------------------------ threads
+    def run_in_loop(self, function: Callable, *args) -> None:
+        """Run `function(*args)` on the IO thread soon; cheap to call in a burst."""
+        self._inbox.append((function, args))
+        if not self._wake_pending:
+            self._wake_pending = True
+            self.loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        self._wake_pending = False  # before draining: a later append wakes us again
+        inbox = self._inbox
+        while inbox:
+            function, args = inbox.popleft()
+            try:
+                function(*args)
+            except Exception:
+                logger.exception("pyactor internal error in %s", function)
+
+    def call(self, coroutine, timeout_s: float | None = None):
+        """Run a coroutine on the IO thread and wait for its result (user threads only)."""
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("blocking pyactor call made on the IO thread")
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)
+
+    def in_io_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    # ------------------------------------------------------------------ messages
+    def _on_message(self, conn: transport.Connection, raw: Any) -> None:
+        message = P.decode(raw)
+        handler = self.handlers.get(type(message))
+        if handler is None:
+            raise PyActorError(f"unexpected {type(message).__name__} message")
+        handler(conn, message)
+
+    def _request(self, conn: transport.Connection, kind: type, *fields) -> asyncio.Future:
+        request_id = next(self._request_ids)
+        future = self.loop.create_future()
+        self._requests[request_id] = future
+        future.add_done_callback(lambda _f: self._requests.pop(request_id, None))
+        conn.send(P.encode(kind(request_id, *fields)))
+        conn.user_data = conn.user_data or set()
+        conn.user_data.add(request_id)
+        return future
+
+    def _on_reply(self, conn, message: P.Reply) -> None:
+        future = self._requests.pop(message.request_id, None)
+        if future is None or future.done():
+            return
+        if message.error is not None:
+            future.set_exception(_error_from_reply(message.error))
+        else:
+            future.set_result(message.value)
+
+    def _on_connection_closed(self, conn, reason) -> None:
+        self._sent_functions.pop(conn, None)
+        pending = conn.user_data if isinstance(conn.user_data, set) else ()
+        for request_id in list(pending):
+            future = self._requests.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_exception(ConnectionError(f"connection closed: {reason}"))
+        for key, peer in list(self._peers.items()):
+            if peer.done() and not peer.exception() and peer.result() is conn:
+                del self._peers[key]
+        self._fail_leases_on(conn)
+        if self.actors is not None:
+            self.actors.on_connection_closed(conn)
+
+    def _on_node_closed(self, conn, reason) -> None:
+        self._on_connection_closed(conn, reason)
+        if not self.closed:
+            self.node_lost.set()
+            logger.debug("connection to the node closed: %s", reason)
+
+    def _on_log(self, conn, message: P.Log) -> None:
+        if self.log_handler is not None:
+            self.log_handler(message)
+            return
+        stream = sys.stderr if message.stream == "stderr" else sys.stdout
+        prefix = f"({message.source}) "
+        stream.write("".join(prefix + line + "\n" for line in message.lines))
+        stream.flush()
+
+    async def peer(self, address) -> transport.Connection:
+        """A connection to another process's runtime (owner service or worker), shared."""
+        key = (address[0], address[1])
+        future = self._peers.get(key)
+        if future is None:
+            future = self.loop.create_future()
+            self._peers[key] = future
+
+            async def open_connection():
+                try:
+                    conn = await transport.connect(key[0], key[1], self.token, self._on_message,
+                                                   on_close=self._on_connection_closed)
+                    future.set_result(conn)
+                except Exception as error:
+                    self._peers.pop(key, None)
+                    future.set_exception(error)
+            self.loop.create_task(open_connection())
+        return await asyncio.shield(future)
+
+    def send_to_peer(self, address, message) -> None:
+        """Send a message to another runtime, connecting first if needed (IO thread)."""
+        key = (address[0], address[1])
+        future = self._peers.get(key)
+        if future is not None and future.done() and not future.exception():
+            future.result().send(P.encode(message))
+            return
+
+        async def send_later():
+            try:
+                (await self.peer(address)).send(P.encode(message))
+            except Exception as error:
+                logger.debug("could not reach %s: %s", address, error)
+        self.loop.create_task(send_later())
+
+    # ------------------------------------------------------------------ references
+    def incref(self, object_id: bytes, owner_address: list) -> None:
+        entry = self.refs.incref(object_id, owner_address)
+        if entry is not None:  # first ref here to an object someone else owns
+            if owner_address == self.address:
+                entry.owned = True  # our own object, already freed: reads will say it is lost
+                entry.state = FAILED
+                entry.inline = pickle.dumps(ObjectLostError(
+                    f"object {object_id.hex()} was freed by its owner before this ref arrived"))
+                return
+            self.run_in_loop(self._register_borrower, entry)
+
+    def _register_borrower(self, entry: ObjectEntry) -> None:
+        if entry.registered or self.refs.get(entry.object_id) is not entry:
+            return
+        entry.registered = True
+        future = self.loop.create_future()
+        self.pending_registrations.add(future)
+        future.add_done_callback(self.pending_registrations.discard)
+
+        async def register():
+            try:
+                conn = await self.peer(entry.owner)
+                await self._request(conn, P.AddBorrower, entry.object_id, self.address)
+            except Exception as error:  # the owner is gone: the value is lost
+                logger.debug("borrow of %s failed: %s", entry.object_id.hex(), error)
+            finally:
+                future.set_result(None)
+        self.loop.create_task(register())
+
+    def adopt_refs(self, refs: list[list]) -> list[ObjectRef]:
+        """ObjectRefs for [id, owner] pairs whose owner already counts us as a borrower."""
+        out = []
+        for object_id, owner in refs:
+            with self.refs.lock:
+                entry = self.refs.entries.get(object_id)
+                if entry is None and owner != self.address:
+                    entry = ObjectEntry(object_id, False, owner)
+                    entry.registered = True
+                    self.refs.entries[object_id] = entry
+            out.append(ObjectRef(object_id, owner))
+        return out
+
+    def _schedule_release_drain(self) -> None:
+        if not self._release_pending and not self.closed:
+            self._release_pending = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain_released)
+            except RuntimeError:  # loop closed at exit
+                pass
+
+    def _drain_released(self) -> None:
+        self._release_pending = False
+        local_deletes = []
+        for entry in self.refs.drain_released():
+            if entry.owned:
+                if entry.node_id is not None:
+                    if entry.node_id == self.node_id and self.store is not None:
+                        local_deletes.append(entry.object_id)
+                    else:
+                        self.node_conn.send(P.encode(P.FreeObjects([entry.object_id])))
+                entry.contained = None
+            elif entry.registered:
+                self.send_to_peer(entry.owner, P.RemoveBorrower(entry.object_id, self.address))
+        for object_id in local_deletes:
+            try:
+                self.store.delete(object_id)
+            except Exception:
+                pass
+
+    # owner service: borrowers ask about objects we own
+    def _on_get_object(self, conn, message: P.GetObject) -> None:
+        entry = self.refs.get(message.object_id)
+        if entry is None:
+            conn.send(P.encode(P.Reply(message.request_id, None, [
+                "ObjectLostError", f"object {message.object_id.hex()} no longer exists at its "
+                                   f"owner (it was freed or its owner restarted)"])))
+            return
+
+        def answer(entry: ObjectEntry) -> None:
+            if not conn.closed:
+                conn.send(P.encode(P.Reply(message.request_id,
+                                           [entry.state, entry.inline, entry.node_id], None)))
+        if not self.refs.when_resolved(entry, answer):
+            answer(entry)
+
+    def _on_add_borrower(self, conn, message: P.AddBorrower) -> None:
+        entry = self.refs.get(message.object_id)
+        if entry is not None and message.borrower != self.address:
+            with self.refs.lock:
+                if entry.borrowers is None:
+                    entry.borrowers = set()
+                entry.borrowers.add(tuple(message.borrower))
+        conn.send(P.encode(P.Reply(message.request_id, entry is not None, None)))
+
+    def _on_remove_borrower(self, conn, message: P.RemoveBorrower) -> None:
+        entry = self.refs.get(message.object_id)
+        if entry is None or not entry.borrowers:
+            return
+        with self.refs.lock:
+            entry.borrowers.discard(tuple(message.borrower))
+            if entry.in_use() or self.refs.entries.get(entry.object_id) is not entry:
+                return
+            del self.refs.entries[entry.object_id]
+        self.refs._released.append(entry)
+        self._drain_released()
+
+    # ------------------------------------------------------------------ put / get / wait
+    def put(self, value: Any) -> ObjectRef:
+        return self.put_serialized(serialization.serialize(value))
+
+    def put_serialized(self, serialized: serialization.SerializedValue) -> ObjectRef:
+        object_id = new_put_id()
+        entry = self.refs.add_owned(object_id)
+        if serialized.total_bytes < serialization.INLINE_THRESHOLD_BYTES or self.store is None:
+            entry.inline = serialized.to_bytes()
+        else:
+            view = self.store.create_object(object_id, serialized.total_bytes, evictable=False)
+            try:
+                serialized.write_to(view, self.store.copy_into)
+            except BaseException:
+                view.release()
+                self.store.abort(object_id)
+                raise
+            view.release()
+            self.store.seal(object_id)
+            entry.node_id = self.node_id
+        if serialized.contained_refs:
+            entry.contained = serialized.contained_refs
+        entry.state = READY
+        return ObjectRef(object_id, self.address)
+
+    def get(self, refs: list[ObjectRef], timeout_s: float | None) -> list[Any]:
+        entries = self._entries_of(refs)
+        pending = [e for e in entries if e.state == PENDING]
+        if pending:
+            self._wait_for(pending, len(pending), timeout_s)
+        return [self.value_of(entry) for entry in entries]
+
+    def wait(self, refs: list[ObjectRef], num_returns: int, timeout_s: float | None
+             ) -> tuple[list, list]:
+        entries = self._entries_of(refs)
+        done = sum(1 for e in entries if e.state != PENDING)
+        if done < num_returns:
+            pending = [e for e in entries if e.state == PENDING]
+            self._wait_for(pending, num_returns - done, timeout_s, raise_on_timeout=False)
+        ready, not_ready = [], []
+        for ref, entry in zip(refs, entries):
+            if entry.state != PENDING and len(ready) < num_returns:
+                ready.append(ref)
+            else:
+                not_ready.append(ref)
+        return ready, not_ready
+
+    def _entries_of(self, refs: list[ObjectRef]) -> list[ObjectEntry]:
+        entries = []
+        get_entry = self.refs.entries.get
+        for ref in refs:
+            entry = get_entry(ref.id)
+            if entry is None:  # a ref made before this runtime existed (or after a restart)
+                self.incref(ref.id, ref.owner_address)
+                entry = get_entry(ref.id)
+            entries.append(entry)
+        return entries
+
+    def _wait_for(self, pending: list[ObjectEntry], needed: int, timeout_s: float | None,
+                  raise_on_timeout: bool = True) -> None:
+        waiter = CountdownWaiter(needed)
+        registered = []
+        for entry in pending:
+            if self.refs.when_resolved(entry, waiter):
+                registered.append(entry)
+                if not entry.owned and not entry.fetching:
+                    entry.fetching = True
+                    self.run_in_loop(self._fetch, entry)
+            else:
+                waiter(entry)
+        if not waiter.event.is_set():
+            blocked = self.on_blocked
+            if blocked is not None:
+                blocked(True)
+            try:
+                finished = waiter.event.wait(timeout_s)
+            finally:
+                if blocked is not None:
+                    blocked(False)
+            if not finished:
+                for entry in registered:
+                    self.refs.forget_callback(entry, waiter)
+                if raise_on_timeout:
+                    raise GetTimeoutError(f"get timed out after {timeout_s} s "
+                                          f"({waiter.needed} of {needed} objects not ready)")
+
+    def _fetch(self, entry: ObjectEntry) -> None:
+        async def fetch():
+            try:
+                conn = await self.peer(entry.owner)
+                state, inline, node_id = await self._request(conn, P.GetObject, entry.object_id)
+            except Exception as error:
+                state, inline, node_id = FAILED, pickle.dumps(ObjectLostError(
+                    f"object {entry.object_id.hex()} could not be fetched from its owner at "
+                    f"{entry.owner}: {error}")), None
+            self.refs.resolve(entry, state, inline, node_id)
+        self.loop.create_task(fetch())
+
+    def value_of(self, entry: ObjectEntry) -> Any:
+        state = entry.state
+        if state == READY:
+            if entry.inline is not None:
+                return serialization.deserialize(entry.inline)
+            return self._read_from_store(entry)
+        if state == FAILED:
+            raise pickle.loads(entry.inline)
+        raise RuntimeError("value_of on a pending object")
+
+    def _read_from_store(self, entry: ObjectEntry) -> Any:
+        if entry.node_id != self.node_id or self.store is None:
+            raise ObjectLostError(f"object {entry.object_id.hex()} lives on another node "
+                                  f"and cross-node transfer is not available")
+        view = self.store.get(entry.object_id)
+        if view is None:
+            raise ObjectLostError(f"object {entry.object_id.hex()} is no longer in the store")
+        return serialization.deserialize(view)
+
+    def future_of(self, ref: ObjectRef):
+        import concurrent.futures
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        entry = self._entries_of([ref])[0]
+
+        def complete(entry: ObjectEntry) -> None:
+            if future.cancelled():
+                return
+            try:
+                future.set_result(self.value_of(entry))
+            except BaseException as error:
+                future.set_exception(error)
+        if self.refs.when_resolved(entry, complete):
+            if not entry.owned and not entry.fetching:
+                entry.fetching = True
+                self.run_in_loop(self._fetch, entry)
+        else:
+            complete(entry)
+        future._pyactor_ref = ref  # keep the object alive while someone awaits it
+        return future
+
+    # ------------------------------------------------------------------ tasks
+    def submit(self, spec: TaskSpec) -> list[ObjectRef]:
+        """Register the task's returns and hand it to the IO thread (user threads)."""
+        refs = self._register_returns(spec)
+        self.run_in_loop(self._submit_on_loop, spec)
+        return refs
+
+    def _register_returns(self, spec: TaskSpec) -> list[ObjectRef]:
+        task_id = spec.task_id
+        entries = []
+        refs = []
+        for index in range(spec.num_returns):
+            object_id = object_id_for(task_id, index)
+            entry = self.refs.add_owned(object_id, task_id)
+            entry.task_pins += 1  # released when the task finishes, so late results are kept
+            entries.append(entry)
+            refs.append(ObjectRef(object_id, self.address))
+        spec.entries = entries
+        return refs
+
+    def submit_actor_call(self, spec: TaskSpec, max_task_retries: int) -> list[ObjectRef]:
+        refs = self._register_returns(spec)
+        self.run_in_loop(self.actors.submit, spec, max_task_retries)
+        return refs
+
+    def _submit_on_loop(self, spec: TaskSpec) -> None:
+        if not self._resolve_dependencies(spec, self._enqueue):
+            return
+        self._enqueue(spec)
+
+    def _resolve_dependencies(self, spec: TaskSpec, then: Callable[[TaskSpec], None]) -> bool:
+        """True when every top-level ref argument is ready; else calls then(spec) later."""
+        missing = []
+        for ref in spec.held_refs:
+            entry = self.refs.get(ref.id)
+            if entry is not None and entry.state == PENDING:
+                missing.append(entry)
+        if not missing:
+            return True
+        remaining = [len(missing)]
+        spec.dependencies = missing
+
+        def one_ready(_entry):
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self._waiting_deps.pop(spec.task_id, None)
+                spec.dependencies = []
+                if not spec.cancelled:
+                    then(spec)
+        self._waiting_deps[spec.task_id] = spec
+        for entry in missing:
+            if self.refs.when_resolved(entry, one_ready):
+                if not entry.owned and not entry.fetching:
+                    entry.fetching = True
+                    self._fetch(entry)
+            else:
+                one_ready(entry)
+        return False
+
+    def resolve_args(self, spec: TaskSpec) -> tuple[list, dict] | None:
+        """Replace ref args by their values or store locations; None if one of them failed
+        (the task then fails with that error)."""
+        args = [self._resolve_arg(spec, a) for a in spec.args]
+        kwargs = {k: self._resolve_arg(spec, v) for k, v in spec.kwargs.items()}
+        if any(a is None for a in args) or any(v is None for v in kwargs.values()):
+            return None
+        return args, kwargs
+
+    def _resolve_arg(self, spec: TaskSpec, arg: list) -> list | None:
+        if arg[0] != P.VALUE_REF:
+            return arg
+        entry = self.refs.get(arg[1])
+        if entry.state == FAILED:
+            self._finish(spec, error=entry.inline)
+            return None
+        if entry.inline is not None:
+            return [P.VALUE_INLINE, entry.inline]
+        return [P.VALUE_IN_STORE, arg[1], entry.node_id]
+
+    def _enqueue(self, spec: TaskSpec) -> None:
+        queue = self._queues.get(spec.scheduling_key)
+        if queue is None:
+            queue = self._queues[spec.scheduling_key] = SchedulingQueue(spec.scheduling_key,
+                                                                        spec.demand)
+        queue.tasks.append(spec)
+        self._pump(queue)
+
+    def _pump(self, queue: SchedulingQueue) -> None:
+        tasks = queue.tasks
+        while tasks:
+            best = None
+            for lease in queue.leases:
+                if len(lease.in_flight) < PIPELINE_DEPTH and (
+                        best is None or len(lease.in_flight) < len(best.in_flight)):
+                    best = lease
+            if best is None:
+                break
+            self._push(best, tasks.popleft())
+        backlog = len(tasks)
+        while backlog > queue.requests_pending and queue.requests_pending < \
+                MAX_PENDING_LEASE_REQUESTS:
+            queue.requests_pending += 1
+            self.loop.create_task(self._lease_worker(queue))
+
+    async def _lease_worker(self, queue: SchedulingQueue) -> None:
+        try:
+            grant = await self._request(self.node_conn, P.RequestLease, queue.demand, queue.key)
+        except InfeasibleResourcesError as error:
+            queue.requests_pending -= 1
+            while queue.tasks:
+                self._finish(queue.tasks.popleft(), error=pickle.dumps(error))
+            return
+        except Exception as error:
+            queue.requests_pending -= 1
+            if not self.closed:
+                logger.warning("lease request failed: %s", error)
+            return
+        queue.requests_pending -= 1
+        lease_id, worker_id, address, gpu_ids = grant
+        try:
+            conn = await self.peer(address)
+        except Exception as error:
+            logger.warning("could not reach leased worker at %s: %s", address, error)
+            self.node_conn.send(P.encode(P.ReturnLease(lease_id, True)))
+            self._pump(queue)
+            return
+        lease = Lease(lease_id, worker_id, address, conn, queue, gpu_ids)
+        queue.leases.append(lease)
+        self._pump(queue)
+        self._maybe_idle(lease)
+
+    def _push(self, lease: Lease, spec: TaskSpec) -> None:
+        resolved = self.resolve_args(spec)
+        if resolved is None:
+            return
+        args, kwargs = resolved
+        if lease.idle_timer is not None:
+            lease.idle_timer.cancel()
+            lease.idle_timer = None
+        spec.lease = lease
+        lease.in_flight[spec.task_id] = spec
+        self._running[spec.task_id] = spec
+        sent = self._sent_functions.get(lease.conn)
+        if sent is None:
+            sent = self._sent_functions[lease.conn] = set()
+        blob = None
+        if spec.function_id not in sent:
+            sent.add(spec.function_id)
+            blob = spec.function_blob
+        lease.conn.send(P.encode(P.PushTask(spec.task_id, spec.function_id, blob, args, kwargs,
+                                            spec.num_returns, self.address, lease.gpu_ids,
+                                            spec.name)))
+
+    def _maybe_idle(self, lease: Lease) -> None:
+        if lease.in_flight or lease.queue.tasks or lease.returned:
+            return
+        if lease.idle_timer is None:
+            lease.idle_timer = self.loop.call_later(LEASE_LINGER_S, self._return_lease, lease)
+
+    def _return_lease(self, lease: Lease, worker_exiting: bool = False) -> None:
+        lease.idle_timer = None
+        if lease.in_flight and not worker_exiting:
+            return
+        lease.returned = True
+        if lease in lease.queue.leases:
+            lease.queue.leases.remove(lease)
+        if self.node_conn is not None and not self.node_conn.closed:
+            self.node_conn.send(P.encode(P.ReturnLease(lease.lease_id, worker_exiting)))
+
+    def _on_task_done(self, conn, message: P.TaskDone) -> None:
+        spec = self._running.pop(message.task_id, None)
+        if spec is None:
+            if self.actors is not None and self.actors.on_task_done(conn, message):
+                return
+            self._discard_late_returns(message.returns)
+            return
+        lease = spec.lease
+        if lease is not None:
+            lease.in_flight.pop(message.task_id, None)
+        if message.error is not None and message.retryable and spec.retry_exceptions \
+                and spec.retries_left != 0 and not spec.cancelled:
+            spec.retries_left -= 1
+            spec.attempt += 1
+            self._enqueue(spec)
+        elif message.error is not None:
+            self._finish(spec, error=message.error)
+        else:
+            self._finish(spec, returns=message.returns)
+        if lease is not None:
+            self._pump(lease.queue)
+            self._maybe_idle(lease)
+
+    def _on_task_rejected(self, conn, message: P.TaskRejected) -> None:
+        """A worker blocked in `get` handed back tasks it had not started: run them elsewhere."""
+        for task_id in message.task_ids:
+            spec = self._running.pop(task_id, None)
+            if spec is None:
+                continue
+            lease = spec.lease
+            if lease is not None:
+                lease.in_flight.pop(task_id, None)
+            spec.lease = None
+            queue = self._queues[spec.scheduling_key]
+            queue.tasks.appendleft(spec)
+            self._pump(queue)
+
+    def _discard_late_returns(self, returns: list) -> None:
+        for index, ret in enumerate(returns):
+            if ret[0] == P.VALUE_IN_STORE and ret[2] == self.node_id and self.store is not None:
+                try:
+                    self.store.delete(ret[1])
+                except Exception:
+                    pass
+
+    def _finish(self, spec: TaskSpec, returns: list | None = None,
+                error: bytes | None = None) -> None:
+        """Resolve a task's return entries and release what it held (IO thread)."""
+        self._running.pop(spec.task_id, None)
+        refs = self.refs
+        for index, entry in enumerate(spec.entries):
+            if error is not None:
+                refs.resolve(entry, FAILED, error, None)
+            else:
+                ret = returns[index]
+                if ret[0] == P.VALUE_INLINE:
+                    refs.resolve(entry, READY, ret[1], None)
+                else:
+                    refs.resolve(entry, READY, None, ret[2])
+                if len(ret) > 3 and ret[3]:
+                    entry.contained = self.adopt_refs(ret[3])
+            refs.unpin(entry, "task_pins")
+        spec.held_refs = None  # drops the argument refs
+
+    def _fail_leases_on(self, conn) -> None:
+        for queue in self._queues.values():
+            for lease in list(queue.leases):
+                if lease.conn is not conn:
+                    continue
+                queue.leases.remove(lease)
+                lease.returned = True
+                for spec in list(lease.in_flight.values()):
+                    self._running.pop(spec.task_id, None)
+                    if spec.retries_left != 0 and not spec.cancelled:
+                        spec.retries_left -= 1
+                        spec.attempt += 1
+                        queue.tasks.appendleft(spec)
+                    else:
+                        error = TaskCancelledError(f"task {spec.name} was cancelled") \
+                            if spec.cancelled else WorkerCrashedError(
+                            f"the worker running {spec.name} died unexpectedly (killed, crashed "
+                            f"or exited) and no retries were left")
+                        self._finish(spec, error=pickle.dumps(error))
+                lease.in_flight.clear()
+                self._pump(queue)
+
+    # ------------------------------------------------------------------ cancel
+    def cancel(self, ref: ObjectRef, force: bool) -> None:
+        self.run_in_loop(self._cancel_on_loop, ref.id[:16], force)
+
+    def _cancel_on_loop(self, task_id: bytes, force: bool) -> None:
+        error = pickle.dumps(TaskCancelledError(f"task {task_id.hex()} was cancelled"))
+        spec = self._waiting_deps.pop(task_id, None)
+        if spec is not None:
+            spec.cancelled = True
+            self._finish(spec, error=error)
+            return
+        for queue in self._queues.values():
+            for spec in queue.tasks:
+                if spec.task_id == task_id:
+                    queue.tasks.remove(spec)
+                    spec.cancelled = True
+                    self._finish(spec, error=error)
+                    return
+        spec = self._running.get(task_id)
+        if spec is not None and spec.lease is not None:
+            spec.cancelled = True
+            spec.retries_left = 0
+            self.node_conn.send(P.encode(P.CancelTask(task_id, force, spec.lease.worker_id)))
+            return
+        if self.actors is not None:
+            self.actors.cancel(task_id, force)
+
+    # ------------------------------------------------------------------ node queries
+    def node_request(self, kind: type, *fields, timeout_s: float | None = None):
+        async def ask():
+            return await self._request(self.node_conn, kind, *fields)
+        return self.call(ask(), timeout_s)
+
+
+def _error_from_reply(error: Any) -> BaseException:
+    """Errors in Reply messages are [class name, message] pairs of known classes only."""
+    import pyactor.exceptions as exceptions
+    name, text = error
+    cls = getattr(exceptions, name, None)
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        return cls(text)
+    if name in ("ValueError", "TypeError", "KeyError"):
+        return {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError}[name](text)
+    return PyActorError(f"{name}: {text}")
+
+
+def is_task_error(value: Any) -> bool:
+    return isinstance(value, TaskError)

@@ -1,0 +1,52 @@
+"""A submitted task as the owner keeps it, and how its arguments are encoded.
+
+Arguments are encoded in the submitting thread (pickling is the costly part, and it should not
+run on the IO thread): a plain value becomes `[VALUE_INLINE, bytes]`, a large one is put in the
+store first and passed like a ref, and a top-level ObjectRef becomes `[VALUE_REF, id, owner]`,
+which the owner replaces by the value (or its store location) once it is ready. Refs nested in
+containers stay inside the pickle and reach the task as refs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pyactor._private import serialization
+from pyactor._private.protocol import VALUE_INLINE, VALUE_REF
+
+
+class TaskSpec:
+    __slots__ = ("task_id", "function_id", "function_blob", "name", "args", "kwargs",
+                 "held_refs", "dependencies", "num_returns", "return_ids", "entries", "demand",
+                 "scheduling_key", "retries_left", "retry_exceptions", "actor", "method",
+                 "cancelled", "lease", "attempt")
+
+    def __init__(self):
+        self.held_refs: list = []  # ObjectRefs kept alive until the task finishes
+        self.dependencies: list = []  # entries of top-level ref args not yet resolved
+        self.cancelled = False
+        self.lease = None
+        self.attempt = 0
+        self.actor = None
+        self.method = ""
+
+
+def encode_args(runtime, args: tuple, kwargs: dict, held_refs: list) -> tuple[list, dict]:
+    """Encode call arguments for the wire, noting the refs the task needs kept alive."""
+    return ([_encode_arg(runtime, a, held_refs) for a in args],
+            {k: _encode_arg(runtime, v, held_refs) for k, v in kwargs.items()} if kwargs else {})
+
+
+def _encode_arg(runtime, value: Any, held_refs: list) -> list:
+    from pyactor._private.object_ref import ObjectRef
+    if type(value) is ObjectRef:
+        held_refs.append(value)
+        return [VALUE_REF, value.id, value.owner_address]
+    serialized = serialization.serialize(value)
+    if serialized.contained_refs:
+        held_refs.extend(serialized.contained_refs)
+    if serialized.total_bytes < serialization.INLINE_THRESHOLD_BYTES:
+        return [VALUE_INLINE, serialized.to_bytes()]
+    ref = runtime.put_serialized(serialized)
+    held_refs.append(ref)
+    return [VALUE_REF, ref.id, ref.owner_address]
