@@ -1,0 +1,273 @@
+"""`pyactor microbenchmark`: the hot paths, timed, with the rows of `ray microbenchmark`.
+
+Each row runs its body several times and reports the median rate. Rows with a natural baseline
+(memory bandwidth for puts) print it and the ratio, measured in the same run. `--json` prints one
+JSON object a line: {"name", "value", "unit", "baseline", "ratio"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+import pyactor as pa
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    ratio: float | None = None
+    note: str = ""
+
+
+def median_rate(body: Callable[[], int], repeats: int) -> float:
+    """Median over `repeats` runs of (operations done by body) / seconds."""
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        count = body()
+        rates.append(count / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def median_seconds(body: Callable[[], None], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        body()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@pa.remote
+def noop(*_args):
+    return None
+
+
+@pa.remote
+def increment(x):
+    return x + 1
+
+
+@pa.remote
+class Actor:
+    def small(self, *_args):
+        return b"ok"
+
+
+@pa.remote
+class AsyncActor:
+    async def small(self, *_args):
+        return b"ok"
+
+
+@pa.remote
+class Client:
+    """Calls other actors, for the 1:n and n:n rows."""
+
+    def call_many(self, targets, calls_each: int, with_arg: bool) -> int:
+        payload = b"x" * 64
+        refs = []
+        for _ in range(calls_each):
+            for target in targets:
+                refs.append(target.small.remote(payload) if with_arg else target.small.remote())
+        pa.get(refs)
+        return len(refs)
+
+
+def copyto_gbps(size_bytes: int, repeats: int) -> float:
+    src = np.ones(size_bytes // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # fault the pages in
+    seconds = median_seconds(lambda: np.copyto(dst, src), repeats)
+    return size_bytes / seconds / 1e9
+
+
+def put_gbps(size_bytes: int, repeats: int) -> float:
+    array = np.ones(size_bytes // 8, dtype=np.float64)
+    pa.get(pa.put(array))  # warm: the store's pages are faulted in once, as in a running app
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ref = pa.put(array)
+        times.append(time.perf_counter() - start)
+        del ref
+    return size_bytes / statistics.median(times) / 1e9
+
+
+def get_large_us(size_bytes: int, repeats: int) -> float:
+    ref = pa.put(np.ones(size_bytes // 8, dtype=np.float64))
+    pa.get(ref)
+
+    def once():
+        value = pa.get(ref)
+        del value
+    return median_seconds(once, max(repeats, 20)) * 1e6
+
+
+def startup_seconds(repeats: int) -> float:
+    code = ("import time; t=time.perf_counter(); import pyactor as pa; pa.init(); "
+            "f=pa.remote(lambda: 1); pa.get(f.remote()); pa.shutdown(); "
+            "print(time.perf_counter()-t)")
+    times = []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60, check=True)
+        times.append(float(out.stdout.strip().splitlines()[-1]))
+    return statistics.median(times)
+
+
+def run(quick: bool) -> list[Row]:
+    repeats = 3 if quick else 5
+    n = 2_000 if quick else 10_000
+    rows: list[Row] = []
+
+    rows.append(Row("startup_init_task_shutdown", startup_seconds(3 if quick else 5), "s",
+                    note="fresh process: import, init, one task, shutdown"))
+
+    pa.init(ignore_reinit_error=True)
+    pa.get([noop.remote() for _ in range(200)])  # warm the workers
+
+    # --- objects
+    small = pa.put(0)
+    rows.append(Row("single_client_get_calls", median_rate(
+        lambda: [pa.get(small) for _ in range(n)] and n, repeats), "ops/s"))
+    rows.append(Row("single_client_put_calls", median_rate(
+        lambda: [pa.put(0) for _ in range(n)] and n, repeats), "ops/s"))
+    for label, size in (("100MB", 100 << 20), ("1GB", 1 << 30)):
+        if quick and label == "1GB":
+            continue
+        baseline = copyto_gbps(size, repeats)
+        value = put_gbps(size, repeats)
+        rows.append(Row(f"single_client_put_{label}", value, "GB/s", baseline, value / baseline,
+                        note="baseline: single-threaded numpy.copyto"))
+        rows.append(Row(f"single_client_get_{label}", get_large_us(size, repeats), "us",
+                        note="zero-copy: constant time"))
+
+    # --- tasks
+    rows.append(Row("single_client_tasks_sync", median_rate(
+        lambda: [pa.get(noop.remote()) for _ in range(n // 4)] and n // 4, repeats), "tasks/s"))
+    rows.append(Row("single_client_task_roundtrip", 1e6 / median_rate(
+        lambda: [pa.get(noop.remote()) for _ in range(n // 4)] and n // 4, repeats), "us"))
+    rows.append(Row("single_client_tasks_and_get_batch", median_rate(
+        lambda: len(pa.get([noop.remote() for _ in range(n)])), repeats), "tasks/s"))
+
+    async def async_tasks():
+        await asyncio.gather(*[noop.remote() for _ in range(n)])
+        return n
+    rows.append(Row("single_client_tasks_async", median_rate(
+        lambda: asyncio.run(async_tasks()), repeats), "tasks/s"))
+
+    def chain():
+        ref = increment.remote(0)
+        for _ in range(999):
+            ref = increment.remote(ref)
+        assert pa.get(ref) == 1000
+        return 1000
+    rows.append(Row("single_client_task_chain_1000", median_rate(chain, repeats), "tasks/s"))
+
+    # --- actors
+    actor = Actor.remote()
+    pa.get(actor.small.remote())
+    rows.append(Row("1_1_actor_calls_sync", median_rate(
+        lambda: [pa.get(actor.small.remote()) for _ in range(n // 4)] and n // 4, repeats),
+        "calls/s"))
+    rows.append(Row("1_1_actor_call_roundtrip", 1e6 / median_rate(
+        lambda: [pa.get(actor.small.remote()) for _ in range(n // 4)] and n // 4, repeats),
+        "us"))
+    rows.append(Row("1_1_actor_calls_async", median_rate(
+        lambda: len(pa.get([actor.small.remote() for _ in range(n)])), repeats), "calls/s"))
+
+    threaded = Actor.options(max_concurrency=16).remote()
+    pa.get(threaded.small.remote())
+    rows.append(Row("1_1_actor_calls_concurrent", median_rate(
+        lambda: len(pa.get([threaded.small.remote() for _ in range(n)])), repeats), "calls/s"))
+
+    async_actor = AsyncActor.remote()
+    pa.get(async_actor.small.remote())
+    rows.append(Row("1_1_async_actor_calls_sync", median_rate(
+        lambda: [pa.get(async_actor.small.remote()) for _ in range(n // 4)] and n // 4,
+        repeats), "calls/s"))
+    rows.append(Row("1_1_async_actor_calls_async", median_rate(
+        lambda: len(pa.get([async_actor.small.remote() for _ in range(n)])), repeats),
+        "calls/s"))
+    rows.append(Row("1_1_async_actor_calls_with_args_async", median_rate(
+        lambda: len(pa.get([async_actor.small.remote(b"x" * 64) for _ in range(n)])),
+        repeats), "calls/s"))
+
+    targets = [Actor.remote() for _ in range(4)]
+    async_targets = [AsyncActor.remote() for _ in range(4)]
+    pa.get([t.small.remote() for t in targets + async_targets])
+    rows.append(Row("1_n_actor_calls_async", median_rate(
+        lambda: len(pa.get([t.small.remote() for _ in range(n // 4) for t in targets])),
+        repeats), "calls/s"))
+    rows.append(Row("1_n_async_actor_calls_async", median_rate(
+        lambda: len(pa.get([t.small.remote() for _ in range(n // 4) for t in async_targets])),
+        repeats), "calls/s"))
+
+    clients = [Client.remote() for _ in range(2)]
+    pairs = list(zip(clients, targets[:2]))
+    rows.append(Row("n_n_actor_calls_async", median_rate(
+        lambda: sum(pa.get([c.call_many.remote([t], n // 2, False) for c, t in pairs])),
+        repeats), "calls/s"))
+    rows.append(Row("n_n_actor_calls_with_arg_async", median_rate(
+        lambda: sum(pa.get([c.call_many.remote([t], n // 2, True) for c, t in pairs])),
+        repeats), "calls/s"))
+    async_pairs = list(zip(clients, async_targets[:2]))
+    rows.append(Row("n_n_async_actor_calls_async", median_rate(
+        lambda: sum(pa.get([c.call_many.remote([t], n // 2, False) for c, t in async_pairs])),
+        repeats), "calls/s"))
+
+    # --- wait
+    def wait_1k():
+        refs = [noop.remote() for _ in range(1000)]
+        ready, _ = pa.wait(refs, num_returns=1000)
+        assert len(ready) == 1000
+        return 1000
+    rows.append(Row("client_wait_1k_refs", median_rate(wait_1k, repeats), "refs/s"))
+
+    for handle in [actor, threaded, async_actor] + targets + async_targets + clients:
+        pa.kill(handle)
+    pa.shutdown()
+    return rows
+
+
+def print_table(rows: list[Row]) -> None:
+    width = max(len(r.name) for r in rows)
+    print(f"{'benchmark':<{width}}  {'median':>12}  {'unit':<8} {'baseline':>10}  ratio")
+    for r in rows:
+        baseline = f"{r.baseline:10.2f}" if r.baseline is not None else " " * 10
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
+        print(f"{r.name:<{width}}  {r.value:12,.1f}  {r.unit:<8} {baseline}  {ratio}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pyactor microbenchmark",
+                                     description="Time pyactor's hot paths (medians).")
+    parser.add_argument("--quick", action="store_true", help="smaller runs (under a minute)")
+    parser.add_argument("--json", action="store_true", help="one JSON object a line")
+    args = parser.parse_args(argv)
+    rows = run(args.quick)
+    if args.json:
+        for r in rows:
+            print(json.dumps({"name": r.name, "value": r.value, "unit": r.unit,
+                              "baseline": r.baseline, "ratio": r.ratio}))
+    else:
+        print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
