@@ -8,25 +8,47 @@
 
     print(pa.get([square.remote(i) for i in range(4)]))   # [0, 1, 4, 9]
 
-The names mirror Ray's core API; see ../shared/API.md for the contract.
+The names mirror Ray's core API (see API.md). They are loaded on first use (PEP 562), so that
+processes which only need the internals (the node daemon) start without importing the whole API:
+that keeps `pa.init()` fast.
 """
 
-from pyactor import exceptions
-from pyactor._private.actor import ActorClass, ActorHandle, method
-from pyactor._private.api import (available_resources, cancel, cluster_resources, get,
-                                  get_actor, get_runtime_context, init, is_initialized, kill,
-                                  nodes, put, remote, shutdown, wait)
-from pyactor._private.object_ref import ObjectRef
-from pyactor.exceptions import (ActorDiedError, GetTimeoutError, ObjectLostError,
-                                ObjectStoreFullError, TaskCancelledError, TaskError,
-                                WorkerCrashedError)
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "init", "shutdown", "is_initialized", "remote", "method", "get", "put", "wait", "cancel",
-    "kill", "get_actor", "cluster_resources", "available_resources", "nodes",
-    "get_runtime_context", "ObjectRef", "ActorClass", "ActorHandle", "exceptions", "TaskError",
-    "GetTimeoutError", "TaskCancelledError", "WorkerCrashedError", "ActorDiedError",
-    "ObjectLostError", "ObjectStoreFullError",
-]
+_EXPORTS = {
+    "init": "pyactor._private.api", "shutdown": "pyactor._private.api",
+    "is_initialized": "pyactor._private.api", "remote": "pyactor._private.api",
+    "get": "pyactor._private.api", "put": "pyactor._private.api",
+    "wait": "pyactor._private.api", "cancel": "pyactor._private.api",
+    "kill": "pyactor._private.api", "get_actor": "pyactor._private.api",
+    "cluster_resources": "pyactor._private.api", "available_resources": "pyactor._private.api",
+    "nodes": "pyactor._private.api", "get_runtime_context": "pyactor._private.api",
+    "method": "pyactor._private.actor", "ActorClass": "pyactor._private.actor",
+    "ActorHandle": "pyactor._private.actor", "ObjectRef": "pyactor._private.object_ref",
+    "TaskError": "pyactor.exceptions", "GetTimeoutError": "pyactor.exceptions",
+    "TaskCancelledError": "pyactor.exceptions", "WorkerCrashedError": "pyactor.exceptions",
+    "ActorDiedError": "pyactor.exceptions", "ObjectLostError": "pyactor.exceptions",
+    "ObjectStoreFullError": "pyactor.exceptions", "AuthenticationError": "pyactor.exceptions",
+    "InfeasibleResourcesError": "pyactor.exceptions",
+}
+
+__all__ = sorted(_EXPORTS) + ["exceptions"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        if name == "exceptions":
+            return importlib.import_module("pyactor.exceptions")
+        raise AttributeError(f"module 'pyactor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return __all__

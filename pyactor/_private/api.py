@@ -17,11 +17,11 @@ from pyactor._private import protocol as P
 from pyactor._private.actor import ActorClass, ActorHandle
 from pyactor._private.object_ref import ObjectRef
 from pyactor._private.remote_function import RemoteFunction
-from pyactor._private.runtime import Runtime
 
 _lock = threading.RLock()
-_runtime: Runtime | None = None
+_runtime = None  # the process's Runtime (imported lazily: see init)
 _node_process: subprocess.Popen | None = None
+_node_store_name = ""  # the segment of the node init started (removed here if it was killed)
 _namespace = ""
 _is_worker = False
 
@@ -54,11 +54,15 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         if address is None:
             host, port, token_bytes = _start_local_node(num_cpus, num_gpus, resources,
                                                         object_store_memory)
+            # Import the runtime while the node starts on the other core, not before.
+            from pyactor._private.runtime import Runtime
+            port = _wait_for_node()
         else:
             if num_cpus is not None or num_gpus is not None or resources:
                 raise ValueError("num_cpus, num_gpus and resources describe a new node; when "
                                  "joining a cluster (address=...) set them on `pyactor start`")
             host, port, token_bytes = _resolve_address(address, token)
+        from pyactor._private.runtime import Runtime
         runtime = Runtime(node_host=host, node_port=port, token=token_bytes, kind="driver",
                           namespace=_namespace)
         if not log_to_driver:
@@ -93,20 +97,28 @@ def _start_local_node(num_cpus, num_gpus, resources, object_store_memory):
               "embedded": True}
     # The token goes through the pipe, never on a command line; the pipe stays open as the
     # node's lifeline (it stops when this process exits, however it exits).
-    process = subprocess.Popen([sys.executable, "-m", "pyactor._private.node"],
+    process = subprocess.Popen([sys.executable, "-m", "pyactor._private.node_main"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                start_new_session=True)
     process.stdin.write((json.dumps(config) + "\n").encode())
     process.stdin.flush()
+    _node_process = process
+    return "127.0.0.1", None, token
+
+
+def _wait_for_node() -> int:
+    """The port the node printed once it listens."""
+    process = _node_process
     line = process.stdout.readline()
+    process.stdout.close()
     if not line:
-        process.wait(10)
+        _stop_local_node()
         raise RuntimeError(f"the pyactor node failed to start (exit code {process.returncode}); "
                            f"its error is printed above")
     ready = json.loads(line)
-    process.stdout.close()
-    _node_process = process
-    return "127.0.0.1", ready["port"], token
+    global _node_store_name
+    _node_store_name = ready.get("store_name", "")
+    return ready["port"]
 
 
 def _resolve_address(address: str, token: str | None):
@@ -155,20 +167,32 @@ def _stop_local_node() -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+    _remove_segment_of(process)
+
+
+def _remove_segment_of(process: subprocess.Popen) -> None:
+    """A node that was killed (SIGKILL, OOM) could not remove its store's segment: do it here."""
+    global _node_store_name
+    name, _node_store_name = _node_store_name, ""
+    if name and process.returncode is not None:
+        try:
+            os.unlink(os.path.join("/dev/shm", name))
+        except OSError:
+            pass
 
 
 def is_initialized() -> bool:
     return _runtime is not None
 
 
-def attach_worker_runtime(runtime: Runtime) -> None:
+def attach_worker_runtime(runtime) -> None:
     """Called in worker processes: user code there uses the worker's runtime."""
     global _runtime, _is_worker
     _runtime = runtime
     _is_worker = True
 
 
-def runtime_for_call() -> Runtime:
+def runtime_for_call():
     runtime = _runtime
     if runtime is None:
         with _lock:
@@ -266,8 +290,9 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
     runtime = runtime_for_call()
-    runtime.run_in_loop(runtime.node_conn.send,
-                        P.encode(P.KillActor(actor._actor_id, no_restart)))
+    # Wait for the node's answer: the process is dead once it comes, so a call made after
+    # kill() returns cannot be run by it (it fails with ActorDiedError).
+    runtime.node_request(P.KillActor, actor._actor_id, no_restart)
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:

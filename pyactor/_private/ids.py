@@ -59,6 +59,10 @@ def new_actor_id() -> bytes:
     return os.urandom(16)
 
 
+def new_worker_id() -> bytes:
+    return os.urandom(16)
+
+
 def new_node_id() -> bytes:
     return os.urandom(16)
 

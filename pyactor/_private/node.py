@@ -31,7 +31,7 @@ from typing import Any
 
 from pyactor._private import protocol as P
 from pyactor._private import transport
-from pyactor._private.ids import new_node_id
+from pyactor._private.ids import new_node_id, new_worker_id
 from pyactor._private.resources import ResourceSet
 from pyactor._private.scheduler import LeaseRequest, LocalScheduler, Outcome
 from pyactor._private.worker_pool import ForkServer
@@ -153,7 +153,7 @@ class Node:
         self.server = await transport.serve(self.config.host, self.config.port, self.token,
                                             self._on_message, on_close=self._on_closed)
         for _ in range(self.pool_size):
-            self._start_worker()
+            self._start_worker()  # in the background: the node is ready before they are
 
     def stop(self) -> None:
         if self.stopped.is_set():
@@ -170,11 +170,25 @@ class Node:
             self.store = None
 
     def _start_worker(self) -> WorkerRecord:
-        from pyactor._private.ids import new_actor_id
-        worker_id = new_actor_id()
-        pid = self.fork_server.spawn(worker_id, self.config.host, self.server.port, {})
-        record = WorkerRecord(worker_id, pid)
+        """Ask the fork server for a worker; the pid arrives from a thread (the first fork
+        waits for the fork server's imports, which must not block this loop)."""
+        worker_id = new_worker_id()
+        record = WorkerRecord(worker_id, 0)
         self.workers[worker_id] = record
+        loop = asyncio.get_running_loop()
+        spawn = loop.run_in_executor(None, self.fork_server.spawn, worker_id, self.config.host,
+                                     self.server.port, {})
+
+        def spawned(future):
+            if future.exception() is not None:
+                if not self.stopped.is_set():
+                    logger.error("could not start a worker: %s", future.exception())
+                self.workers.pop(worker_id, None)
+                return
+            record.pid = future.result()
+            if record.state == "dead" or self.stopped.is_set():
+                _kill(record.pid)
+        spawn.add_done_callback(spawned)
         return record
 
     # ------------------------------------------------------------------ messages
@@ -436,6 +450,7 @@ class Node:
         actor = self.actors.get(message.actor_id)
         if actor is not None:
             self._kill_actor(actor, "it was killed with pyactor.kill()", message.no_restart)
+        self._reply(conn, message.request_id, True)
 
     def _kill_actor(self, actor: ActorRecord, cause: str, no_restart: bool) -> None:
         if no_restart:
@@ -531,6 +546,8 @@ def _spec_options(spec: bytes) -> dict:
 
 
 def _kill(pid: int) -> None:
+    if pid <= 0:  # not started yet: never signal a process group
+        return
     try:
         os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -557,22 +574,18 @@ def remove_stale_segments() -> None:
                 pass
 
 
-def main() -> None:
-    """`python -m pyactor._private.node`: read the config line from stdin, then serve."""
+def serve(config: NodeConfig, fork_server: ForkServer) -> None:
+    """Run the node until it is stopped (called by node_main once the fork server exists)."""
     logging.basicConfig(level=os.environ.get("PYACTOR_LOG_LEVEL", "WARNING"),
                         format="[pyactor node %(process)d] %(levelname)s %(message)s")
-    # No PDEATHSIG here: when the driver dies the lifeline pipe closes and the node cleans up
-    # (a SIGKILL would leave the store's segment behind).
-    config = NodeConfig(**json.loads(sys.stdin.readline()))
     remove_stale_segments()
-    fork_server = ForkServer.start(bytes.fromhex(config.token_hex))
 
     import uvloop
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     node = Node(config, fork_server)
 
-    async def serve():
+    async def run():
         try:
             await node.start()
         except BaseException:
@@ -589,7 +602,7 @@ def main() -> None:
         await node.stopped.wait()
 
     try:
-        loop.run_until_complete(serve())
+        loop.run_until_complete(run())
     finally:
         node.stop()
 
@@ -606,6 +619,3 @@ def watch_lifeline(loop, node: Node) -> None:
             node.stop()
     loop.add_reader(0, readable)
 
-
-if __name__ == "__main__":
-    main()

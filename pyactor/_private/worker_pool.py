@@ -97,7 +97,19 @@ def _serve_forks(token: bytes, request_fd: int, reply_fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests = os.fdopen(request_fd, "r", buffering=1)
     replies = os.fdopen(reply_fd, "w", buffering=1)
-    for line in requests:
+    preloaded_extras = False
+    while True:
+        if not preloaded_extras and not select.select([requests], [], [], 0.05)[0]:
+            # Idle after the first workers: preload what most tasks use, so later workers
+            # start with it (kept off the path to the first worker).
+            import numpy  # noqa: F401
+
+            import pyactor._private.api  # noqa: F401
+            preloaded_extras = True
+            continue
+        line = requests.readline()
+        if not line:
+            return
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
