@@ -380,7 +380,7 @@ class Node:
                             message.namespace, message.detached, conn,
                             spec_options.get("max_restarts", 0))
         demand = ResourceSet.from_dict(message.demand)
-        if not self.scheduler._node.can_ever_fit(demand):
+        if not self.scheduler.can_ever_fit(demand):
             self._reply(conn, message.request_id, error=[
                 "InfeasibleResourcesError",
                 f"actor requested {demand.to_dict()} but the node has {self.total.to_dict()}"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pyactor._private import serialization
+from pyactor._private.resources import ResourceSet, check_gpu_demand
 from pyactor._private.ids import new_task_id
 from pyactor._private.task_spec import TaskSpec, encode_args
 
@@ -32,6 +33,9 @@ def validate_options(options: dict, allowed: set, what: str) -> None:
         for name in ("CPU", "GPU"):
             if name in resources:
                 raise ValueError(f"use num_cpus/num_gpus instead of resources={{{name!r}: ...}}")
+    # The scheduler's own checks (exact amounts, whole GPUs above 1), at the call site.
+    demand = ResourceSet.from_dict(demand_of(options))
+    check_gpu_demand(demand)
 
 
 def demand_of(options: dict) -> dict:
