@@ -1,23 +1,220 @@
-"""The `pyactor` command line."""
+"""The `pyactor` command line: start and stop nodes, show a cluster, run the microbenchmark.
+
+    pyactor start --head [--port 6380] [--num-cpus N] [--resources '{"x": 2}']
+    pyactor start --address HOST:PORT [--token T]
+    pyactor status [--address HOST:PORT] [--token T]
+    pyactor stop
+    pyactor microbenchmark [--quick] [--json]
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
 import sys
+import time
+
+from pyactor._private import session
+
+DEFAULT_PORT = 6380
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pyactor", description="pyactor command line")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    start = commands.add_parser("start", help="start a node in the background")
+    role = start.add_mutually_exclusive_group(required=True)
+    role.add_argument("--head", action="store_true", help="start the head of a new cluster")
+    role.add_argument("--address", help="HOST:PORT of the head to join")
+    start.add_argument("--port", type=int, default=None,
+                       help=f"port to listen on (head default {DEFAULT_PORT}; others: any free)")
+    start.add_argument("--num-cpus", type=float, default=None)
+    start.add_argument("--num-gpus", type=float, default=None)
+    start.add_argument("--resources", default="{}", help='custom resources as JSON: {"x": 2}')
+    start.add_argument("--object-store-memory", type=int, default=None, help="bytes")
+    start.add_argument("--node-ip-address", default="127.0.0.1",
+                       help="address to bind and advertise (default: loopback only)")
+    start.add_argument("--token", default=None,
+                       help="cluster token when joining (default: $PYACTOR_TOKEN)")
+
+    status = commands.add_parser("status", help="show nodes, resources, actors, store use")
+    status.add_argument("--address", default=None)
+    status.add_argument("--token", default=None)
+
+    commands.add_parser("stop", help="stop the nodes started on this host")
+
     bench = commands.add_parser("microbenchmark", help="time the hot paths (prints a table)",
                                 add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
+
     args, extra = parser.parse_known_args(argv)
     if args.command == "microbenchmark":
-        args.rest = extra + args.rest
         from pyactor import microbenchmark
-        return microbenchmark.main(args.rest)
-    return 2
+        return microbenchmark.main(extra + args.rest)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return {"start": cmd_start, "status": cmd_status, "stop": cmd_stop}[args.command](args)
+
+
+def cmd_start(args) -> int:
+    try:
+        resources = json.loads(args.resources)
+        if not isinstance(resources, dict):
+            raise ValueError
+    except ValueError:
+        print(f"--resources must be a JSON object, got {args.resources!r}", file=sys.stderr)
+        return 2
+    if args.head:
+        token_hex = os.urandom(32).hex()
+        head_address = None
+        port = args.port if args.port is not None else DEFAULT_PORT
+    else:
+        token_hex = args.token or os.environ.get("PYACTOR_TOKEN")
+        if not token_hex:
+            saved = session.read_cluster_address()
+            token_hex = saved["token"] if saved and saved["address"] == args.address else None
+        if not token_hex:
+            print("joining a cluster needs its token: --token T or $PYACTOR_TOKEN (printed by "
+                  "`pyactor start --head`)", file=sys.stderr)
+            return 2
+        head_address = args.address
+        port = args.port if args.port is not None else 0
+    config = {"token_hex": token_hex, "host": args.node_ip_address, "port": port,
+              "num_cpus": args.num_cpus, "num_gpus": args.num_gpus, "resources": resources,
+              "object_store_memory": args.object_store_memory, "embedded": False,
+              "head_address": head_address}
+    log = session.log_path(port or int(time.time() * 1000) % 100000)
+    with open(log, "ab") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "pyactor._private.node_main"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=log_file, start_new_session=True)
+    process.stdin.write((json.dumps(config) + "\n").encode())
+    process.stdin.close()  # a CLI node has no lifeline: it runs until `pyactor stop`
+    line = process.stdout.readline()
+    process.stdout.close()
+    if not line:
+        process.wait(10)
+        print(f"the node failed to start (exit code {process.returncode}); see {log}",
+              file=sys.stderr)
+        return 1
+    ready = json.loads(line)
+    address = f"{args.node_ip_address}:{ready['port']}"
+    session.record_node(process.pid, address, args.head, log)
+    if args.head:
+        session.write_cluster_address(address, token_hex)
+        print(f"Started the head node at {address} (pid {process.pid}).\n"
+              f"  token:  {token_hex}\n"
+              f"  join another node:  pyactor start --address {address} --token {token_hex}\n"
+              f"  connect a driver:   pa.init(address=\"{address}\") with "
+              f"PYACTOR_TOKEN={token_hex}\n"
+              f"                      (or pa.init(address=\"auto\") on this host)\n"
+              f"  stop:   pyactor stop")
+    else:
+        print(f"Started a node at {address} (pid {process.pid}), joined {head_address}.")
+    return 0
+
+
+def cmd_status(args) -> int:
+    address, token_hex = args.address, args.token or os.environ.get("PYACTOR_TOKEN")
+    saved = session.read_cluster_address()
+    if address is None:
+        if saved is None:
+            print("no cluster found on this host: start one with `pyactor start --head`",
+                  file=sys.stderr)
+            return 1
+        address = saved["address"]
+    if token_hex is None and saved is not None and saved["address"] == address:
+        token_hex = saved["token"]
+    if not token_hex:
+        print("pass the cluster token with --token or $PYACTOR_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        nodes = asyncio.run(_ask_status(address, bytes.fromhex(token_hex)))
+    except Exception as error:  # noqa: BLE001 - report any failure to reach the cluster
+        print(f"could not reach the cluster at {address}: {error}", file=sys.stderr)
+        return 1
+    print(format_status(address, nodes))
+    return 0
+
+
+async def _ask_status(address: str, token: bytes) -> list[dict]:
+    from pyactor._private import protocol as P
+    from pyactor._private import transport
+    host, _, port = address.rpartition(":")
+    replies: asyncio.Queue = asyncio.Queue()
+    conn = await transport.connect(host, int(port), token,
+                                   lambda _c, raw: replies.put_nowait(P.decode(raw)))
+    try:
+        conn.send(P.encode(P.Register(1, "cli", os.getpid(), b"", ["", 0], "")))
+        conn.send(P.encode(P.ClusterInfo(2, "nodes")))
+        while True:
+            reply = await asyncio.wait_for(replies.get(), 10)
+            if isinstance(reply, P.Reply) and reply.request_id == 2:
+                return reply.value
+    finally:
+        conn.close()
+
+
+def format_status(address: str, nodes: list[dict]) -> str:
+    lines = [f"cluster at {address}: {sum(1 for n in nodes if n['Alive'])} node(s) alive"]
+    for node in nodes:
+        store = node.get("ObjectStore") or {}
+        used = store.get("used_bytes", 0) / 2**20
+        capacity = store.get("capacity_bytes", 0) / 2**20
+        lines.append(
+            f"  node {node['NodeID'][:12]} at {node['NodeManagerAddress']}:"
+            f"{node['NodeManagerPort']} {'alive' if node['Alive'] else 'DEAD'}")
+        lines.append(f"    resources  {_usage(node['Resources'], node['Available'])}")
+        lines.append(f"    actors     {node.get('Actors', 0)}   workers {node.get('Workers', 0)}")
+        lines.append(f"    store      {used:,.1f} / {capacity:,.1f} MiB in "
+                     f"{store.get('object_count', 0)} objects")
+    return "\n".join(lines)
+
+
+def _usage(total: dict, available: dict) -> str:
+    parts = []
+    for name, amount in total.items():
+        used = amount - available.get(name, 0)
+        parts.append(f"{name} {used:g}/{amount:g}")
+    return ", ".join(parts) + " used"
+
+
+def cmd_stop(args) -> int:
+    nodes = session.recorded_nodes()
+    stopped = 0
+    for node in nodes:
+        pid = node["pid"]
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        stopped += 1
+    deadline = time.monotonic() + 10
+    for node in nodes:
+        while _alive(node["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(node["pid"]):
+            os.kill(node["pid"], signal.SIGKILL)
+    session.forget_nodes()
+    print(f"stopped {stopped} node(s)")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (our child, not reaped) is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":
