@@ -76,6 +76,8 @@ class ActorClass:
         spec = pickle.dumps({
             "class_blob": self._blob, "args": wire_args, "kwargs": wire_kwargs,
             "class_name": self.__name__,
+            "namespace": get_namespace(),  # the actor's code runs in its creator's namespace
+            "methods": self._methods,  # for get_actor(), which need not import the class
             "options": {"max_restarts": options["max_restarts"],
                         "max_task_retries": options["max_task_retries"],
                         "max_concurrency": options["max_concurrency"]},
@@ -85,11 +87,13 @@ class ActorClass:
         name = options["name"] or ""
         if options["get_if_exists"] and not name:
             raise ValueError("get_if_exists=True needs a name")
-        state = runtime.node_request(P.CreateActor, new_actor_id(), spec, demand_of(options),
+        requested_id = new_actor_id()
+        state = runtime.node_request(P.CreateActor, requested_id, spec, demand_of(options),
                                      name, namespace, bool(options["get_if_exists"]),
                                      options["lifetime"] == "detached")
         actor_id = state[0]
-        runtime.actors_created[actor_id] = held  # args stay alive while it may restart
+        if actor_id == requested_id:  # not an existing actor (get_if_exists): keep its args
+            runtime.actors_created[actor_id] = held  # args stay alive while it may restart
         return ActorHandle(actor_id, self.__name__, self._methods, options["max_task_retries"])
 
 

@@ -142,25 +142,35 @@ class ActorSubmitter:
 
     def on_connection_closed(self, conn) -> None:
         for view in self.actors.values():
-            if view.conn is not conn:
-                continue
-            view.conn = None
-            view.state = "unknown"
-            retry = []
-            for spec in view.in_flight.values():
-                if spec.retries_left != 0 and not spec.cancelled:
-                    spec.retries_left -= 1
-                    retry.append(spec)
-                else:
-                    self.by_task.pop(spec.task_id, None)
-                    error = TaskCancelledError("actor task was cancelled") if spec.cancelled \
-                        else ActorDiedError(
-                            f"the actor {view.actor_id.hex()} died while running {spec.method}; "
-                            f"the call was not retried (max_task_retries)")
-                    self.runtime._finish(spec, error=pickle.dumps(error))
-            view.in_flight.clear()
-            view.queue.extendleft(reversed(retry))
-            self._ask_node(view)
+            if view.conn is conn:
+                self._lost(view)
+
+    def on_killed(self, actor_id: bytes) -> None:
+        """pa.kill() from this process returned: the process is gone, even if its connection
+        has not closed yet. Calls made after kill() must not go out on that connection."""
+        view = self.actors.get(actor_id)
+        if view is not None and view.conn is not None:
+            self._lost(view)
+
+    def _lost(self, view: ActorView) -> None:
+        """The actor's process died: retry or fail the calls in flight, ask for the next one."""
+        view.conn = None
+        view.state = "unknown"
+        retry = []
+        for spec in view.in_flight.values():
+            if spec.retries_left != 0 and not spec.cancelled:
+                spec.retries_left -= 1
+                retry.append(spec)
+            else:
+                self.by_task.pop(spec.task_id, None)
+                error = TaskCancelledError("actor task was cancelled") if spec.cancelled \
+                    else ActorDiedError(
+                        f"the actor {view.actor_id.hex()} died while running {spec.method}; "
+                        f"the call was not retried (max_task_retries)")
+                self.runtime._finish(spec, error=pickle.dumps(error))
+        view.in_flight.clear()
+        view.queue.extendleft(reversed(retry))
+        self._ask_node(view)
 
     def _fail_all(self, view: ActorView) -> None:
         error = pickle.dumps(ActorDiedError(
@@ -187,6 +197,17 @@ class ActorSubmitter:
         if spec is not None and view.conn is not None:
             spec.cancelled = True
             view.conn.send(P.encode(P.CancelTask(task_id, False, b"")))
+
+    def drop_blocked(self, spec: TaskSpec) -> None:
+        """A call waiting for its arguments was cancelled (and finished by the runtime): it no
+        longer holds back the calls queued behind it."""
+        view = self.by_task.pop(spec.task_id, None)
+        if view is None:
+            return
+        if spec in view.queue:
+            view.queue.remove(spec)
+        view.blocked = False
+        self._flush(view)
 
     def forget(self, actor_id: bytes) -> None:
         view = self.actors.get(actor_id)

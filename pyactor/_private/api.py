@@ -11,8 +11,6 @@ import sys
 import threading
 from typing import Any
 
-import cloudpickle
-
 from pyactor._private import protocol as P
 from pyactor._private.actor import ActorClass, ActorHandle
 from pyactor._private.object_ref import ObjectRef
@@ -25,8 +23,6 @@ _node_store_name = ""  # the segment of the node init started (removed here if i
 _namespace = ""
 _is_worker = False
 
-ADDRESS_FILE = os.path.join(os.environ.get("XDG_RUNTIME_DIR") or "/tmp",
-                            f"pyactor-{os.getuid()}", "address.json")
 
 
 # ---------------------------------------------------------------------- init / shutdown
@@ -78,11 +74,22 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
 
 
 def _validate_init(num_cpus, num_gpus, resources, object_store_memory) -> None:
+    def is_amount(value) -> bool:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and 0 <= value < float("inf"))  # also refuses NaN
+
     for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
-        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+        if value is not None and not is_amount(value):
             raise ValueError(f"{name} must be a non-negative number, got {value!r}")
     if resources is not None and not isinstance(resources, dict):
         raise TypeError(f"resources must be a dict, got {type(resources).__name__}")
+    for name, amount in (resources or {}).items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"resource names must be non-empty strings, got {name!r}")
+        if name in ("CPU", "GPU"):
+            raise ValueError(f"set {name} with num_{name.lower()}s=..., not resources=")
+        if not is_amount(amount):
+            raise ValueError(f"resource {name!r} must be a non-negative number, got {amount!r}")
     if object_store_memory is not None and (not isinstance(object_store_memory, int) or
                                             object_store_memory < 1 << 20):
         raise ValueError(f"object_store_memory must be an int of at least 1 MiB, "
@@ -125,14 +132,13 @@ def _resolve_address(address: str, token: str | None):
     if address == "auto":
         address = os.environ.get("PYACTOR_ADDRESS", "")
         if not address:
-            try:
-                with open(ADDRESS_FILE) as f:
-                    saved = json.load(f)
-                address = saved["address"]
-                token = token or saved["token"]
-            except (OSError, ValueError, KeyError):
+            from pyactor._private import session
+            saved = session.read_cluster_address()
+            if saved is None:
                 raise ConnectionError("address='auto' found no cluster: start one with "
-                                      "`pyactor start --head` or set PYACTOR_ADDRESS") from None
+                                      "`pyactor start --head` or set PYACTOR_ADDRESS")
+            address = saved["address"]
+            token = token or saved["token"]
     token = token or os.environ.get("PYACTOR_TOKEN")
     if not token:
         raise ValueError(f"joining {address} needs the cluster token: pass token=... or set "
@@ -293,6 +299,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     # Wait for the node's answer: the process is dead once it comes, so a call made after
     # kill() returns cannot be run by it (it fails with ActorDiedError).
     runtime.node_request(P.KillActor, actor._actor_id, no_restart)
+    runtime.run_in_loop(runtime.actors.on_killed, actor._actor_id)
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
@@ -302,8 +309,7 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     namespace = namespace if namespace is not None else _namespace
     state = runtime.node_request(P.GetActor, name, namespace)
     spec = pickle.loads(state[5])
-    methods = ActorClass(cloudpickle.loads(spec["class_blob"]), {})._methods
-    return ActorHandle(state[0], spec["class_name"], methods,
+    return ActorHandle(state[0], spec["class_name"], spec["methods"],
                        spec["options"].get("max_task_retries", 0))
 
 

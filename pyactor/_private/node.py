@@ -49,7 +49,7 @@ class NodeConfig:
     resources: dict = field(default_factory=dict)
     object_store_memory: int | None = None
     embedded: bool = True  # stops when its stdin closes
-    session_dir: str = ""
+    head_address: str | None = None  # HOST:PORT of the head to join; None for a head
 
 
 def detect_gpu_count() -> int:
@@ -204,6 +204,11 @@ class Node:
             conn.send(P.encode(P.Reply(request_id, value, error)))
 
     def _on_register(self, conn, message: P.Register) -> None:
+        # The node later signals `pid` and hands `address` to others: refuse nonsense here.
+        if message.kind not in ("driver", "worker", "cli") or type(message.pid) is not int \
+                or message.pid <= 0 or type(message.address) is not list \
+                or len(message.address) != 2 or type(message.worker_id) is not bytes:
+            raise P.ProtocolError(f"malformed Register: {message!r}"[:200])
         self.clients[conn] = message.kind
         if message.kind == "driver":
             self.drivers.add(conn)
@@ -274,7 +279,11 @@ class Node:
         worker = self._take_idle_worker()
         if worker is None:
             self.waiting_for_worker.append(lease_id)
-            self._start_worker()
+            # Workers still starting (the pool started ahead of demand) will serve the queue:
+            # fork another only when they are too few.
+            starting = sum(1 for w in self.workers.values() if w.state == "starting")
+            if starting < len(self.waiting_for_worker):
+                self._start_worker()
             return
         self._bind(lease_id, worker)
 
@@ -456,6 +465,9 @@ class Node:
         if no_restart:
             actor.no_restart = True
             actor.death_cause = cause
+            # The name is free as soon as kill() returns, not once the process is reaped.
+            if self.named.get((actor.namespace, actor.name)) == actor.actor_id:
+                del self.named[(actor.namespace, actor.name)]
         worker = self.workers.get(actor.worker_id) if actor.worker_id else None
         if worker is not None:
             _kill(worker.pid)  # its connection closes; _worker_died restarts or buries it
@@ -530,6 +542,11 @@ class Node:
         self._reply(conn, message.request_id, value)
 
     def _on_log(self, conn, message: P.Log) -> None:
+        # Checked here: a bad Log would otherwise break every driver's connection, not its own.
+        if not (type(message.source) is str and message.stream in ("stdout", "stderr")
+                and type(message.lines) is list
+                and all(type(line) is str for line in message.lines)):
+            raise P.ProtocolError("a Log needs a source, 'stdout' or 'stderr', and lines of text")
         encoded = P.encode(message)
         for driver in self.drivers:
             if not driver.closed:

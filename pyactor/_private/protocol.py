@@ -127,6 +127,7 @@ class GetActor(NamedTuple):
 
 
 class KillActor(NamedTuple):
+    request_id: int  # answered once the process is killed, so later calls cannot reach it
     actor_id: bytes
     no_restart: bool
 
@@ -199,10 +200,32 @@ class ActorReady(NamedTuple):
     error: Any
 
 
+class PullObject(NamedTuple):
+    """Node to node: send me this object (answered by ObjectChunk messages)."""
+    request_id: int
+    object_id: bytes
+
+
+class ObjectChunk(NamedTuple):
+    """Part of a pulled object; total is -1 when the holder does not have it."""
+    request_id: int
+    offset: int
+    total: int
+    data: bytes
+
+
+class Fetch(NamedTuple):
+    """Runtime to its node: make this object, held by node `node_id`, present locally."""
+    request_id: int
+    object_id: bytes
+    node_id: bytes
+
+
 _KINDS: list[type] = [
     Register, Reply, RequestLease, ReturnLease, WorkerBlocked, PushTask, ActorCall, TaskDone,
     CancelTask, CreateActor, StartActor, GetActor, KillActor, WaitActor, FreeObjects, GetObject,
     AddBorrower, RemoveBorrower, ClusterInfo, Log, KillWorker, Shutdown, TaskRejected, ActorReady,
+    PullObject, ObjectChunk, Fetch,
 ]
 KIND_OF: dict[type, int] = {cls: i for i, cls in enumerate(_KINDS)}
 _ARITY = [len(cls._fields) for cls in _KINDS]

@@ -222,6 +222,10 @@ class Runtime:
     def _request(self, conn: transport.Connection, kind: type, *fields) -> asyncio.Future:
         request_id = next(self._request_ids)
         future = self.loop.create_future()
+        if conn.closed:  # `send` would drop the request and nobody would ever answer it
+            future.set_exception(ConnectionError(f"connection closed: cannot send "
+                                                 f"{kind.__name__}"))
+            return future
         self._requests[request_id] = future
         future.add_done_callback(lambda _f: self._requests.pop(request_id, None))
         conn.send(P.encode(kind(request_id, *fields)))
@@ -253,10 +257,25 @@ class Runtime:
             self.actors.on_connection_closed(conn)
 
     def _on_node_closed(self, conn, reason) -> None:
+        if not self.closed:
+            self.node_lost.set()  # first: the callbacks below must see it
+            logger.debug("connection to the node closed: %s", reason)
         self._on_connection_closed(conn, reason)
         if not self.closed:
-            self.node_lost.set()
-            logger.debug("connection to the node closed: %s", reason)
+            for queue in self._queues.values():
+                self._fail_queued(queue)
+
+    def _node_lost_error(self) -> WorkerCrashedError:
+        return WorkerCrashedError(
+            "the pyactor node this process was connected to is gone (it crashed or was "
+            "killed), so tasks can no longer be scheduled; call pyactor.shutdown() and "
+            "pyactor.init() again")
+
+    def _fail_queued(self, queue: SchedulingQueue) -> None:
+        """The node is gone: no lease will come for the tasks still waiting for one."""
+        error = pickle.dumps(self._node_lost_error())
+        while queue.tasks:
+            self._finish(queue.tasks.popleft(), error=error)
 
     def _on_log(self, conn, message: P.Log) -> None:
         if self.log_handler is not None:
@@ -635,7 +654,17 @@ class Runtime:
 
     def _pump(self, queue: SchedulingQueue) -> None:
         tasks = queue.tasks
-        while tasks:
+        for lease in queue.leases:  # idle workers first
+            while tasks and not lease.in_flight:
+                self._push(lease, tasks.popleft())
+        backlog = len(tasks)
+        while backlog > queue.requests_pending and queue.requests_pending < \
+                MAX_PENDING_LEASE_REQUESTS:
+            queue.requests_pending += 1
+            self.loop.create_task(self._lease_worker(queue))
+        # Pipeline onto busy workers only what the pending lease requests will not absorb: a
+        # task queued behind a long-running one would wait for it while a CPU sits idle.
+        while len(tasks) > queue.requests_pending:
             best = None
             for lease in queue.leases:
                 if len(lease.in_flight) < PIPELINE_DEPTH and (
@@ -644,11 +673,6 @@ class Runtime:
             if best is None:
                 break
             self._push(best, tasks.popleft())
-        backlog = len(tasks)
-        while backlog > queue.requests_pending and queue.requests_pending < \
-                MAX_PENDING_LEASE_REQUESTS:
-            queue.requests_pending += 1
-            self.loop.create_task(self._lease_worker(queue))
 
     async def _lease_worker(self, queue: SchedulingQueue) -> None:
         try:
@@ -660,7 +684,9 @@ class Runtime:
             return
         except Exception as error:
             queue.requests_pending -= 1
-            if not self.closed:
+            if self.node_lost.is_set():
+                self._fail_queued(queue)
+            elif not self.closed:
                 logger.warning("lease request failed: %s", error)
             return
         queue.requests_pending -= 1
@@ -725,8 +751,8 @@ class Runtime:
         lease = spec.lease
         if lease is not None:
             lease.in_flight.pop(message.task_id, None)
-        if message.error is not None and message.retryable and spec.retry_exceptions \
-                and spec.retries_left != 0 and not spec.cancelled:
+        if message.error is not None and message.retryable and spec.retries_left != 0 \
+                and not spec.cancelled and _should_retry(spec.retry_exceptions, message.error):
             spec.retries_left -= 1
             spec.attempt += 1
             self._enqueue(spec)
@@ -811,6 +837,8 @@ class Runtime:
         if spec is not None:
             spec.cancelled = True
             self._finish(spec, error=error)
+            if spec.actor is not None and self.actors is not None:
+                self.actors.drop_blocked(spec)  # the calls queued behind it may go now
             return
         for queue in self._queues.values():
             for spec in queue.tasks:
@@ -823,7 +851,10 @@ class Runtime:
         if spec is not None and spec.lease is not None:
             spec.cancelled = True
             spec.retries_left = 0
-            self.node_conn.send(P.encode(P.CancelTask(task_id, force, spec.lease.worker_id)))
+            # The node only kills (force); interrupting the task is the worker's job, and a task
+            # pipelined behind another is dropped by the worker: tell it over the lease's link.
+            message = P.encode(P.CancelTask(task_id, force, spec.lease.worker_id))
+            (self.node_conn if force else spec.lease.conn).send(message)
             return
         if self.actors is not None:
             self.actors.cancel(task_id, force)
@@ -845,6 +876,17 @@ def _error_from_reply(error: Any) -> BaseException:
     if name in ("ValueError", "TypeError", "KeyError"):
         return {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError}[name](text)
     return PyActorError(f"{name}: {text}")
+
+
+def _should_retry(retry_exceptions, error_blob: bytes) -> bool:
+    """retry_exceptions is a bool, or (as in Ray) a list of the exception classes to retry."""
+    if not isinstance(retry_exceptions, (list, tuple)):
+        return bool(retry_exceptions)
+    try:
+        error = pickle.loads(error_blob)
+    except Exception:
+        return False
+    return isinstance(error, tuple(retry_exceptions))
 
 
 def is_task_error(value: Any) -> bool:

@@ -150,7 +150,7 @@ class Executor:
     def _function(self, function_id: bytes):
         function = self.functions.get(function_id)
         if function is None:
-            function = self.functions[function_id] = cloudpickle.loads(
+            function = self.functions[function_id] = serialization.loads_function(
                 self.function_blobs.pop(function_id))
         return function
 
@@ -264,16 +264,16 @@ class Executor:
 
     def _set_gpus(self, gpu_ids) -> None:
         self.gpu_ids = gpu_ids
-        if gpu_ids:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
-        else:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        # Like Ray: empty (not unset) when the task has no GPU, or it would see them all.
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
 
     # ------------------------------------------------------------------ actors
     def _start_actor(self, conn, message: P.StartActor) -> None:
         spec = pickle.loads(message.spec)
         self._set_gpus(message.gpu_ids)
         self.actor_id = message.actor_id
+        from pyactor._private import api  # get_actor()/named actors inside use its namespace
+        api._namespace = spec.get("namespace", api._namespace)
         try:
             cls = cloudpickle.loads(spec["class_blob"])
             args = [self._decode_arg(a) for a in spec["args"]]
