@@ -90,7 +90,7 @@ class ActorClass:
         requested_id = new_actor_id()
         state = runtime.node_request(P.CreateActor, requested_id, spec, demand_of(options),
                                      name, namespace, bool(options["get_if_exists"]),
-                                     options["lifetime"] == "detached")
+                                     options["lifetime"] == "detached", runtime.address)
         actor_id = state[0]
         if actor_id == requested_id:  # not an existing actor (get_if_exists): keep its args
             runtime.actors_created[actor_id] = held  # args stay alive while it may restart

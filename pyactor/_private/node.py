@@ -31,10 +31,15 @@ from typing import Any
 
 from pyactor._private import protocol as P
 from pyactor._private import transport
+from pyactor._private.actor_directory import ActorDirectory
+from pyactor._private.cluster import Membership, NodeInfo
 from pyactor._private.ids import new_node_id, new_worker_id
+from pyactor._private.object_transfer import ObjectTransfers
 from pyactor._private.resources import ResourceSet
-from pyactor._private.scheduler import LeaseRequest, LocalScheduler, Outcome
+from pyactor._private.scheduler import (ClusterScheduler, LeaseRequest, LocalScheduler,
+                                        NodeView, Outcome, Placement)
 from pyactor._private.worker_pool import ForkServer
+from pyactor.exceptions import ObjectLostError, ObjectStoreFullError
 
 logger = logging.getLogger("pyactor.node")
 
@@ -82,31 +87,7 @@ class LeaseRecord:
     worker_id: bytes | None = None
     gpu_ids: tuple = ()
     blocked: bool = False
-
-
-@dataclass
-class ActorRecord:
-    actor_id: bytes
-    spec: bytes
-    demand: dict
-    name: str
-    namespace: str
-    detached: bool
-    owner_conn: Any
-    max_restarts: int
-    state: str = "pending"  # pending -> alive -> restarting -> alive ... -> dead
-    address: list | None = None
-    incarnation: int = 0
-    restarts: int = 0
-    death_cause: str = ""
-    worker_id: bytes | None = None
-    lease_id: Any = None
-    no_restart: bool = False
-    waiters: list = field(default_factory=list)
-
-    def view(self) -> list:
-        return list(P.ActorState(self.actor_id, self.state, self.address, self.incarnation,
-                                 self.death_cause, self.spec))
+    actor: tuple | None = None  # (actor_id, spec, restarts) when the lease hosts an actor
 
 
 class Node:
@@ -114,34 +95,50 @@ class Node:
         self.config = config
         self.token = bytes.fromhex(config.token_hex)
         self.node_id = new_node_id()
+        self.is_head = config.head_address is None
         num_cpus = config.num_cpus if config.num_cpus is not None else os.cpu_count() or 1
         num_gpus = config.num_gpus if config.num_gpus is not None else detect_gpu_count()
         total = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}),
                  **(config.resources or {})}
         self.total = ResourceSet.from_dict(total)
         self.scheduler = LocalScheduler(self.total, list(range(int(num_gpus))))
+        self.placer = ClusterScheduler()
         self.pool_size = max(1, int(num_cpus))
         self.fork_server = fork_server
         self.store = None
         self.server: transport.Server | None = None
+        self.membership: Membership | None = None
+        self.transfers: ObjectTransfers | None = None
+        self.directory: ActorDirectory | None = None  # the head's actor table
         self.workers: dict[bytes, WorkerRecord] = {}
         self.idle: deque[bytes] = deque()
-        self.leases: dict[int, LeaseRecord] = {}
-        self.waiting_for_worker: deque[int] = deque()
-        self.actors: dict[bytes, ActorRecord] = {}
-        self.named: dict[tuple[str, str], bytes] = {}
+        self.leases: dict[Any, LeaseRecord] = {}
+        self.waiting_for_worker: deque = deque()
+        self.hosted: dict[bytes, tuple] = {}  # actor_id -> its lease key, on this node
         self.drivers: set = set()
         self.clients: dict[Any, str] = {}
+        self.client_address: dict[Any, list] = {}
+        self._node_conns: dict[bytes, asyncio.Future] = {}
+        self._forwarded: dict[int, tuple] = {}  # head request id -> (conn, original id)
+        self._forward_ids = itertools.count(1)
+        self._known_alive: frozenset = frozenset()
         self._lease_ids = itertools.count(1)
         self.stopped = asyncio.Event()
         self.handlers = {
             P.Register: self._on_register, P.RequestLease: self._on_request_lease,
             P.ReturnLease: self._on_return_lease, P.WorkerBlocked: self._on_worker_blocked,
-            P.CreateActor: self._on_create_actor, P.ActorReady: self._on_actor_ready,
-            P.WaitActor: self._on_wait_actor, P.GetActor: self._on_get_actor,
-            P.KillActor: self._on_kill_actor, P.CancelTask: self._on_cancel_task,
-            P.FreeObjects: self._on_free_objects, P.ClusterInfo: self._on_cluster_info,
-            P.Log: self._on_log, P.Shutdown: self._on_shutdown,
+            P.CreateActor: self._on_actor_request, P.GetActor: self._on_actor_request,
+            P.WaitActor: self._on_actor_request, P.KillActor: self._on_actor_request,
+            P.ActorReady: self._on_actor_ready, P.HostActor: self._on_host_actor,
+            P.KillActorProcess: self._on_kill_actor_process,
+            P.ActorHosted: self._on_actor_hosted, P.ActorProcessDied: self._on_actor_died,
+            P.OwnerExited: self._on_owner_exited, P.Reply: self._on_reply,
+            P.CancelTask: self._on_cancel_task, P.FreeObjects: self._on_free_objects,
+            P.ClusterInfo: self._on_cluster_info, P.Log: self._on_log,
+            P.Shutdown: self._on_shutdown, P.Fetch: self._on_fetch,
+            P.PullObject: self._on_pull, P.ObjectChunk: self._on_chunk,
+            P.JoinCluster: self._on_join, P.Heartbeat: self._on_heartbeat,
+            P.ClusterView: self._on_view,
         }
 
     # ------------------------------------------------------------------ lifecycle
@@ -150,8 +147,18 @@ class Node:
         capacity = self.config.object_store_memory or default_capacity_bytes()
         self.store_name = f"pyactor-{os.getpid()}-{self.node_id[:4].hex()}"
         self.store = ObjectStore.create(self.store_name, capacity)
+        self.transfers = ObjectTransfers(self.store, self._connect_node)
         self.server = await transport.serve(self.config.host, self.config.port, self.token,
                                             self._on_message, on_close=self._on_closed)
+        self.address = [self.config.host, self.server.port]
+        if self.is_head:
+            self.directory = ActorDirectory(nodes=self._node_views, host=self._host_on,
+                                            kill_process=self._kill_actor_on, reply=self._reply)
+        self.membership = Membership(
+            self.node_id, self.address, self.token, head_address=self.config.head_address,
+            local_status=self._local_status, on_message=self._on_message,
+            on_node_dead=self._on_node_dead, on_view_changed=self._on_view_changed)
+        await self.membership.start()
         for _ in range(self.pool_size):
             self._start_worker()  # in the background: the node is ready before they are
 
@@ -159,6 +166,8 @@ class Node:
         if self.stopped.is_set():
             return
         self.stopped.set()
+        if self.membership is not None:
+            self.membership.stop()
         for worker in self.workers.values():
             _kill(worker.pid)
         if self.fork_server is not None:
@@ -200,6 +209,8 @@ class Node:
         handler(conn, message)
 
     def _reply(self, conn, request_id: int, value=None, error=None) -> None:
+        if conn is None:  # the head answering itself (a forwarded request's origin is local)
+            return
         if not conn.closed:
             conn.send(P.encode(P.Reply(request_id, value, error)))
 
@@ -210,6 +221,7 @@ class Node:
                 or len(message.address) != 2 or type(message.worker_id) is not bytes:
             raise P.ProtocolError(f"malformed Register: {message!r}"[:200])
         self.clients[conn] = message.kind
+        self.client_address[conn] = message.address
         if message.kind == "driver":
             self.drivers.add(conn)
         elif message.kind == "worker":
@@ -223,19 +235,27 @@ class Node:
             self._worker_idle(worker)
         self._reply(conn, message.request_id, {
             "node_id": self.node_id, "store_name": self.store_name,
-            "resources": self.total.to_dict()})
+            "resources": self.total.to_dict(), "nodes": self.membership.wire_view()})
 
     def _on_closed(self, conn, reason) -> None:
         kind = self.clients.pop(conn, None)
+        address = self.client_address.pop(conn, None)
         self.drivers.discard(conn)
         if kind == "worker" and isinstance(conn.user_data, WorkerRecord):
             self._worker_died(conn.user_data, reason)
         for lease in [l for l in self.leases.values() if l.conn is conn]:
             self._end_lease(lease.lease_id, worker_exiting=False)
-        if kind == "driver":
-            for actor in list(self.actors.values()):
-                if actor.owner_conn is conn and not actor.detached and actor.state != "dead":
-                    self._kill_actor(actor, "its owner (driver) exited", no_restart=True)
+        if isinstance(conn.user_data, NodeInfo):
+            self.membership.on_member_closed(conn)
+        if self.transfers is not None:
+            self.transfers.on_connection_closed(conn)
+        for key, future in list(self._node_conns.items()):
+            if future.done() and not future.exception() and future.result() is conn:
+                del self._node_conns[key]
+        if self.directory is not None:
+            self.directory.on_requester_closed(conn)
+        if kind in ("driver", "worker") and address is not None:
+            self._to_directory(P.OwnerExited(address))
 
     # ------------------------------------------------------------------ workers and leases
     def _worker_idle(self, worker: WorkerRecord) -> None:
@@ -260,16 +280,38 @@ class Node:
             self._bind(lease_id, worker)
 
     def _on_request_lease(self, conn, message: P.RequestLease) -> None:
-        lease_id = next(self._lease_ids)
         demand = ResourceSet.from_dict(message.demand)
+        if message.spillable and not demand.fits_in(self.scheduler.available_resources()):
+            target = self._spill_target(demand)
+            if target is not None:
+                self._reply(conn, message.request_id, ["spill", target.node_id,
+                                                       target.address])
+                return
+        lease_id = next(self._lease_ids)
         decision = self.scheduler.submit(LeaseRequest(lease_id, demand))
         if decision.outcome is Outcome.INFEASIBLE:
-            self._reply(conn, message.request_id, error=["InfeasibleResourcesError",
-                                                         decision.reason])
+            reason = decision.reason
+            if len(self.membership.alive_nodes()) > 1:
+                reason = self.placer.pick_node_for_task(demand, self._node_views()).reason \
+                    or reason
+            self._reply(conn, message.request_id, error=["InfeasibleResourcesError", reason])
             return
         self.leases[lease_id] = LeaseRecord(lease_id, conn, message.request_id)
         if decision.outcome is Outcome.GRANTED:
             self._granted(lease_id, decision.allocation)
+
+    def _spill_target(self, demand: ResourceSet) -> NodeInfo | None:
+        """Another node to send a lease request to when this one is busy or too small."""
+        nodes = self._node_views()
+        if len(nodes) < 2:
+            return None
+        decision = self.placer.pick_node_for_task(demand, nodes)
+        if decision.placement is Placement.INFEASIBLE or decision.node_id is None:
+            return None
+        node_id = bytes.fromhex(decision.node_id)
+        if node_id == self.node_id:
+            return None
+        return self.membership.nodes.get(node_id)
 
     def _granted(self, lease_id, allocation) -> None:
         lease = self.leases.get(lease_id)
@@ -294,14 +336,12 @@ class Node:
             return
         lease.worker_id = worker.worker_id
         worker.lease_id = lease_id
-        if isinstance(lease.request_id, tuple):  # an actor's lease
-            actor = self.actors.get(lease.request_id[1])
+        if lease.actor is not None:  # a lease to host an actor: the worker becomes it
+            actor_id, spec, restarts = lease.actor
             worker.state = "actor"
-            worker.actor_id = actor.actor_id
-            actor.worker_id = worker.worker_id
-            restart = actor.restarts
-            worker.conn.send(P.encode(P.StartActor(actor.actor_id, actor.spec,
-                                                   list(lease.gpu_ids), restart)))
+            worker.actor_id = actor_id
+            worker.conn.send(P.encode(P.StartActor(actor_id, spec, list(lease.gpu_ids),
+                                                   restarts)))
             self._top_up_pool()
             return
         worker.state = "leased"
@@ -317,24 +357,31 @@ class Node:
     def _on_return_lease(self, conn, message: P.ReturnLease) -> None:
         self._end_lease(message.lease_id, message.worker_exiting)
 
-    def _end_lease(self, lease_id, worker_exiting: bool) -> None:
+    def _release_lease(self, lease_id) -> LeaseRecord | None:
+        """Forget a lease and give its resources to whoever waits for them."""
         lease = self.leases.pop(lease_id, None)
         if lease is None:
-            return
+            return None
         if lease_id in self.waiting_for_worker:
             self.waiting_for_worker.remove(lease_id)
         try:
             grants = self.scheduler.release(lease_id)
         except KeyError:
             grants = self.scheduler.cancel(lease_id)
+        for grant in grants:
+            self._granted(grant.request_id, grant.allocation)
+        return lease
+
+    def _end_lease(self, lease_id, worker_exiting: bool) -> None:
+        lease = self._release_lease(lease_id)
+        if lease is None:
+            return
         worker = self.workers.get(lease.worker_id) if lease.worker_id else None
         if worker is not None and worker.state == "leased":
             if worker_exiting:
                 _kill(worker.pid)
             else:
                 self._worker_idle(worker)
-        for grant in grants:
-            self._granted(grant.request_id, grant.allocation)
 
     def _on_worker_blocked(self, conn, message: P.WorkerBlocked) -> None:
         worker = self.workers.get(message.worker_id)
@@ -356,163 +403,211 @@ class Node:
         worker.state = "dead"
         self.workers.pop(worker.worker_id, None)
         _kill(worker.pid)
-        if worker.lease_id is not None and worker.lease_id in self.leases:
-            lease = self.leases.pop(worker.lease_id)
-            try:
-                grants = self.scheduler.release(worker.lease_id)
-            except KeyError:
-                grants = []
-            for grant in grants:
-                self._granted(grant.request_id, grant.allocation)
-            del lease
-        if previous == "actor" and worker.actor_id in self.actors:
-            self._actor_process_died(self.actors[worker.actor_id])
+        if worker.lease_id is not None:
+            self._release_lease(worker.lease_id)
+        if previous == "actor" and self.hosted.pop(worker.actor_id, None) is not None:
+            self._to_directory(P.ActorProcessDied(worker.actor_id, ""))
         if not self.stopped.is_set():
             self._top_up_pool()
 
-    # ------------------------------------------------------------------ actors
-    def _on_create_actor(self, conn, message: P.CreateActor) -> None:
-        key = (message.namespace, message.name)
-        if message.name:
-            existing = self.actors.get(self.named.get(key, b""))
-            if existing is not None and existing.state != "dead":
-                if message.get_if_exists:
-                    self._reply(conn, message.request_id, existing.view())
-                else:
-                    self._reply(conn, message.request_id, error=[
-                        "ValueError", f"an actor named {message.name!r} already exists in "
-                                      f"namespace {message.namespace!r}; use get_actor() or "
-                                      f"get_if_exists=True"])
-                return
-        spec_options = _spec_options(message.spec)
-        actor = ActorRecord(message.actor_id, message.spec, message.demand, message.name,
-                            message.namespace, message.detached, conn,
-                            spec_options.get("max_restarts", 0))
-        demand = ResourceSet.from_dict(message.demand)
-        if not self.scheduler.can_ever_fit(demand):
-            self._reply(conn, message.request_id, error=[
-                "InfeasibleResourcesError",
-                f"actor requested {demand.to_dict()} but the node has {self.total.to_dict()}"])
-            return
-        self.actors[actor.actor_id] = actor
-        if message.name:
-            self.named[key] = actor.actor_id
-        self._reply(conn, message.request_id, actor.view())
-        self._schedule_actor(actor)
+    # ------------------------------------------------------------------ hosting actors
+    def _on_host_actor(self, conn, message: P.HostActor) -> None:
+        self.host_actor(message.actor_id, message.spec, message.demand, message.restarts)
 
-    def _schedule_actor(self, actor: ActorRecord) -> None:
-        request_id = ("actor", actor.actor_id, actor.restarts)
-        actor.lease_id = request_id
-        self.leases[request_id] = LeaseRecord(request_id, None, request_id)
-        decision = self.scheduler.submit(LeaseRequest(request_id,
-                                                      ResourceSet.from_dict(actor.demand)))
+    def host_actor(self, actor_id: bytes, spec: bytes, demand: dict, restarts: int) -> None:
+        """Lease a worker for the actor here; when granted the worker runs its __init__."""
+        key = ("actor", actor_id, restarts)
+        self.hosted[actor_id] = key
+        lease = LeaseRecord(key, None, 0)
+        lease.actor = (actor_id, spec, restarts)
+        self.leases[key] = lease
+        decision = self.scheduler.submit(LeaseRequest(key, ResourceSet.from_dict(demand)))
         if decision.outcome is Outcome.GRANTED:
-            self._granted(request_id, decision.allocation)
+            self._granted(key, decision.allocation)
+        elif decision.outcome is Outcome.INFEASIBLE:
+            self.leases.pop(key, None)
+            self.hosted.pop(actor_id, None)
+            self._to_directory(P.ActorProcessDied(actor_id, decision.reason))
 
     def _on_actor_ready(self, conn, message: P.ActorReady) -> None:
-        actor = self.actors.get(message.actor_id)
         worker = conn.user_data
-        if actor is None:
+        if not isinstance(worker, WorkerRecord) or worker.actor_id != message.actor_id:
             return
         if message.error is not None:
-            actor.death_cause = f"its __init__ raised:\n{message.error}"
-            actor.no_restart = True
-            self._set_dead(actor)
-            if isinstance(worker, WorkerRecord):
-                _kill(worker.pid)
+            self.hosted.pop(message.actor_id, None)
+            _kill(worker.pid)
+        self._to_directory(P.ActorHosted(message.actor_id, worker.address, message.error))
+
+    def _on_kill_actor_process(self, conn, message: P.KillActorProcess) -> None:
+        self.kill_actor_process(message.actor_id)
+
+    def kill_actor_process(self, actor_id: bytes) -> None:
+        for worker in self.workers.values():
+            if worker.actor_id == actor_id and worker.state == "actor":
+                _kill(worker.pid)  # its connection closes: _worker_died reports the death
+                return
+        key = self.hosted.pop(actor_id, None)  # not started yet: drop its lease
+        if key is not None:
+            self._release_lease(key)
+        self._to_directory(P.ActorProcessDied(actor_id, "killed before it started"))
+
+    # ------------------------------------------------------------------ the head's directory
+    def _on_actor_request(self, conn, message) -> None:
+        """Create/Get/Wait/Kill actor: answered by the head's directory; others forward."""
+        if self.directory is None:
+            self._forward_to_head(conn, message)
             return
-        actor.state = "alive"
-        actor.address = worker.address
-        actor.incarnation += 1
-        self._notify(actor)
+        handler = {P.CreateActor: self.directory.create, P.GetActor: self.directory.get,
+                   P.WaitActor: self.directory.wait, P.KillActor: self.directory.kill}
+        handler[type(message)](conn, message)
 
-    def _notify(self, actor: ActorRecord) -> None:
-        waiters, actor.waiters = actor.waiters, []
-        for conn, request_id, known in waiters:
-            if actor.state == "dead" or actor.incarnation > known:
-                self._reply(conn, request_id, actor.view())
-            else:
-                actor.waiters.append((conn, request_id, known))
-
-    def _on_wait_actor(self, conn, message: P.WaitActor) -> None:
-        actor = self.actors.get(message.actor_id)
-        if actor is None:
-            self._reply(conn, message.request_id, list(P.ActorState(
-                message.actor_id, "dead", None, 0, "no such actor on this cluster", b"")))
-            return
-        if actor.state == "dead" or (actor.state == "alive" and
-                                     actor.incarnation > message.known_incarnation):
-            self._reply(conn, message.request_id, actor.view())
-        else:
-            actor.waiters.append((conn, message.request_id, message.known_incarnation))
-
-    def _on_get_actor(self, conn, message: P.GetActor) -> None:
-        actor = self.actors.get(self.named.get((message.namespace, message.name), b""))
-        if actor is None or actor.state == "dead":
+    def _forward_to_head(self, conn, message) -> None:
+        head = self.membership.head_conn
+        if head is None or head.closed:
             self._reply(conn, message.request_id, error=[
-                "ValueError", f"no actor named {message.name!r} in namespace "
-                              f"{message.namespace!r}"])
+                "PyActorError", "this node lost its connection to the cluster's head"])
             return
-        self._reply(conn, message.request_id, actor.view())
+        forward_id = next(self._forward_ids)
+        self._forwarded[forward_id] = (conn, message.request_id)
+        head.send(P.encode(message._replace(request_id=forward_id)))
 
-    def _on_kill_actor(self, conn, message: P.KillActor) -> None:
-        actor = self.actors.get(message.actor_id)
-        if actor is not None:
-            self._kill_actor(actor, "it was killed with pyactor.kill()", message.no_restart)
-        self._reply(conn, message.request_id, True)
+    def _on_reply(self, conn, message: P.Reply) -> None:
+        origin = self._forwarded.pop(message.request_id, None)
+        if origin is not None:
+            self._reply(origin[0], origin[1], message.value, message.error)
 
-    def _kill_actor(self, actor: ActorRecord, cause: str, no_restart: bool) -> None:
-        if no_restart:
-            actor.no_restart = True
-            actor.death_cause = cause
-            # The name is free as soon as kill() returns, not once the process is reaped.
-            if self.named.get((actor.namespace, actor.name)) == actor.actor_id:
-                del self.named[(actor.namespace, actor.name)]
-        worker = self.workers.get(actor.worker_id) if actor.worker_id else None
-        if worker is not None:
-            _kill(worker.pid)  # its connection closes; _worker_died restarts or buries it
-        elif no_restart:
-            self._release_actor_lease(actor)
-            self._set_dead(actor)
-
-    def _actor_process_died(self, actor: ActorRecord) -> None:
-        actor.worker_id = None
-        actor.address = None
-        self._release_actor_lease(actor)
-        if actor.state == "dead":
+    def _to_directory(self, message) -> None:
+        """Report an actor event to the head's directory (in-process on the head)."""
+        if self.directory is not None:
+            if isinstance(message, P.ActorHosted):
+                self.directory.on_hosted(message.actor_id, message.address, message.error)
+            elif isinstance(message, P.ActorProcessDied):
+                self.directory.on_process_died(message.actor_id, message.cause)
+            elif isinstance(message, P.OwnerExited):
+                self.directory.on_owner_exited(tuple(message.owner))
             return
-        can_restart = not actor.no_restart and (actor.max_restarts == -1 or
-                                                actor.restarts < actor.max_restarts)
-        if can_restart and not self.stopped.is_set():
-            actor.restarts += 1
-            actor.state = "restarting"
-            self._schedule_actor(actor)
-        else:
-            if not actor.death_cause:
-                actor.death_cause = "its process died unexpectedly" + (
-                    f" and it was restarted {actor.restarts} times (max_restarts)"
-                    if actor.restarts else "")
-            self._set_dead(actor)
+        head = self.membership.head_conn if self.membership else None
+        if head is not None and not head.closed:
+            head.send(P.encode(message))
 
-    def _release_actor_lease(self, actor: ActorRecord) -> None:
-        lease_id = actor.lease_id
-        if lease_id is None or lease_id not in self.leases:
+    def _on_actor_hosted(self, conn, message: P.ActorHosted) -> None:
+        self._to_directory(message)
+
+    def _on_actor_died(self, conn, message: P.ActorProcessDied) -> None:
+        self._to_directory(message)
+
+    def _on_owner_exited(self, conn, message: P.OwnerExited) -> None:
+        self._to_directory(message)
+
+    def _host_on(self, node_id: bytes, actor) -> None:
+        if node_id == self.node_id:
+            self.host_actor(actor.actor_id, actor.spec, actor.demand, actor.restarts)
             return
-        del self.leases[lease_id]
-        if lease_id in self.waiting_for_worker:
-            self.waiting_for_worker.remove(lease_id)
-        try:
-            grants = self.scheduler.release(lease_id)
-        except KeyError:
-            grants = self.scheduler.cancel(lease_id)
-        for grant in grants:
-            self._granted(grant.request_id, grant.allocation)
+        info = self.membership.nodes.get(node_id)
+        if info is None or info.conn is None or info.conn.closed:
+            self.directory.on_process_died(actor.actor_id, "its node is unreachable")
+            return
+        info.conn.send(P.encode(P.HostActor(actor.actor_id, actor.spec, actor.demand,
+                                            actor.restarts)))
 
-    def _set_dead(self, actor: ActorRecord) -> None:
-        actor.state = "dead"
-        if self.named.get((actor.namespace, actor.name)) == actor.actor_id:
-            del self.named[(actor.namespace, actor.name)]
-        self._notify(actor)
+    def _kill_actor_on(self, node_id: bytes, actor_id: bytes) -> None:
+        if node_id == self.node_id:
+            self.kill_actor_process(actor_id)
+            return
+        info = self.membership.nodes.get(node_id)
+        if info is None or info.conn is None or info.conn.closed:
+            self.directory.on_process_died(actor_id, "its node is unreachable")
+            return
+        info.conn.send(P.encode(P.KillActorProcess(actor_id)))
+
+    # ------------------------------------------------------------------ cluster
+    def _local_status(self) -> NodeInfo:
+        stats = self.store.stats()
+        actors = sum(1 for w in self.workers.values() if w.state == "actor")
+        return NodeInfo(self.node_id, self.address, self.total.to_dict(),
+                        self.scheduler.available(), True, self.is_head,
+                        dataclasses.asdict(stats), actors, len(self.workers))
+
+    def _node_views(self) -> list[NodeView]:
+        return [NodeView(info.node_id.hex(), ResourceSet.from_dict(info.total),
+                         ResourceSet.from_dict(info.available), info.node_id == self.node_id,
+                         info.alive)
+                for info in self.membership.alive_nodes()]
+
+    def _on_join(self, conn, message: P.JoinCluster) -> None:
+        if not self.is_head:
+            raise P.ProtocolError("only the head takes JoinCluster")
+        self.membership.on_join(conn, message)
+
+    def _on_heartbeat(self, conn, message: P.Heartbeat) -> None:
+        if not self.is_head:
+            raise P.ProtocolError("only the head takes Heartbeat")
+        self.membership.on_heartbeat(conn, message)
+
+    def _on_view(self, conn, message: P.ClusterView) -> None:
+        if conn is not self.membership.head_conn:
+            raise P.ProtocolError("ClusterView comes from the head only")
+        self.membership.on_view(conn, message)
+
+    def _on_node_dead(self, node_id: bytes) -> None:
+        if self.directory is not None:
+            self.directory.on_node_dead(node_id)
+
+    def _on_view_changed(self) -> None:
+        """Tell runtimes about nodes appearing or dying (they track objects' locations)."""
+        alive = frozenset(i.node_id for i in self.membership.nodes.values() if i.alive)
+        if alive == self._known_alive:
+            return
+        self._known_alive = alive
+        view = P.encode(P.ClusterView(self.membership.wire_view()))
+        for conn, kind in self.clients.items():
+            if kind in ("driver", "worker") and not conn.closed:
+                conn.send(view)
+
+    async def _connect_node(self, node_id: bytes):
+        """A connection to another node's daemon, shared."""
+        future = self._node_conns.get(node_id)
+        if future is None:
+            address = self.membership.address_of(node_id)
+            if address is None:
+                raise ObjectLostError(f"node {node_id.hex()[:12]} is dead or unknown")
+            future = asyncio.get_running_loop().create_future()
+            self._node_conns[node_id] = future
+
+            async def open_connection():
+                try:
+                    conn = await transport.connect(address[0], address[1], self.token,
+                                                   self._on_message, on_close=self._on_closed)
+                    future.set_result(conn)
+                except Exception as error:  # noqa: BLE001
+                    self._node_conns.pop(node_id, None)
+                    future.set_exception(error)
+            asyncio.get_running_loop().create_task(open_connection())
+        return await asyncio.shield(future)
+
+    # ------------------------------------------------------------------ objects
+    def _on_fetch(self, conn, message: P.Fetch) -> None:
+        async def fetch():
+            try:
+                await self.transfers.fetch(message.object_id, message.node_id)
+            except Exception as error:  # noqa: BLE001 - the requester gets the reason
+                self._reply(conn, message.request_id,
+                            error=[type(error).__name__
+                                   if isinstance(error, (ObjectLostError, ObjectStoreFullError))
+                                   else "ObjectLostError", str(error)])
+                return
+            self._reply(conn, message.request_id, True)
+        asyncio.get_running_loop().create_task(fetch())
+
+    def _on_pull(self, conn, message: P.PullObject) -> None:
+        self.transfers.on_pull(conn, message)
+
+    def _on_chunk(self, conn, message: P.ObjectChunk) -> None:
+        self.transfers.on_chunk(conn, message)
+
+    def _on_free_objects(self, conn, message: P.FreeObjects) -> None:
+        for object_id in message.object_ids:
+            self.store.delete(object_id)
 
     # ------------------------------------------------------------------ misc requests
     def _on_cancel_task(self, conn, message: P.CancelTask) -> None:
@@ -520,25 +615,21 @@ class Node:
         if worker is not None and message.force:
             _kill(worker.pid)
 
-    def _on_free_objects(self, conn, message: P.FreeObjects) -> None:
-        for object_id in message.object_ids:
-            self.store.delete(object_id)
-
     def _on_cluster_info(self, conn, message: P.ClusterInfo) -> None:
+        nodes = [info for info in self.membership.nodes.values()]
+        self.membership.nodes[self.node_id] = self._local_status()
+        nodes = list(self.membership.nodes.values())
         if message.what == "resources":
-            value = self.total.to_dict()
+            value = _sum_resources(info.total for info in nodes if info.alive)
         elif message.what == "available":
-            value = self.scheduler.available()
+            value = _sum_resources(info.available for info in nodes if info.alive)
         else:
-            stats = self.store.stats()
             value = [{
-                "NodeID": self.node_id.hex(), "Alive": True,
-                "NodeManagerAddress": self.config.host, "NodeManagerPort": self.server.port,
-                "Resources": self.total.to_dict(), "Available": self.scheduler.available(),
-                "ObjectStore": dataclasses.asdict(stats),
-                "Workers": len(self.workers),
-                "Actors": sum(1 for a in self.actors.values() if a.state != "dead"),
-            }]
+                "NodeID": info.node_id.hex(), "Alive": info.alive, "IsHead": info.is_head,
+                "NodeManagerAddress": info.address[0], "NodeManagerPort": info.address[1],
+                "Resources": info.total, "Available": info.available,
+                "ObjectStore": info.store, "Workers": info.workers, "Actors": info.actors,
+            } for info in nodes]
         self._reply(conn, message.request_id, value)
 
     def _on_log(self, conn, message: P.Log) -> None:
@@ -557,9 +648,12 @@ class Node:
         asyncio.get_running_loop().call_soon(self.stop)
 
 
-def _spec_options(spec: bytes) -> dict:
-    import pickle
-    return pickle.loads(spec).get("options", {})
+def _sum_resources(amounts) -> dict:
+    total: dict = {}
+    for resources in amounts:
+        for name, amount in resources.items():
+            total[name] = total.get(name, 0) + amount
+    return total
 
 
 def _kill(pid: int) -> None:

@@ -48,9 +48,12 @@ class Reply(NamedTuple):
 
 
 class RequestLease(NamedTuple):
+    """Answered with [lease_id, worker_id, worker address, gpu ids], or, when another node
+    should run it, ["spill", node_id, node address] (only if spillable)."""
     request_id: int
     demand: dict  # resource name -> amount
     scheduling_key: bytes
+    spillable: bool  # False once the request was already sent on by a node
 
 
 class ReturnLease(NamedTuple):
@@ -111,6 +114,7 @@ class CreateActor(NamedTuple):
     namespace: str
     get_if_exists: bool
     detached: bool
+    owner: list  # address of the creating runtime: its actors die with it unless detached
 
 
 class StartActor(NamedTuple):
@@ -221,11 +225,56 @@ class Fetch(NamedTuple):
     node_id: bytes
 
 
+class JoinCluster(NamedTuple):
+    """A node joins the head; `node` is a cluster.NodeInfo in wire form."""
+    node: list
+
+
+class Heartbeat(NamedTuple):
+    node: list
+
+
+class ClusterView(NamedTuple):
+    """The head's table of nodes (to nodes each beat; to runtimes when it changes)."""
+    nodes: list
+
+
+class HostActor(NamedTuple):
+    """Head to node: start this actor in one of your workers."""
+    actor_id: bytes
+    spec: bytes
+    demand: dict
+    restarts: int
+
+
+class ActorHosted(NamedTuple):
+    """Node to head: the actor's __init__ ran (error None) at `address`, or raised."""
+    actor_id: bytes
+    address: Any
+    error: Any
+
+
+class ActorProcessDied(NamedTuple):
+    actor_id: bytes
+    cause: str
+
+
+class KillActorProcess(NamedTuple):
+    """Head to node: kill the process hosting this actor (it reports ActorProcessDied)."""
+    actor_id: bytes
+
+
+class OwnerExited(NamedTuple):
+    """Node to head: this runtime disconnected; its non-detached actors go."""
+    owner: list
+
+
 _KINDS: list[type] = [
     Register, Reply, RequestLease, ReturnLease, WorkerBlocked, PushTask, ActorCall, TaskDone,
     CancelTask, CreateActor, StartActor, GetActor, KillActor, WaitActor, FreeObjects, GetObject,
     AddBorrower, RemoveBorrower, ClusterInfo, Log, KillWorker, Shutdown, TaskRejected, ActorReady,
-    PullObject, ObjectChunk, Fetch,
+    PullObject, ObjectChunk, Fetch, JoinCluster, Heartbeat, ClusterView, HostActor, ActorHosted,
+    ActorProcessDied, KillActorProcess, OwnerExited,
 ]
 KIND_OF: dict[type, int] = {cls: i for i, cls in enumerate(_KINDS)}
 _ARITY = [len(cls._fields) for cls in _KINDS]

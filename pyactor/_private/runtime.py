@@ -58,9 +58,10 @@ MAX_PENDING_LEASE_REQUESTS = 16
 
 class Lease:
     __slots__ = ("lease_id", "worker_id", "address", "conn", "queue", "in_flight", "gpu_ids",
-                 "idle_timer", "returned")
+                 "idle_timer", "returned", "node_conn")
 
-    def __init__(self, lease_id, worker_id, address, conn, queue, gpu_ids):
+    def __init__(self, lease_id, worker_id, address, conn, queue, gpu_ids, node_conn):
+        self.node_conn = node_conn  # the node that granted it, which takes it back
         self.lease_id = lease_id
         self.worker_id = worker_id
         self.address = address
@@ -120,7 +121,10 @@ class Runtime:
             P.RemoveBorrower: self._on_remove_borrower,
             P.Log: self._on_log,
             P.TaskRejected: self._on_task_rejected,
+            P.ClusterView: self._on_cluster_view,
         }
+        self.nodes: dict[bytes, list] = {}  # node_id -> [address, alive], from the node
+        self._lineage: dict[bytes, TaskSpec] = {}  # tasks whose returns live in a store
         self.on_blocked: Callable[[bool], None] | None = None  # set by the worker executor
         self.log_handler: Callable[[P.Log], None] | None = None
         self.actors = None  # ActorSubmitter, made in start()
@@ -152,6 +156,7 @@ class Runtime:
         info = await self._request(self.node_conn, P.Register, self.kind, os.getpid(),
                                    self.worker_id, self.address, self.namespace)
         self.node_id = info["node_id"]
+        self._update_nodes(info.get("nodes", []))
         if info.get("store_name"):
             from pyactor._private.store import ObjectStore
             self.store = ObjectStore.attach(info["store_name"])
@@ -379,9 +384,12 @@ class Runtime:
                 if entry.node_id is not None:
                     if entry.node_id == self.node_id and self.store is not None:
                         local_deletes.append(entry.object_id)
-                    else:
-                        self.node_conn.send(P.encode(P.FreeObjects([entry.object_id])))
+                    elif self.nodes.get(entry.node_id, (None, False))[1]:
+                        self.send_to_peer(self.nodes[entry.node_id][0],
+                                          P.FreeObjects([entry.object_id]))
                 entry.contained = None
+                if entry.task_id is not None and entry.task_id in self._lineage:
+                    self._forget_lineage(entry.task_id)
             elif entry.registered:
                 self.send_to_peer(entry.owner, P.RemoveBorrower(entry.object_id, self.address))
         for object_id in local_deletes:
@@ -536,13 +544,23 @@ class Runtime:
         raise RuntimeError("value_of on a pending object")
 
     def _read_from_store(self, entry: ObjectEntry) -> Any:
-        if entry.node_id != self.node_id or self.store is None:
-            raise ObjectLostError(f"object {entry.object_id.hex()} lives on another node "
-                                  f"and cross-node transfer is not available")
+        if entry.node_id != self.node_id:
+            self.fetch_to_local(entry.object_id, entry.node_id)
         view = self.store.get(entry.object_id)
         if view is None:
             raise ObjectLostError(f"object {entry.object_id.hex()} is no longer in the store")
         return serialization.deserialize(view)
+
+    def fetch_to_local(self, object_id: bytes, node_id: bytes) -> None:
+        """Copy an object held by another node into this node's store (user threads)."""
+        if self.store is not None and self.store.contains(object_id):
+            return
+        self.node_request(P.Fetch, object_id, node_id)
+
+    async def fetch_to_local_async(self, object_id: bytes, node_id: bytes) -> None:
+        if self.store is not None and self.store.contains(object_id):
+            return
+        await self._request(self.node_conn, P.Fetch, object_id, node_id)
 
     def future_of(self, ref: ObjectRef):
         import concurrent.futures
@@ -551,6 +569,18 @@ class Runtime:
 
         def complete(entry: ObjectEntry) -> None:
             if future.cancelled():
+                return
+            if entry.state == READY and entry.inline is None and \
+                    entry.node_id != self.node_id and self.in_io_thread():
+                # Held by another node: fetch without blocking the IO thread, then read.
+                async def fetch_then_complete():
+                    try:
+                        await self.fetch_to_local_async(entry.object_id, entry.node_id)
+                    except BaseException as error:  # noqa: BLE001
+                        future.set_exception(error)
+                        return
+                    complete(entry)
+                self.loop.create_task(fetch_then_complete())
                 return
             try:
                 future.set_result(self.value_of(entry))
@@ -675,8 +705,20 @@ class Runtime:
             self._push(best, tasks.popleft())
 
     async def _lease_worker(self, queue: SchedulingQueue) -> None:
+        node_conn = self.node_conn
         try:
-            grant = await self._request(self.node_conn, P.RequestLease, queue.demand, queue.key)
+            preferred = self._node_holding_args(queue)
+            if preferred is not None:
+                node_conn = await self.peer(preferred)
+            spillable = True
+            while True:
+                grant = await self._request(node_conn, P.RequestLease, queue.demand, queue.key,
+                                            spillable)
+                if grant[0] != "spill":
+                    break
+                # That node is busy or too small and named one with room: ask it, once.
+                node_conn = await self.peer(grant[2])
+                spillable = False
         except InfeasibleResourcesError as error:
             queue.requests_pending -= 1
             while queue.tasks:
@@ -695,10 +737,10 @@ class Runtime:
             conn = await self.peer(address)
         except Exception as error:
             logger.warning("could not reach leased worker at %s: %s", address, error)
-            self.node_conn.send(P.encode(P.ReturnLease(lease_id, True)))
+            node_conn.send(P.encode(P.ReturnLease(lease_id, True)))
             self._pump(queue)
             return
-        lease = Lease(lease_id, worker_id, address, conn, queue, gpu_ids)
+        lease = Lease(lease_id, worker_id, address, conn, queue, gpu_ids, node_conn)
         queue.leases.append(lease)
         self._pump(queue)
         self._maybe_idle(lease)
@@ -738,8 +780,8 @@ class Runtime:
         lease.returned = True
         if lease in lease.queue.leases:
             lease.queue.leases.remove(lease)
-        if self.node_conn is not None and not self.node_conn.closed:
-            self.node_conn.send(P.encode(P.ReturnLease(lease.lease_id, worker_exiting)))
+        if not lease.node_conn.closed:
+            lease.node_conn.send(P.encode(P.ReturnLease(lease.lease_id, worker_exiting)))
 
     def _on_task_done(self, conn, message: P.TaskDone) -> None:
         spec = self._running.pop(message.task_id, None)
@@ -803,7 +845,13 @@ class Runtime:
                 if len(ret) > 3 and ret[3]:
                     entry.contained = self.adopt_refs(ret[3])
             refs.unpin(entry, "task_pins")
-        spec.held_refs = None  # drops the argument refs
+        if error is None and any(ret[0] == P.VALUE_IN_STORE for ret in returns) \
+                and spec.actor is None:
+            # Lineage: if the node holding a return dies, the task can run again; its
+            # arguments stay alive for that while the returns do.
+            self._lineage[spec.task_id] = spec
+        else:
+            spec.held_refs = None  # drops the argument refs
 
     def _fail_leases_on(self, conn) -> None:
         for queue in self._queues.values():
@@ -858,6 +906,80 @@ class Runtime:
             return
         if self.actors is not None:
             self.actors.cancel(task_id, force)
+
+    # ------------------------------------------------------------------ cluster
+    def _update_nodes(self, wire_nodes: list) -> list[bytes]:
+        """Take the node's view of the cluster; returns the nodes that just died."""
+        died = []
+        for fields in wire_nodes:
+            node_id, address, alive = fields[0], fields[1], fields[4]
+            known = self.nodes.get(node_id)
+            if known is not None and known[1] and not alive:
+                died.append(node_id)
+            self.nodes[node_id] = [address, alive]
+        return died
+
+    def _on_cluster_view(self, conn, message: P.ClusterView) -> None:
+        for node_id in self._update_nodes(message.nodes):
+            self._objects_lost_with(node_id)
+
+    def _objects_lost_with(self, node_id: bytes) -> None:
+        """A node died: rebuild the objects we own that lived only there by running their
+        task again (lineage), or mark them lost."""
+        rerun: dict[bytes, TaskSpec] = {}
+        lost = pickle.dumps(ObjectLostError(
+            f"the node {node_id.hex()[:12]} holding this object died, and the object cannot "
+            f"be rebuilt (it was made by put, or its task has no retries left)"))
+        with self.refs.lock:
+            entries = [e for e in self.refs.entries.values()
+                       if e.owned and e.state == READY and e.inline is None
+                       and e.node_id == node_id]
+        for entry in entries:
+            spec = self._lineage.get(entry.task_id) if entry.task_id else None
+            if spec is not None and spec.retries_left != 0:
+                rerun[spec.task_id] = spec
+                continue
+            with self.refs.lock:
+                entry.state, entry.inline, entry.node_id = FAILED, lost, None
+        for spec in rerun.values():
+            self._lineage.pop(spec.task_id, None)
+            spec.retries_left -= 1
+            spec.attempt += 1
+            with self.refs.lock:
+                for entry in spec.entries:
+                    entry.state, entry.inline, entry.node_id = PENDING, None, None
+                    entry.task_pins += 1
+            logger.info("rebuilding the returns of %s lost with node %s", spec.name,
+                        node_id.hex()[:12])
+            self._submit_on_loop(spec)
+
+    def _forget_lineage(self, task_id: bytes) -> None:
+        spec = self._lineage.get(task_id)
+        if spec is None:
+            return
+        entries = self.refs.entries
+        if not any(entries.get(e.object_id) is e for e in spec.entries):
+            del self._lineage[task_id]
+            spec.held_refs = None
+
+    def _node_holding_args(self, queue: SchedulingQueue) -> list | None:
+        """The address of the node holding most of the next task's store arguments, when it
+        is not ours (run the task where its data is)."""
+        if not queue.tasks or len(self.nodes) < 2:
+            return None
+        counts: dict[bytes, int] = {}
+        for arg in queue.tasks[0].args:
+            if arg[0] == P.VALUE_REF:
+                entry = self.refs.get(arg[1])
+                if entry is not None and entry.inline is None and entry.node_id is not None:
+                    counts[entry.node_id] = counts.get(entry.node_id, 0) + 1
+        if not counts:
+            return None
+        best = max(counts, key=counts.get)
+        known = self.nodes.get(best)
+        if best == self.node_id or known is None or not known[1]:
+            return None
+        return known[0]
 
     # ------------------------------------------------------------------ node queries
     def node_request(self, kind: type, *fields, timeout_s: float | None = None):

@@ -194,6 +194,8 @@ class Executor:
         if where == P.VALUE_INLINE:
             return serialization.deserialize(arg[1])
         store = self.runtime.store
+        if arg[2] != self.runtime.node_id:  # held by another node: copy it here first
+            self.runtime.fetch_to_local(arg[1], arg[2])
         view = store.get(arg[1]) if store is not None else None
         if view is None:
             raise ObjectLostError(f"argument {arg[1].hex()} is not in this node's store")
