@@ -26,7 +26,9 @@ class TaskError(PyActorError):
 
     def __init__(self, message: str = "", *, cause: BaseException | None = None,
                  remote_traceback: str = "", function_name: str = ""):
-        super().__init__(message)
+        # Not super(): in a dual class the next __init__ is the user's exception's, which may
+        # take other arguments.
+        Exception.__init__(self, message)
         self.cause = cause
         self.remote_traceback = remote_traceback
         self.function_name = function_name
@@ -35,7 +37,12 @@ class TaskError(PyActorError):
         return self.args[0] if self.args else ""
 
     def __reduce__(self):
-        return (_rebuild_task_error, (self.cause, self.remote_traceback, self.function_name,
+        # The cause travels as (class, args, __dict__): many exception classes cannot be
+        # rebuilt by calling them with `args` (an __init__ with extra or keyword arguments).
+        cause = self.cause
+        cause_parts = None if cause is None else (type(cause), cause.args,
+                                                  getattr(cause, "__dict__", None) or None)
+        return (_rebuild_task_error, (cause_parts, self.remote_traceback, self.function_name,
                                       str(self)))
 
     @classmethod
@@ -77,6 +84,12 @@ class TaskError(PyActorError):
 
 
 def _rebuild_task_error(cause, remote_traceback, function_name, message):
+    if isinstance(cause, tuple):
+        cause_class, args, state = cause
+        cause = cause_class.__new__(cause_class, *args)  # no __init__: see __reduce__
+        cause.args = args
+        if state:
+            cause.__dict__.update(state)
     error = TaskError.for_exception(cause, remote_traceback, function_name)
     error.args = (message,)
     return error

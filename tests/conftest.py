@@ -17,15 +17,60 @@ import pytest
 import pyactor as pa
 
 
-def pyactor_processes() -> list[str]:
-    """Command lines of live pyactor node and worker processes started by this test run."""
-    out = subprocess.run(["ps", "-eo", "pid,ppid,stat,args"], capture_output=True, text=True)
+# Every process this test run starts (drivers, nodes, fork servers, workers) inherits this
+# marker, so the leak checks below ignore pyactor processes of other runs on the same host.
+TEST_RUN_MARKER = f"PYACTOR_TEST_RUN={os.getpid()}-{time.monotonic_ns()}"
+os.environ["PYACTOR_TEST_RUN"] = TEST_RUN_MARKER.split("=", 1)[1]
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, session id) of a live process, from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1]), int(fields[3])
+
+
+def _proc_bytes(pid: int, name: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def pyactor_processes(session: int | None = None) -> list[str]:
+    """'pid ppid state args' of live pyactor node processes started by this test run: the node,
+    its fork server and its workers (forks of the node, so they share its command line). With
+    `session`, only the processes of the node whose pid is `session` (it leads its session)."""
     found = []
-    for line in out.stdout.splitlines()[1:]:
-        pid, ppid, stat, args = line.split(None, 3)
-        if "pyactor._private.node" in args and "Z" not in stat:
-            found.append(line)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        args = _proc_bytes(pid, "cmdline").replace(b"\0", b" ").decode(errors="replace")
+        if "pyactor._private.node" not in args:
+            continue
+        stat = _proc_stat(pid)
+        if stat is None or stat[0] in "ZX":
+            continue
+        if session is not None and stat[2] != session:
+            continue
+        if TEST_RUN_MARKER.encode() not in _proc_bytes(pid, "environ").split(b"\0"):
+            continue
+        found.append(f"{pid} {stat[1]} {stat[0]} {args.strip()}")
     return found
+
+
+def pids_of(lines: list[str]) -> set[int]:
+    return {int(line.split()[0]) for line in lines}
+
+
+def node_processes(node_pid: int) -> set[int]:
+    """Pids of a node and every process under it (fork server, workers)."""
+    return pids_of(pyactor_processes(session=node_pid))
 
 
 def pyactor_segments() -> list[str]:
@@ -33,6 +78,21 @@ def pyactor_segments() -> list[str]:
         return sorted(n for n in os.listdir("/dev/shm") if n.startswith("pyactor-"))
     except OSError:
         return []
+
+
+def leftover_segments(before: set[str]) -> set[str]:
+    """Segments made since `before` that are ours: their node is one of this run's processes,
+    or is dead (a live node of another test run on this host is not our leftover)."""
+    ours = pids_of(pyactor_processes())
+    found = set()
+    for name in set(pyactor_segments()) - before:
+        parts = name.split("-")
+        if len(parts) >= 3 and parts[1].isdigit():
+            pid = int(parts[1])
+            if pid not in ours and _proc_stat(pid) is not None:
+                continue  # a live process outside this run owns it
+        found.add(name)
+    return found
 
 
 def wait_until(condition, timeout_s: float = 10.0, interval_s: float = 0.01) -> bool:
@@ -72,8 +132,8 @@ def no_leftovers():
     yield
     if pa.is_initialized():
         pa.shutdown()
-    assert wait_until(lambda: not (set(pyactor_segments()) - before_segments), 10), \
-        f"shared-memory segments left behind: {set(pyactor_segments()) - before_segments}"
+    assert wait_until(lambda: not leftover_segments(before_segments), 10), \
+        f"shared-memory segments left behind: {leftover_segments(before_segments)}"
     assert wait_until(lambda: not pyactor_processes(), 10), \
         f"pyactor processes left behind: {pyactor_processes()}"
 

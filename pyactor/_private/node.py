@@ -57,15 +57,22 @@ class NodeConfig:
     head_address: str | None = None  # HOST:PORT of the head to join; None for a head
 
 
-def detect_gpu_count() -> int:
-    """GPUs this host exposes, without importing a CUDA library (that takes seconds)."""
+def detect_gpu_ids() -> list[int]:
+    """The device ids of the GPUs this node may use, without importing a CUDA library (that
+    takes seconds): those in the node's own CUDA_VISIBLE_DEVICES when set, else every GPU the
+    driver lists. Tasks get these physical ids in their CUDA_VISIBLE_DEVICES."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+        ids = [d.strip() for d in visible.split(",") if d.strip()]
+        if "-1" in ids:
+            ids = ids[:ids.index("-1")]
+        if all(d.isdigit() for d in ids):
+            return [int(d) for d in ids]
+        return list(range(len(ids)))  # UUIDs: fall back to positions
     try:
-        return len(os.listdir("/proc/driver/nvidia/gpus"))
+        return list(range(len(os.listdir("/proc/driver/nvidia/gpus"))))
     except OSError:
-        return 0
+        return []
 
 
 @dataclass
@@ -97,11 +104,14 @@ class Node:
         self.node_id = new_node_id()
         self.is_head = config.head_address is None
         num_cpus = config.num_cpus if config.num_cpus is not None else os.cpu_count() or 1
-        num_gpus = config.num_gpus if config.num_gpus is not None else detect_gpu_count()
+        gpu_ids = detect_gpu_ids()
+        num_gpus = config.num_gpus if config.num_gpus is not None else len(gpu_ids)
+        if len(gpu_ids) < num_gpus:  # asked for more than we can see: number them from 0
+            gpu_ids = list(range(int(num_gpus)))
         total = {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}),
                  **(config.resources or {})}
         self.total = ResourceSet.from_dict(total)
-        self.scheduler = LocalScheduler(self.total, list(range(int(num_gpus))))
+        self.scheduler = LocalScheduler(self.total, gpu_ids[:int(num_gpus)])
         self.placer = ClusterScheduler()
         self.pool_size = max(1, int(num_cpus))
         self.fork_server = fork_server

@@ -111,6 +111,7 @@ def _serve_forks(token: bytes, request_fd: int, reply_fd: int) -> None:
         if not line:
             return
         request = json.loads(line)
+        server_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
             requests.close()
@@ -118,6 +119,8 @@ def _serve_forks(token: bytes, request_fd: int, reply_fd: int) -> None:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             die_with_parent()
+            if os.getppid() != server_pid:  # the server died before the line above took effect
+                os._exit(0)
             os.environ.update(request["env"])
             try:
                 run_worker(request["host"], request["port"], token,
