@@ -104,7 +104,8 @@ def cmd_start(args) -> int:
         return 1
     ready = json.loads(line)
     address = f"{args.node_ip_address}:{ready['port']}"
-    session.record_node(process.pid, address, args.head, log)
+    session.record_node(process.pid, address, args.head, log, ready.get("node_id", ""),
+                        ready.get("store_name", ""))
     if args.head:
         session.write_cluster_address(address, token_hex)
         print(f"Started the head node at {address} (pid {process.pid}).\n"
@@ -191,6 +192,7 @@ def cmd_stop(args) -> int:
         pid = node["pid"]
         try:
             os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGCONT)  # a stopped (SIGSTOP) node could not act on it
         except ProcessLookupError:
             continue
         stopped += 1
@@ -200,6 +202,15 @@ def cmd_stop(args) -> int:
             time.sleep(0.05)
         if _alive(node["pid"]):
             os.kill(node["pid"], signal.SIGKILL)
+    for node in nodes:
+        # A node killed (SIGKILL, OOM) before this could not remove its store's segment.
+        while _alive(node["pid"]) and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
+        if node.get("store_name") and not _alive(node["pid"]):
+            try:
+                os.unlink(os.path.join("/dev/shm", node["store_name"]))
+            except OSError:
+                pass
     session.forget_nodes()
     print(f"stopped {stopped} node(s)")
     return 0

@@ -68,7 +68,8 @@ class ActorClass:
         runtime = runtime_for_call()
         options = self._options
         if self._blob is None:
-            self._blob = cloudpickle.dumps(self._cls)
+            from pyactor._private.serialization import dumps_function  # with sys.path
+            self._blob = dumps_function(self._cls)
         held: list = []
         wire_args, wire_kwargs = encode_args(runtime, args, kwargs, held)
         wire_args = [_resolve_now(runtime, a) for a in wire_args]

@@ -321,7 +321,14 @@ class Node:
         node_id = bytes.fromhex(decision.node_id)
         if node_id == self.node_id:
             return None
-        return self.membership.nodes.get(node_id)
+        target = self.membership.nodes.get(node_id)
+        if target is not None and decision.placement is Placement.SCHEDULE:
+            # Count this spill against the target until its next heartbeat says otherwise, so
+            # a burst of requests spreads over the nodes with room instead of all going to one.
+            available = ResourceSet.from_dict(target.available)
+            if demand.fits_in(available):
+                target.available = (available - demand).to_dict()
+        return target
 
     def _granted(self, lease_id, allocation) -> None:
         lease = self.leases.get(lease_id)

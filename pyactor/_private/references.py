@@ -58,7 +58,9 @@ class ReferenceTable:
     """Entries by object id, their reference counts, and waiting for them to resolve."""
 
     def __init__(self, on_released: Callable[[], None]):
-        self.lock = threading.Lock()
+        # Reentrant: the garbage collector may run inside any allocation made under the lock
+        # and call ObjectRef.__del__ -> decref on the same thread (refs held by dead cycles).
+        self.lock = threading.RLock()
         self.entries: dict[bytes, ObjectEntry] = {}
         # Entries whose last reference went away; drained by the IO thread in batches so that
         # dropping a ref from any thread (even inside __del__) never does I/O.

@@ -26,6 +26,12 @@ def validate_options(options: dict, allowed: set, what: str) -> None:
     num_returns = options.get("num_returns")
     if num_returns is not None and (not isinstance(num_returns, int) or num_returns < 1):
         raise ValueError(f"num_returns must be a positive int, got {num_returns!r}")
+    retry_exceptions = options.get("retry_exceptions")
+    if retry_exceptions is not None and not isinstance(retry_exceptions, bool) and not (
+            isinstance(retry_exceptions, (list, tuple)) and all(
+                isinstance(c, type) and issubclass(c, BaseException) for c in retry_exceptions)):
+        raise TypeError(f"retry_exceptions must be a bool or a list of exception classes, "
+                        f"got {retry_exceptions!r}")
     resources = options.get("resources")
     if resources is not None:
         if not isinstance(resources, dict):

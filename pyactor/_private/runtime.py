@@ -54,14 +54,17 @@ PIPELINE_DEPTH = int(os.environ.get("PYACTOR_PIPELINE_DEPTH", "8"))
 # one task at a time reuses its worker instead of paying a lease round trip per task.
 LEASE_LINGER_S = 0.05
 MAX_PENDING_LEASE_REQUESTS = 16
+# Pause before asking again after a lease request failed because the node asked went away.
+LEASE_RETRY_S = 0.1
 
 
 class Lease:
     __slots__ = ("lease_id", "worker_id", "address", "conn", "queue", "in_flight", "gpu_ids",
-                 "idle_timer", "returned", "node_conn")
+                 "idle_timer", "returned", "node_conn", "node_id")
 
-    def __init__(self, lease_id, worker_id, address, conn, queue, gpu_ids, node_conn):
+    def __init__(self, lease_id, worker_id, address, conn, queue, gpu_ids, node_conn, node_id):
         self.node_conn = node_conn  # the node that granted it, which takes it back
+        self.node_id = node_id  # that node's id: its death ends the lease
         self.lease_id = lease_id
         self.worker_id = worker_id
         self.address = address
@@ -88,7 +91,7 @@ class SchedulingQueue:
 
 class Runtime:
     def __init__(self, *, node_host: str, node_port: int, token: bytes, kind: str,
-                 namespace: str = "", worker_id: bytes = b"", bind_host: str = "127.0.0.1"):
+                 namespace: str = "", worker_id: bytes = b"", bind_host: str | None = None):
         self.node_host, self.node_port, self.token = node_host, node_port, token
         self.kind = kind
         self.namespace = namespace
@@ -147,12 +150,17 @@ class Runtime:
         self.loop.run_forever()
 
     async def _connect(self) -> dict:
-        self.server = await transport.serve(self.bind_host, 0, self.token, self._on_message,
-                                            on_close=self._on_connection_closed)
-        self.address = [self.bind_host, self.server.port]
         self.node_conn = await transport.connect(self.node_host, self.node_port, self.token,
                                                  self._on_message,
                                                  on_close=self._on_node_closed)
+        # Listen where the node reached us from: other nodes' processes reach this one through
+        # the same interface (loopback only when the node itself is on loopback).
+        sockname = self.node_conn._transport.get_extra_info("sockname")
+        bind_host = self.bind_host or (sockname[0] if isinstance(sockname, tuple)
+                                       else "127.0.0.1")
+        self.server = await transport.serve(bind_host, 0, self.token, self._on_message,
+                                            on_close=self._on_connection_closed)
+        self.address = [bind_host, self.server.port]
         info = await self._request(self.node_conn, P.Register, self.kind, os.getpid(),
                                    self.worker_id, self.address, self.namespace)
         self.node_id = info["node_id"]
@@ -705,11 +713,11 @@ class Runtime:
             self._push(best, tasks.popleft())
 
     async def _lease_worker(self, queue: SchedulingQueue) -> None:
-        node_conn = self.node_conn
+        node_conn, node_id = self.node_conn, self.node_id
         try:
             preferred = self._node_holding_args(queue)
             if preferred is not None:
-                node_conn = await self.peer(preferred)
+                node_conn, node_id = await self.peer(self.nodes[preferred][0]), preferred
             spillable = True
             while True:
                 grant = await self._request(node_conn, P.RequestLease, queue.demand, queue.key,
@@ -717,7 +725,7 @@ class Runtime:
                 if grant[0] != "spill":
                     break
                 # That node is busy or too small and named one with room: ask it, once.
-                node_conn = await self.peer(grant[2])
+                node_conn, node_id = await self.peer(grant[2]), grant[1]
                 spillable = False
         except InfeasibleResourcesError as error:
             queue.requests_pending -= 1
@@ -729,7 +737,10 @@ class Runtime:
             if self.node_lost.is_set():
                 self._fail_queued(queue)
             elif not self.closed:
-                logger.warning("lease request failed: %s", error)
+                # The node asked (a spill target, the node holding the arguments) died or
+                # could not be reached: ask again, through our own node, which knows by now.
+                logger.info("lease request failed, asking again: %s", error)
+                self.loop.call_later(LEASE_RETRY_S, self._pump, queue)
             return
         queue.requests_pending -= 1
         lease_id, worker_id, address, gpu_ids = grant
@@ -740,7 +751,7 @@ class Runtime:
             node_conn.send(P.encode(P.ReturnLease(lease_id, True)))
             self._pump(queue)
             return
-        lease = Lease(lease_id, worker_id, address, conn, queue, gpu_ids, node_conn)
+        lease = Lease(lease_id, worker_id, address, conn, queue, gpu_ids, node_conn, node_id)
         queue.leases.append(lease)
         self._pump(queue)
         self._maybe_idle(lease)
@@ -921,7 +932,18 @@ class Runtime:
 
     def _on_cluster_view(self, conn, message: P.ClusterView) -> None:
         for node_id in self._update_nodes(message.nodes):
+            self._leases_lost_with(node_id)
             self._objects_lost_with(node_id)
+
+    def _leases_lost_with(self, node_id: bytes) -> None:
+        """A node was declared dead: its workers may still run (a node that stopped answering
+        but whose workers did not), but their results no longer count. Dropping the connection
+        to each of them retries their tasks elsewhere (see _fail_leases_on)."""
+        for queue in list(self._queues.values()):
+            for lease in list(queue.leases):
+                if lease.node_id == node_id:
+                    lease.conn.close(f"the node {node_id.hex()[:12]} that leased this worker "
+                                     f"was declared dead")
 
     def _objects_lost_with(self, node_id: bytes) -> None:
         """A node died: rebuild the objects we own that lived only there by running their
@@ -962,9 +984,9 @@ class Runtime:
             del self._lineage[task_id]
             spec.held_refs = None
 
-    def _node_holding_args(self, queue: SchedulingQueue) -> list | None:
-        """The address of the node holding most of the next task's store arguments, when it
-        is not ours (run the task where its data is)."""
+    def _node_holding_args(self, queue: SchedulingQueue) -> bytes | None:
+        """The id of the node holding most of the next task's store arguments, when it is not
+        ours (run the task where its data is)."""
         if not queue.tasks or len(self.nodes) < 2:
             return None
         counts: dict[bytes, int] = {}
@@ -979,7 +1001,7 @@ class Runtime:
         known = self.nodes.get(best)
         if best == self.node_id or known is None or not known[1]:
             return None
-        return known[0]
+        return best
 
     # ------------------------------------------------------------------ node queries
     def node_request(self, kind: type, *fields, timeout_s: float | None = None):

@@ -47,9 +47,11 @@ def read_cluster_address() -> dict | None:
     return _read(_path("address.json"), None)
 
 
-def record_node(pid: int, address: str, head: bool, log_path: str) -> None:
+def record_node(pid: int, address: str, head: bool, log_path: str, node_id: str = "",
+                store_name: str = "") -> None:
     nodes = _read(_path("nodes.json"), [])
-    nodes.append({"pid": pid, "address": address, "head": head, "log": log_path})
+    nodes.append({"pid": pid, "address": address, "head": head, "log": log_path,
+                  "node_id": node_id, "store_name": store_name})
     _write_private(_path("nodes.json"), nodes)
 
 

@@ -42,7 +42,11 @@ def _encode_arg(runtime, value: Any, held_refs: list) -> list:
     if type(value) is ObjectRef:
         held_refs.append(value)
         return [VALUE_REF, value.id, value.owner_address]
-    serialized = serialization.serialize(value)
+    try:
+        serialized = serialization.serialize(value)
+    except Exception as error:  # PicklingError is no TypeError: give callers one clear type
+        raise TypeError(f"could not serialize an argument of type {type(value).__name__} "
+                        f"for a remote call: {error}") from error
     if serialized.contained_refs:
         held_refs.extend(serialized.contained_refs)
     if serialized.total_bytes < serialization.INLINE_THRESHOLD_BYTES:

@@ -277,7 +277,7 @@ class Executor:
         from pyactor._private import api  # get_actor()/named actors inside use its namespace
         api._namespace = spec.get("namespace", api._namespace)
         try:
-            cls = cloudpickle.loads(spec["class_blob"])
+            cls = serialization.loads_function(spec["class_blob"])
             args = [self._decode_arg(a) for a in spec["args"]]
             kwargs = {k: self._decode_arg(v) for k, v in spec["kwargs"].items()}
             self.actor = cls(*args, **kwargs)
