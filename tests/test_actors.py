@@ -686,3 +686,19 @@ def test_detached_actor_outlives_its_driver(pa_fresh):
     detached = pa.get_actor("detached", namespace="lifetimes")
     assert _get(detached.add.remote("again")) == ["d", "again"]
     pa.kill(detached)
+
+
+def test_task_finds_named_actors_in_its_submitters_namespace(pa_module):
+    """A task calling get_actor(name) without a namespace looks in its driver's namespace."""
+    @pa_module.remote
+    class Named:
+        def hello(self):
+            return "hi"
+
+    Named.options(name="found-from-a-task").remote()
+
+    @pa_module.remote
+    def call_by_name():
+        return pa_module.get(pa_module.get_actor("found-from-a-task").hello.remote())
+
+    assert pa_module.get(call_by_name.remote(), timeout=30) == "hi"

@@ -77,6 +77,7 @@ class PushTask(NamedTuple):
     owner: list  # [host, port] of the owner service
     gpu_ids: list
     name: str
+    namespace: str  # the submitter's: named-actor lookups inside the task use it
 
 
 class ActorCall(NamedTuple):

@@ -92,7 +92,7 @@ class RemoteFunction:
         self._blob = blob
 
     def remote(self, *args, **kwargs):
-        from pyactor._private.api import runtime_for_call
+        from pyactor._private.api import get_namespace, runtime_for_call
         runtime = runtime_for_call()
         if self._blob is None:
             self._export()
@@ -107,6 +107,7 @@ class RemoteFunction:
         spec.demand = self._demand
         spec.scheduling_key = self._scheduling_key
         spec.retries_left = options["max_retries"]
+        spec.namespace = get_namespace()
         spec.retry_exceptions = options["retry_exceptions"]
         refs = runtime.submit(spec)
         return refs[0] if spec.num_returns == 1 else refs

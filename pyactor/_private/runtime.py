@@ -776,7 +776,7 @@ class Runtime:
             blob = spec.function_blob
         lease.conn.send(P.encode(P.PushTask(spec.task_id, spec.function_id, blob, args, kwargs,
                                             spec.num_returns, self.address, lease.gpu_ids,
-                                            spec.name)))
+                                            spec.name, spec.namespace)))
 
     def _maybe_idle(self, lease: Lease) -> None:
         if lease.in_flight or lease.queue.tasks or lease.returned:

@@ -19,7 +19,7 @@ class TaskSpec:
     __slots__ = ("task_id", "function_id", "function_blob", "name", "args", "kwargs",
                  "held_refs", "dependencies", "num_returns", "return_ids", "entries", "demand",
                  "scheduling_key", "retries_left", "retry_exceptions", "actor", "method",
-                 "cancelled", "lease", "attempt")
+                 "cancelled", "lease", "attempt", "namespace")
 
     def __init__(self):
         self.held_refs: list = []  # ObjectRefs kept alive until the task finishes

@@ -29,6 +29,7 @@ from typing import Any
 
 import cloudpickle
 
+from pyactor._private import api
 from pyactor._private import protocol as P
 from pyactor._private import serialization
 from pyactor._private.ids import object_id_for
@@ -162,6 +163,7 @@ class Executor:
             return
         if message.gpu_ids != self.gpu_ids:
             self._set_gpus(message.gpu_ids)
+        api._namespace = message.namespace  # workers serve every driver: use the submitter's
         self._invoke(conn, message.task_id, message.name, message.num_returns, message.owner,
                      lambda: self._function(message.function_id), message.args, message.kwargs)
 
@@ -274,7 +276,7 @@ class Executor:
         spec = pickle.loads(message.spec)
         self._set_gpus(message.gpu_ids)
         self.actor_id = message.actor_id
-        from pyactor._private import api  # get_actor()/named actors inside use its namespace
+        # get_actor()/named actors inside use its namespace
         api._namespace = spec.get("namespace", api._namespace)
         try:
             cls = serialization.loads_function(spec["class_blob"])
