@@ -96,8 +96,7 @@ class ReferenceTable:
             if entry.in_use():
                 return
             del self.entries[object_id]
-        self._released.append(entry)
-        self._on_released()
+        self._release(entry)
 
     def unpin(self, entry: ObjectEntry, field: str) -> None:
         """Drop a task pin or a holder; frees the entry when nothing else uses it."""
@@ -106,6 +105,14 @@ class ReferenceTable:
             if entry.in_use() or self.entries.get(entry.object_id) is not entry:
                 return
             del self.entries[entry.object_id]
+        self._release(entry)
+
+    def _release(self, entry: ObjectEntry) -> None:
+        # An owned value held inline, containing no refs, needs no I/O to free: it is gone with
+        # the entry. Only the rest (store objects, borrowed refs, contained refs) wakes the IO
+        # thread; that keeps a syscall off the common path of every finished task.
+        if entry.owned and entry.node_id is None and not entry.contained:
+            return
         self._released.append(entry)
         self._on_released()
 
