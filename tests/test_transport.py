@@ -18,6 +18,7 @@ import threading
 
 import hypothesis.strategies as st
 import msgpack
+import numpy as np
 import pytest
 import uvloop
 from hypothesis import HealthCheck, given, settings
@@ -578,4 +579,62 @@ async def test_messages_sent_from_on_connect_reach_the_client_that_just_connecte
                                                               conn.send(b"w" * 1000))) as server:
         connection = await transport.connect(HOST, server.port, token, recorder)
         assert await recorder.done == ["hello", b"w" * 1000]
+        connection.close()
+
+
+# -- raw payloads (objects between nodes) --------------------------------------------------------
+
+@given(payloads=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=4),
+       cuts=st.lists(st.integers(min_value=0), max_size=12))
+def test_raw_payloads_land_in_their_buffers_however_the_stream_is_split(payloads, cuts):
+    """Each announcing message is seen before its payload, which fills the named buffer exactly,
+    in order with the messages around it, wherever the byte stream is cut."""
+    from pyactor._private.transport import _RAW_FLAG, PAYLOAD_RECEIVED
+    stream = b"".join(encode_frame(["chunk", len(p)]) + (len(p) | _RAW_FLAG).to_bytes(4, "big")
+                      + p for p in payloads) + encode_frame(["end"])
+    decoder = FrameDecoder()
+    received, events = [], []
+
+    def handle(messages):
+        for message in messages:
+            if message is PAYLOAD_RECEIVED:
+                events.append("payload")
+                continue
+            events.append(message[0])
+            if message[0] == "chunk":
+                buffer = bytearray(message[1])
+                received.append(buffer)
+                decoder.raw_dest = memoryview(buffer)
+
+    for piece in split_at(stream, cuts):
+        handle(decoder.feed(piece))
+        while decoder.has_more:
+            handle(decoder.feed(b""))
+    assert [bytes(b) for b in received] == payloads
+    assert events == ["chunk", "payload"] * len(payloads) + ["end"]
+
+
+def test_a_raw_payload_nobody_asked_for_is_a_protocol_error():
+    """A raw header with no destination named (garbage, or a confused peer) is refused."""
+    from pyactor._private.transport import _RAW_FLAG
+    with pytest.raises(ProtocolError):
+        FrameDecoder().feed((5 | _RAW_FLAG).to_bytes(4, "big") + b"12345")
+
+
+async def test_send_with_payload_writes_into_the_receivers_buffer():
+    """send_with_payload + expect_payload move bytes between processes' buffers intact."""
+    token = transport.new_token()
+    payload = np.arange(1 << 20, dtype=np.uint8)
+    target = bytearray(payload.nbytes)
+    done = asyncio.get_running_loop().create_future()
+
+    def on_message(conn, message):
+        if message[0] == "announce":
+            conn.expect_payload(memoryview(target), lambda: done.set_result(message[1]))
+
+    async with await transport.serve(HOST, 0, token, on_message) as server:
+        connection = await transport.connect(HOST, server.port, token, echo)
+        connection.send_with_payload(["announce", "ok"], memoryview(payload))
+        assert await asyncio.wait_for(done, 10) == "ok"
+        assert bytes(target) == payload.tobytes()
         connection.close()

@@ -212,11 +212,12 @@ class PullObject(NamedTuple):
 
 
 class ObjectChunk(NamedTuple):
-    """Part of a pulled object; total is -1 when the holder does not have it."""
+    """Part of a pulled object: `length` raw bytes follow the frame (transport payload).
+    total is -1 when the holder does not have it."""
     request_id: int
     offset: int
     total: int
-    data: bytes
+    length: int
 
 
 class Fetch(NamedTuple):

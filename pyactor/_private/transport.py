@@ -70,6 +70,10 @@ _NONCE_BYTES = 32
 _HEADER = struct.Struct(">I")
 _HEADER_BYTES = _HEADER.size
 _LARGEST_FRAME_BYTES = (1 << 32) - 1  # what a 4-byte length can say
+# A frame header with this bit set announces a raw payload: that many bytes follow, not msgpack,
+# and go straight into the buffer the receiver named with expect_payload (objects between nodes
+# travel this way: one copy on each side instead of four).
+_RAW_FLAG = 1 << 31
 _LARGE_BODY_BYTES = 1 << 18  # bodies from here up are written on their own, not copied in a batch
 _SMALL_BODY_BYTES = 1 << 12  # bodies up to here are sliced (a small copy beats a memoryview)
 _TOKEN_HINT = ("pass the token printed by `pyactor start --head` as token=... "
@@ -105,6 +109,16 @@ def encode_frame(message: Any) -> bytes:
     return _frame_header(len(body), _LARGEST_FRAME_BYTES) + body
 
 
+class _PayloadReceived:
+    """Marker `FrameDecoder.feed` returns in place of a message when a raw payload is in."""
+
+    def __repr__(self) -> str:
+        return "PAYLOAD_RECEIVED"
+
+
+PAYLOAD_RECEIVED = _PayloadReceived()
+
+
 class FrameDecoder:
     """Splits a byte stream into frames and decodes each body.
 
@@ -114,13 +128,21 @@ class FrameDecoder:
     after that the stream is out of step and the decoder must be dropped.
     """
 
-    __slots__ = ("max_frame_bytes", "_chunks", "_buffered_bytes", "_needed_bytes")
+    __slots__ = ("max_frame_bytes", "_chunks", "_buffered_bytes", "_needed_bytes", "raw_dest",
+                 "_raw_filled")
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
         self.max_frame_bytes = max_frame_bytes
         self._chunks: list[bytes] = []
         self._buffered_bytes = 0
         self._needed_bytes = _HEADER_BYTES  # bytes the buffered incomplete frame needs in all
+        self.raw_dest: memoryview | None = None  # where the next raw payload goes
+        self._raw_filled = -1  # bytes of raw_dest received; -1 when no payload is under way
+
+    @property
+    def has_more(self) -> bool:
+        """A frame is complete in the buffer (feed stopped before a raw payload)."""
+        return bool(self._chunks) and self._buffered_bytes >= self._needed_bytes
 
     @property
     def buffered_bytes(self) -> int:
@@ -133,6 +155,12 @@ class FrameDecoder:
         `max_messages` stops early and keeps the rest buffered (the handshake reads one frame at
         a time because the size limit changes after it); `feed(b"")` then continues.
         """
+        if self._raw_filled >= 0:
+            messages, position = self._take_raw(data, 0, [])
+            if self._raw_filled >= 0 or position == len(data):
+                return messages
+            data = data[position:]
+            return messages + self.feed(data, max_messages)
         if self._chunks:
             if data:
                 self._chunks.append(data if type(data) is bytes else bytes(data))
@@ -153,6 +181,14 @@ class FrameDecoder:
         unpackb = msgpack.unpackb
         while end - position >= _HEADER_BYTES:
             (body_bytes,) = unpack_header(data, position)
+            if body_bytes & _RAW_FLAG:
+                if messages:  # let the application see the message that names a destination
+                    break
+                position = self._start_raw(body_bytes & ~_RAW_FLAG, position + _HEADER_BYTES)
+                messages, position = self._take_raw(data, position, messages)
+                if self._raw_filled >= 0:
+                    return messages
+                continue
             if body_bytes > limit:
                 raise ProtocolError(f"frame header declares {body_bytes} bytes, over the limit of"
                                     f" {limit}")
@@ -173,6 +209,30 @@ class FrameDecoder:
             self._keep_incomplete(data[position:])
         return messages
 
+    def _start_raw(self, payload_bytes: int, position: int) -> int:
+        dest = self.raw_dest
+        if dest is None:
+            raise ProtocolError("a raw payload arrived with no destination named for it")
+        if payload_bytes != dest.nbytes or payload_bytes > self.max_frame_bytes:
+            raise ProtocolError(f"raw payload of {payload_bytes} bytes where {dest.nbytes} were"
+                                f" expected")
+        self._raw_filled = 0
+        return position
+
+    def _take_raw(self, data: bytes, position: int, messages: list) -> tuple[list, int]:
+        """Copy what `data` holds of the payload under way into its destination."""
+        dest = self.raw_dest
+        take = min(dest.nbytes - self._raw_filled, len(data) - position)
+        if take:
+            dest[self._raw_filled:self._raw_filled + take] = \
+                memoryview(data)[position:position + take]
+            self._raw_filled += take
+        if self._raw_filled == dest.nbytes:
+            self._raw_filled = -1
+            self.raw_dest = None
+            messages.append(PAYLOAD_RECEIVED)
+        return messages, position + take
+
     def _keep_incomplete(self, rest: bytes) -> None:
         self._chunks = [rest]
         self._buffered_bytes = len(rest)
@@ -180,6 +240,9 @@ class FrameDecoder:
             self._needed_bytes = _HEADER_BYTES
             return
         (body_bytes,) = _HEADER.unpack_from(rest)
+        if body_bytes & _RAW_FLAG:  # only the header is needed: the payload is not buffered
+            self._needed_bytes = _HEADER_BYTES
+            return
         if body_bytes > self.max_frame_bytes:
             raise ProtocolError(f"frame header declares {body_bytes} bytes, over the limit of"
                                 f" {self.max_frame_bytes}")
@@ -254,7 +317,7 @@ class Connection(asyncio.Protocol):
         "_transport", "_decoder", "_on_message", "_packer", "_pending", "_flush_scheduled",
         "_delivering", "_threadsafe_frames", "_threadsafe_wakeup_scheduled", "_write_paused",
         "_drain_waiters", "_authenticated", "_server_nonce", "_client_nonce", "_handshake_done",
-        "_handshake_timer",
+        "_handshake_timer", "_payload_done",
     )
 
     def __init__(self, endpoint: _Endpoint, address: str = "", server: Server | None = None,
@@ -283,6 +346,7 @@ class Connection(asyncio.Protocol):
         self._client_nonce = b""
         self._handshake_done = handshake_done
         self._handshake_timer: asyncio.TimerHandle | None = None
+        self._payload_done: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open" if self._authenticated else "handshaking"
@@ -316,6 +380,24 @@ class Connection(asyncio.Protocol):
             self._flush_scheduled = True
             if not self._delivering:  # else data_received flushes when its batch ends
                 self._loop.call_soon(self._flush)
+
+    def send_with_payload(self, message: Any, payload: memoryview) -> None:
+        """Send `message`, then `payload` as raw bytes (no msgpack, no copy here). The receiver's
+        handler for `message` must call `expect_payload` with a buffer of exactly that size."""
+        if self.closed:
+            return
+        if payload.nbytes > self._endpoint.max_frame_bytes:
+            _frame_header(payload.nbytes, self._endpoint.max_frame_bytes)  # raises
+        self.send(message)
+        self._pending.append((payload.nbytes | _RAW_FLAG).to_bytes(4, "big"))
+        self._flush()
+        self._transport.write(payload)
+
+    def expect_payload(self, dest: memoryview, on_done: Callable[[], None]) -> None:
+        """Receive the next raw payload into `dest` (call from the handler of the message that
+        announces it); `on_done()` runs, in order with messages, once it is all in."""
+        self._decoder.raw_dest = dest
+        self._payload_done = on_done
 
     def send_threadsafe(self, message: Any) -> None:
         """`send` for any thread: packs here, and wakes the loop only if no wake-up is pending."""
@@ -409,8 +491,9 @@ class Connection(asyncio.Protocol):
         """Decode what `data` completes and hand each message to on_message, in order."""
         if self.closed:
             return
+        decoder = self._decoder
         try:
-            messages = self._decoder.feed(data)
+            messages = decoder.feed(data)
         except ProtocolError as error:
             self._close_for_violation(str(error))
             return
@@ -419,9 +502,21 @@ class Connection(asyncio.Protocol):
         on_message = self._on_message
         self._delivering = True
         try:
-            for message in messages:
-                on_message(self, message)
-                if self.closed:
+            while True:
+                for message in messages:
+                    if message is PAYLOAD_RECEIVED:
+                        done, self._payload_done = self._payload_done, None
+                        done()
+                    else:
+                        on_message(self, message)
+                    if self.closed:
+                        return
+                if not decoder.has_more:
+                    break
+                try:  # feed stopped before a raw payload: its destination is named now
+                    messages = decoder.feed(b"")
+                except ProtocolError as error:
+                    self._close_for_violation(str(error))
                     return
         except Exception as error:
             logger.exception("closing the connection with %s: its message handler raised",
