@@ -155,17 +155,20 @@ def test_worker_output_reaches_the_driver_with_its_pid():
     # Worker output travels worker -> node -> driver, the result worker -> driver: the driver
     # waits (bounded) until its streams saw the lines, since shutdown may cut off late output.
     result = run_python(textwrap.dedent("""
-        import io, os, sys, time
+        import io, os, sys, threading, time
         import pyactor as pa
 
         class Tee(io.TextIOBase):
+            # Written by the main thread and by pyactor's IO thread (worker output): locked.
             def __init__(self, stream):
-                self.stream, self.seen = stream, ""
+                self.stream, self.seen, self.lock = stream, "", threading.Lock()
             def write(self, text):
-                self.seen += text
-                return self.stream.write(text)
+                with self.lock:
+                    self.seen += text
+                    return self.stream.write(text)
             def flush(self):
-                self.stream.flush()
+                with self.lock:
+                    self.stream.flush()
 
         sys.stdout, sys.stderr = Tee(sys.stdout), Tee(sys.stderr)
         pa.init(num_cpus=1, object_store_memory=64 << 20)

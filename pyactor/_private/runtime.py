@@ -296,7 +296,19 @@ class Runtime:
             return
         stream = sys.stderr if message.stream == "stderr" else sys.stdout
         prefix = f"({message.source}) "
-        stream.write("".join(prefix + line + "\n" for line in message.lines))
+        text = "".join(prefix + line + "\n" for line in message.lines)
+        original = sys.__stderr__ if message.stream == "stderr" else sys.__stdout__
+        if stream is original and stream is not None:
+            # This is the IO thread: text streams are not thread-safe, and the user's thread
+            # may be printing into the same one. Whole lines straight to the descriptor (after
+            # what the user already buffered) cannot tear or lose anyone's output.
+            try:
+                stream.flush()
+                os.write(stream.fileno(), text.encode(stream.encoding or "utf-8", "replace"))
+                return
+            except (OSError, ValueError, AttributeError):
+                pass
+        stream.write(text)
         stream.flush()
 
     async def peer(self, address) -> transport.Connection:
