@@ -439,16 +439,35 @@ def test_sigkill_node_mid_workload(fresh_cluster, tmp_path):
         pa.get(mortal.inc.remote(), timeout=GUARD_S)
 
 
+@pa.remote
+class Pinned:
+    """An actor that reports the node it runs on."""
+
+    def node(self):
+        return _node_id()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.mark.slow
 def test_stopped_node_is_declared_dead_and_its_work_retried(fresh_cluster, tmp_path):
-    """SIGSTOP a node: the head declares it dead within the heartbeat timeout and its parked
-    task runs again elsewhere; SIGCONT afterwards is harmless."""
+    """SIGSTOP a node: the head declares it dead within the heartbeat timeout, its parked task
+    runs again elsewhere, callers of its actor get ActorDiedError instead of waiting, and once
+    resumed the node (disowned by the head) stops itself."""
     c = fresh_cluster
     c.start_head(1, {"head": 1})
-    victim = c.add_node(1, {"w": 1})
+    victim = c.add_node(1, {"w": 1, "only_victim": 1})
     c.add_node(1, {"w": 1})
     c.connect()
     victim_id = c.node_ids()[victim]
+    pinned = Pinned.options(resources={"only_victim": 0.5}).remote()
+    assert pa.get(pinned.node.remote(), timeout=GUARD_S) == victim_id
     refs = [parked.options(resources={"w": 1}).remote(str(tmp_path), str(i)) for i in range(2)]
     assert wait_until(lambda: any(victim_id in name for name in os.listdir(tmp_path)), 20)
 
@@ -460,9 +479,12 @@ def test_stopped_node_is_declared_dead_and_its_work_retried(fresh_cluster, tmp_p
                           NODE_TIMEOUT_S + 4 * HEARTBEAT_S + 2), "never declared dead"
         open(tmp_path / "gate", "w").close()
         assert victim_id not in pa.get(refs, timeout=GUARD_S)
+        with pytest.raises(pa.ActorDiedError):
+            pa.get(pinned.node.remote(), timeout=GUARD_S)
     finally:
         os.kill(victim, signal.SIGCONT)
     assert pa.get(where.options(resources={"w": 1}).remote(), timeout=GUARD_S)[0] != victim_id
+    assert wait_until(lambda: not _alive(victim), GUARD_S), "a disowned node kept running"
 
 
 # ---------------------------------------------------------------------- separate netns

@@ -48,7 +48,7 @@ class ActorRecord:
 
     def view(self) -> list:
         return list(P.ActorState(self.actor_id, self.state, self.address, self.incarnation,
-                                 self.death_cause, self.spec))
+                                 self.death_cause, self.spec, self.node_id))
 
 
 class ActorDirectory:
@@ -106,7 +106,7 @@ class ActorDirectory:
         actor = self.actors.get(message.actor_id)
         if actor is None:
             self._reply(conn, message.request_id, list(P.ActorState(
-                message.actor_id, "dead", None, 0, "no such actor on this cluster", b"")))
+                message.actor_id, "dead", None, 0, "no such actor on this cluster", b"", None)))
             return
         if actor.state == "dead" or (actor.state == "alive" and
                                      actor.incarnation > message.known_incarnation):

@@ -25,7 +25,7 @@ logger = logging.getLogger("pyactor.actors")
 
 class ActorView:
     __slots__ = ("actor_id", "state", "address", "conn", "incarnation", "death_cause", "queue",
-                 "in_flight", "max_task_retries", "asking", "sequence", "blocked")
+                 "in_flight", "max_task_retries", "asking", "sequence", "blocked", "node_id")
 
     def __init__(self, actor_id: bytes, max_task_retries: int):
         self.actor_id = actor_id
@@ -40,6 +40,7 @@ class ActorView:
         self.asking = False
         self.sequence = 0
         self.blocked = False  # the head of the queue waits for its arguments
+        self.node_id = None  # the node hosting the incarnation we talk to
 
 
 class ActorSubmitter:
@@ -102,10 +103,11 @@ class ActorSubmitter:
             try:
                 state = await self.runtime._request(self.runtime.node_conn, P.WaitActor,
                                                     view.actor_id, view.incarnation)
-                actor_id, status, address, incarnation, cause, _spec = state
+                actor_id, status, address, incarnation, cause, _spec, node_id = state
             except Exception as error:
                 status, address, incarnation, cause = "dead", None, view.incarnation, (
                     f"the node could not be asked about the actor: {error}")
+                node_id = None
             view.asking = False
             if status == "dead":
                 view.state = "dead"
@@ -124,6 +126,7 @@ class ActorSubmitter:
             view.address = address
             view.conn = conn
             view.incarnation = incarnation
+            view.node_id = node_id
             self._flush(view)
         self.runtime.loop.create_task(ask())
 
@@ -209,7 +212,11 @@ class ActorSubmitter:
         view.blocked = False
         self._flush(view)
 
-    def forget(self, actor_id: bytes) -> None:
-        view = self.actors.get(actor_id)
-        if view is not None and not view.queue and not view.in_flight:
-            del self.actors[actor_id]
+    def on_node_dead(self, node_id: bytes) -> None:
+        """The head declared a node dead (it may still run, e.g. stopped): stop talking to the
+        actors it hosted, so their calls fail over (retry on the next incarnation, or
+        ActorDiedError) instead of waiting on a connection nobody answers."""
+        for view in self.actors.values():
+            if view.node_id == node_id and view.conn is not None:
+                view.conn.close(f"the node {node_id.hex()[:12]} hosting this actor was declared "
+                                f"dead")

@@ -7,7 +7,8 @@ that hold objects. A node is declared dead when its connection to the head close
 sent no heartbeat for NODE_TIMEOUT_S: so a node that dies is known dead within NODE_TIMEOUT_S
 (3 s) at worst, and at once when its process exits (the OS closes its connection).
 
-Dead is final: a node that comes back joins as a new node with a new id.
+Dead is final: a node that loses the head (declared dead while stopped or cut off, or the head
+itself died) stops, killing its workers; started again, it joins as a new node with a new id.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ class Membership:
 
     def __init__(self, node_id: bytes, address: list, token: bytes, *, head_address: str | None,
                  local_status: Callable[[], NodeInfo], on_message: Callable,
-                 on_node_dead: Callable[[bytes], None], on_view_changed: Callable[[], None]):
+                 on_node_dead: Callable[[bytes], None], on_view_changed: Callable[[], None],
+                 on_head_lost: Callable[[str], None] = lambda reason: None):
         self.node_id = node_id
         self.address = address
         self.token = token
@@ -73,7 +75,9 @@ class Membership:
         self._on_message = on_message
         self._on_node_dead = on_node_dead
         self._on_view_changed = on_view_changed
+        self._on_head_lost = on_head_lost
         self._task: asyncio.Task | None = None
+        self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -88,6 +92,7 @@ class Membership:
         self._task = asyncio.get_running_loop().create_task(self._beat())
 
     def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
         if self.head_conn is not None:
@@ -175,12 +180,15 @@ class Membership:
         self._on_view_changed()
 
     def _head_lost(self, conn, reason) -> None:
-        logger.error("lost the connection to the head (%s): this node is on its own", reason)
+        if self._stopping:
+            return
+        logger.error("lost the connection to the head (%s): stopping this node", reason)
         for info in self.nodes.values():
             if info.node_id != self.node_id and info.alive:
                 info.alive = False
                 self._on_node_dead(info.node_id)
         self._on_view_changed()
+        self._on_head_lost(str(reason))
 
     # ------------------------------------------------------------------ queries
     def alive_nodes(self) -> list[NodeInfo]:

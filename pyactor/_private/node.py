@@ -167,7 +167,8 @@ class Node:
         self.membership = Membership(
             self.node_id, self.address, self.token, head_address=self.config.head_address,
             local_status=self._local_status, on_message=self._on_message,
-            on_node_dead=self._on_node_dead, on_view_changed=self._on_view_changed)
+            on_node_dead=self._on_node_dead, on_view_changed=self._on_view_changed,
+            on_head_lost=lambda reason: asyncio.get_running_loop().call_soon(self.stop))
         await self.membership.start()
         for _ in range(self.pool_size):
             self._start_worker()  # in the background: the node is ready before they are

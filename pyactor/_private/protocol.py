@@ -152,6 +152,7 @@ class ActorState(NamedTuple):
     incarnation: int
     death_cause: str
     spec: bytes
+    node_id: Any  # the node hosting it (None until placed): its death ends the actor there
 
 
 class FreeObjects(NamedTuple):

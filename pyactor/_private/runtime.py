@@ -945,6 +945,7 @@ class Runtime:
     def _on_cluster_view(self, conn, message: P.ClusterView) -> None:
         for node_id in self._update_nodes(message.nodes):
             self._leases_lost_with(node_id)
+            self.actors.on_node_dead(node_id)
             self._objects_lost_with(node_id)
 
     def _leases_lost_with(self, node_id: bytes) -> None:
