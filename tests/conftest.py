@@ -73,6 +73,15 @@ def node_processes(node_pid: int) -> set[int]:
     return pids_of(pyactor_processes(session=node_pid))
 
 
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie or dead process is not alive)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
 def pyactor_segments() -> list[str]:
     try:
         return sorted(n for n in os.listdir("/dev/shm") if n.startswith("pyactor-"))

@@ -16,7 +16,7 @@ import pytest
 import pyactor as pa
 from pyactor.exceptions import ActorDiedError
 
-from conftest import run_python, wait_until
+from conftest import process_alive, run_python, wait_until
 
 GET_TIMEOUT_S = 30  # a bound so that a bug fails the test instead of hanging it
 
@@ -57,18 +57,6 @@ class Forwarder:
 
 def _get(refs):
     return pa.get(refs, timeout=GET_TIMEOUT_S)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead for our purposes
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _call_after_crash(method):
@@ -456,7 +444,7 @@ def test_kill_makes_later_calls_raise_actor_died(pa_module):
     recorder = Recorder.remote()
     pid = _get(recorder.pid.remote())
     pa.kill(recorder)
-    assert wait_until(lambda: not _alive(pid))
+    assert wait_until(lambda: not process_alive(pid))
     with pytest.raises(ActorDiedError):
         _get(recorder.add.remote(1))
 
@@ -480,7 +468,7 @@ def test_kill_with_restart_reruns_init(pa_module):
     _get(recorder.add.remote("before"))
     old_pid = _get(recorder.pid.remote())
     pa.kill(recorder, no_restart=False)
-    assert wait_until(lambda: not _alive(old_pid))
+    assert wait_until(lambda: not process_alive(old_pid))
     new_pid = _get(recorder.pid.remote())
     assert new_pid != old_pid
     assert _get(recorder.items.remote()) == []  # __init__ ran again

@@ -26,7 +26,8 @@ from hypothesis import HealthCheck, given, settings
 
 import pyactor as pa
 from pyactor.exceptions import ActorDiedError, AuthenticationError, ObjectLostError
-from tests.conftest import pids_of, pyactor_processes, pyactor_segments, wait_until
+from conftest import (pids_of, process_alive, pyactor_processes, pyactor_segments,
+                      wait_until)
 
 GUARD_S = 60  # a hang guard on gets: a bug fails the test instead of hanging it
 BIG_BYTES = 16 << 20
@@ -82,7 +83,7 @@ class CliCluster:
         assert wait_until(lambda: sum(n["Alive"] for n in pa.nodes()) == len(self.live()), 15)
 
     def live(self) -> list[int]:
-        return [pid for pid in self.pids if _alive(pid)]
+        return [pid for pid in self.pids if process_alive(pid)]
 
     def node_ids(self) -> dict[int, str]:
         """Node pid -> node id, from the ready line each node recorded (see session.py)."""
@@ -110,12 +111,6 @@ class CliCluster:
             "workers left by pyactor stop"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
-    except OSError:
-        return False
 
 
 def _session_of(pid: int) -> int:
@@ -447,12 +442,6 @@ class Pinned:
         return _node_id()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.slow
@@ -484,7 +473,7 @@ def test_stopped_node_is_declared_dead_and_its_work_retried(fresh_cluster, tmp_p
     finally:
         os.kill(victim, signal.SIGCONT)
     assert pa.get(where.options(resources={"w": 1}).remote(), timeout=GUARD_S)[0] != victim_id
-    assert wait_until(lambda: not _alive(victim), GUARD_S), "a disowned node kept running"
+    assert wait_until(lambda: not process_alive(victim), GUARD_S), "a disowned node kept running"
 
 
 # ---------------------------------------------------------------------- separate netns

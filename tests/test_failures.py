@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from pyactor._private import api, transport
 from pyactor._private import protocol as P
 from pyactor.exceptions import AuthenticationError, ProtocolError, WorkerCrashedError
-from tests.conftest import node_processes, pyactor_segments, wait_until
+from conftest import node_processes, pyactor_segments, wait_until
 
 GUARD_S = 30  # a hang guard on gets and socket reads, never a synchronisation device
 NUM_CPUS = 2

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from pyactor._private import api
-from tests.conftest import node_processes, pyactor_segments, run_python, wait_until
+from conftest import node_processes, pyactor_segments, run_python, wait_until
 
 # A driver script prints this line once its node runs a task: "NODE <node pid> <worker pid>".
 DRIVER_PRELUDE = textwrap.dedent("""

@@ -16,7 +16,7 @@ import weakref
 import numpy as np
 import pytest
 
-from conftest import run_python, wait_until
+from conftest import process_alive, run_python, wait_until
 from pyactor.exceptions import WorkerCrashedError
 from pyactor.multiprocessing import (MaybeEncodingError, Pool, RemoteTraceback,
                                      TimeoutError as PoolTimeoutError)
@@ -118,12 +118,6 @@ def make_array(n):
     return np.full(n, 2.0)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
-    except OSError:
-        return False
 
 
 # ---------------------------------------------------------------------- fixtures
@@ -573,10 +567,10 @@ def test_terminate_with_tasks_in_flight_leaves_no_process(pa_module, tmp_path):
     pending = p.map_async(write_pid_then_sleep, [str(tmp_path)] * 6, chunksize=1)
     assert wait_until(lambda: len(os.listdir(tmp_path)) == 2, 30)
     pids = [int(name) for name in os.listdir(tmp_path)]
-    assert all(_alive(pid) for pid in pids)
+    assert all(process_alive(pid) for pid in pids)
     p.terminate()
     p.join()
-    assert wait_until(lambda: not any(_alive(pid) for pid in pids), 10)
+    assert wait_until(lambda: not any(process_alive(pid) for pid in pids), 10)
     with pytest.raises(Exception):
         pending.get(timeout=10)
 

@@ -9,17 +9,10 @@ import pytest
 from hypothesis import given, settings
 
 from pyactor._private import protocol as P
+from strategies import msgpack_values
 from pyactor.exceptions import ProtocolError
 
-# msgpack values that come back equal to themselves (no NaN, lists rather than tuples).
-scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-           | st.floats(allow_nan=False) | st.text(max_size=20) | st.binary(max_size=40))
-values = st.recursive(
-    scalars,
-    lambda children: (st.lists(children, max_size=4)
-                      | st.dictionaries(st.text(max_size=8) | st.integers(-(2**63), 2**63 - 1),
-                                        children, max_size=4)),
-    max_leaves=12)
+values = msgpack_values(max_leaves=12, max_text=20, max_bytes=40, max_size=4)
 
 MESSAGE_CLASSES = list(P.KIND_OF)
 

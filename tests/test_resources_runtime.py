@@ -16,7 +16,7 @@ import pytest
 
 from pyactor._private import api
 from pyactor.exceptions import InfeasibleResourcesError
-from tests.conftest import run_python, wait_until
+from conftest import run_python, wait_until
 
 GUARD_S = 30  # hang guard for gets and barriers, never a synchronisation device
 

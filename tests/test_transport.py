@@ -24,6 +24,7 @@ import uvloop
 from hypothesis import HealthCheck, given, settings
 
 from pyactor._private import transport
+from strategies import msgpack_values
 from pyactor._private.transport import FrameDecoder, encode_frame
 from pyactor.exceptions import AuthenticationError, ProtocolError
 
@@ -32,14 +33,7 @@ SOCKET_GUARD_S = 30.0  # a hang guard on blocking reads, never a synchronisation
 
 # -- strategies ---------------------------------------------------------------------------------
 
-scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-           | st.floats(allow_nan=False) | st.text(max_size=40) | st.binary(max_size=60))
-messages = st.recursive(
-    scalars,
-    lambda children: (st.lists(children, max_size=6)
-                      | st.dictionaries(st.text(max_size=10) | st.integers(-(2**63), 2**63 - 1),
-                                        children, max_size=6)),
-    max_leaves=30)
+messages = msgpack_values()
 
 
 def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
