@@ -7,9 +7,11 @@ second driver get their own (`pa_fresh`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -690,3 +692,85 @@ def test_task_finds_named_actors_in_its_submitters_namespace(pa_module):
         return pa_module.get(pa_module.get_actor("found-from-a-task").hello.remote())
 
     assert pa_module.get(call_by_name.remote(), timeout=30) == "hi"
+
+
+@pa.remote
+class Lifetime:
+    def pid(self):
+        return os.getpid()
+
+    def slow_pid(self, gate):
+        deadline = time.monotonic() + 30
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return os.getpid()
+
+
+@pa.remote
+class Keeper:
+    def keep(self, handle):
+        self.handle = handle
+        return True
+
+    def ask(self):
+        return pa.get(self.handle.pid.remote())
+
+
+def test_an_actor_ends_when_no_handle_to_it_is_left(pa_module):
+    """Unnamed actors whose handles are all dropped are ended (their process exits)."""
+    pids = [pa_module.get(Lifetime.remote().pid.remote()) for _ in range(3)]
+    gc.collect()
+    assert wait_until(lambda: not any(process_alive(p) for p in pids), 20)
+
+
+def test_calls_in_flight_finish_before_the_last_handle_ends_the_actor(pa_module, tmp_path):
+    """Dropping the last handle while calls run lets them finish, then ends the actor."""
+    gate = tmp_path / "gate"
+    ref = Lifetime.remote().slow_pid.remote(str(gate))
+    gc.collect()
+    gate.touch()
+    pid = pa_module.get(ref, timeout=30)
+    assert wait_until(lambda: not process_alive(pid), 20)
+
+
+def test_a_handle_held_by_another_actor_keeps_the_actor_alive(pa_module):
+    """A borrowed handle counts: the actor lives while another process holds a handle."""
+    target = Lifetime.remote()
+    pid = pa_module.get(target.pid.remote())
+    keeper = Keeper.remote()
+    assert pa_module.get(keeper.keep.remote(target))
+    del target
+    gc.collect()
+    assert pa_module.get(keeper.ask.remote(), timeout=30) == pid
+    assert process_alive(pid)
+    del keeper
+    gc.collect()
+    assert wait_until(lambda: not process_alive(pid), 20)
+
+
+def test_named_and_detached_actors_outlive_their_handles(pa_module):
+    """Actors with a name (or detached) live until killed, handles or not."""
+    pid = pa_module.get(Lifetime.options(name="outlives-handles").remote().pid.remote())
+    gc.collect()
+    handle = pa_module.get_actor("outlives-handles")
+    assert pa_module.get(handle.pid.remote(), timeout=30) == pid
+    pa_module.kill(handle)
+
+
+def test_objects_held_by_a_dead_borrower_are_freed(pa_module):
+    """A store object that only a killed actor still held is freed: a dead borrower sends no
+    RemoveBorrower, so the owner watches borrowers' connections instead."""
+    import numpy as np
+
+    def store_objects():
+        return pa_module.nodes()[0]["ObjectStore"]["object_count"]
+
+    before = store_objects()
+    ref = pa_module.put(np.ones(1 << 20))
+    keeper = Keeper.remote()
+    assert pa_module.get(keeper.keep.remote([ref]))  # nested: the actor holds the ref itself
+    del ref
+    gc.collect()
+    assert store_objects() == before + 1
+    pa_module.kill(keeper)
+    assert wait_until(lambda: store_objects() == before, 20)

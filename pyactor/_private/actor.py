@@ -93,9 +93,14 @@ class ActorClass:
                                      name, namespace, bool(options["get_if_exists"]),
                                      options["lifetime"] == "detached", runtime.address)
         actor_id = state[0]
+        token = None
         if actor_id == requested_id:  # not an existing actor (get_if_exists): keep its args
             runtime.actors_created[actor_id] = held  # args stay alive while it may restart
-        return ActorHandle(actor_id, self.__name__, self._methods, options["max_task_retries"])
+            if not name and options["lifetime"] != "detached":
+                # Like Ray: an unnamed, non-detached actor ends when no handle to it is left.
+                token = runtime.actor_token(actor_id)
+        return ActorHandle(actor_id, self.__name__, self._methods, options["max_task_retries"],
+                           token)
 
 
 def _resolve_now(runtime, arg: list) -> list:
@@ -115,13 +120,20 @@ def _resolve_now(runtime, arg: list) -> list:
 
 
 class ActorHandle:
-    """A handle to a running actor; picklable, so it can be passed to tasks and actors."""
+    """A handle to a running actor; picklable, so it can be passed to tasks and actors.
 
-    def __init__(self, actor_id: bytes, class_name: str, methods: dict, max_task_retries: int):
+    `_token` is an ObjectRef the creator owns, travelling with every copy of the handle: the
+    object reference counting then tells the creator when no handle is left anywhere, and the
+    actor is ended (unnamed, non-detached actors only; named ones live until killed).
+    """
+
+    def __init__(self, actor_id: bytes, class_name: str, methods: dict, max_task_retries: int,
+                 token=None):
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
         self._max_task_retries = max_task_retries
+        self._token = token
 
     def __getattr__(self, name: str) -> "ActorMethod":
         if name.startswith("__") or name not in self._methods:
@@ -130,7 +142,7 @@ class ActorHandle:
 
     def __reduce__(self):
         return (ActorHandle, (self._actor_id, self._class_name, self._methods,
-                              self._max_task_retries))
+                              self._max_task_retries, self._token))
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id.hex()})"

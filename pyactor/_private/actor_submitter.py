@@ -25,7 +25,8 @@ logger = logging.getLogger("pyactor.actors")
 
 class ActorView:
     __slots__ = ("actor_id", "state", "address", "conn", "incarnation", "death_cause", "queue",
-                 "in_flight", "max_task_retries", "asking", "sequence", "blocked", "node_id")
+                 "in_flight", "max_task_retries", "asking", "sequence", "blocked", "node_id",
+                 "end_when_idle")
 
     def __init__(self, actor_id: bytes, max_task_retries: int):
         self.actor_id = actor_id
@@ -41,6 +42,7 @@ class ActorView:
         self.sequence = 0
         self.blocked = False  # the head of the queue waits for its arguments
         self.node_id = None  # the node hosting the incarnation we talk to
+        self.end_when_idle = False  # no handle is left: end the actor after these calls
 
 
 class ActorSubmitter:
@@ -141,6 +143,8 @@ class ActorSubmitter:
             self.runtime._finish(spec, error=message.error)
         else:
             self.runtime._finish(spec, returns=message.returns)
+        if view.end_when_idle and not view.queue and not view.in_flight:
+            self._end(view.actor_id)
         return True
 
     def on_connection_closed(self, conn) -> None:
@@ -220,3 +224,18 @@ class ActorSubmitter:
             if view.node_id == node_id and view.conn is not None:
                 view.conn.close(f"the node {node_id.hex()[:12]} hosting this actor was declared "
                                 f"dead")
+
+    def release_actor(self, actor_id: bytes) -> None:
+        """No handle to this actor is left anywhere: end it once our calls to it are done."""
+        view = self.actors.get(actor_id)
+        if view is not None and (view.queue or view.in_flight):
+            view.end_when_idle = True
+            return
+        self._end(actor_id)
+
+    def _end(self, actor_id: bytes) -> None:
+        self.actors.pop(actor_id, None)
+        self.runtime.actors_created.pop(actor_id, None)
+        node = self.runtime.node_conn
+        if node is not None and not node.closed:
+            node.send(P.encode(P.KillActor(0, actor_id, True)))  # 0: nobody waits for the reply

@@ -31,7 +31,7 @@ FAILED = 2
 class ObjectEntry:
     __slots__ = ("object_id", "owned", "owner", "state", "inline", "node_id", "local_refs",
                  "borrowers", "task_pins", "holders", "callbacks", "fetching", "registered",
-                 "contained", "task_id")
+                 "contained", "task_id", "kill_actor")
 
     def __init__(self, object_id: bytes, owned: bool, owner: tuple | None):
         self.object_id = object_id
@@ -49,6 +49,7 @@ class ObjectEntry:
         self.registered = False  # a borrower told the owner it holds a ref
         self.contained: list | None = None  # ObjectRefs held alive by this object's value
         self.task_id: bytes | None = None
+        self.kill_actor: bytes | None = None  # an actor handle token: freeing it ends the actor
 
     def in_use(self) -> bool:
         return bool(self.local_refs or self.borrowers or self.task_pins or self.holders)
@@ -111,7 +112,8 @@ class ReferenceTable:
         # An owned value held inline, containing no refs, needs no I/O to free: it is gone with
         # the entry. Only the rest (store objects, borrowed refs, contained refs) wakes the IO
         # thread; that keeps a syscall off the common path of every finished task.
-        if entry.owned and entry.node_id is None and not entry.contained:
+        if entry.owned and entry.node_id is None and not entry.contained \
+                and entry.kill_actor is None:
             return
         self._released.append(entry)
         self._on_released()

@@ -128,6 +128,7 @@ class Runtime:
         }
         self.nodes: dict[bytes, list] = {}  # node_id -> [address, alive], from the node
         self._lineage: dict[bytes, TaskSpec] = {}  # tasks whose returns live in a store
+        self._watched_borrowers: set[tuple] = set()  # see add_borrower
         self.on_blocked: Callable[[bool], None] | None = None  # set by the worker executor
         self.log_handler: Callable[[P.Log], None] | None = None
         self.actors = None  # ActorSubmitter, made in start()
@@ -265,6 +266,8 @@ class Runtime:
         for key, peer in list(self._peers.items()):
             if peer.done() and not peer.exception() and peer.result() is conn:
                 del self._peers[key]
+                if key in self._watched_borrowers and not self.closed:
+                    self._borrower_gone(key)
         self._fail_leases_on(conn)
         if self.actors is not None:
             self.actors.on_connection_closed(conn)
@@ -408,6 +411,8 @@ class Runtime:
                         self.send_to_peer(self.nodes[entry.node_id][0],
                                           P.FreeObjects([entry.object_id]))
                 entry.contained = None
+                if entry.kill_actor is not None:
+                    self.actors.release_actor(entry.kill_actor)
                 if entry.task_id is not None and entry.task_id in self._lineage:
                     self._forget_lineage(entry.task_id)
             elif entry.registered:
@@ -436,12 +441,44 @@ class Runtime:
 
     def _on_add_borrower(self, conn, message: P.AddBorrower) -> None:
         entry = self.refs.get(message.object_id)
-        if entry is not None and message.borrower != self.address:
-            with self.refs.lock:
-                if entry.borrowers is None:
-                    entry.borrowers = set()
-                entry.borrowers.add(tuple(message.borrower))
+        if entry is not None:
+            self.add_borrower(entry, message.borrower)
         conn.send(P.encode(P.Reply(message.request_id, entry is not None, None)))
+
+    def add_borrower(self, entry: ObjectEntry, borrower: list) -> None:
+        """Count `borrower` (a runtime's address) as holding `entry` (IO thread). We keep a
+        connection to every borrower: when it closes, the borrower died, and what it held is
+        released (a dead process sends no RemoveBorrower)."""
+        if borrower == self.address:
+            return
+        key = (borrower[0], borrower[1])
+        with self.refs.lock:
+            if entry.borrowers is None:
+                entry.borrowers = set()
+            entry.borrowers.add(key)
+        if key not in self._watched_borrowers:
+            self._watched_borrowers.add(key)
+
+            async def watch():
+                try:
+                    await self.peer(key)
+                except Exception:  # already gone
+                    self._borrower_gone(key)
+            self.loop.create_task(watch())
+
+    def _borrower_gone(self, key: tuple) -> None:
+        self._watched_borrowers.discard(key)
+        released = []
+        with self.refs.lock:
+            for entry in list(self.refs.entries.values()):
+                if entry.borrowers and key in entry.borrowers:
+                    entry.borrowers.discard(key)
+                    if not entry.in_use():
+                        del self.refs.entries[entry.object_id]
+                        released.append(entry)
+        if released:
+            self.refs._released.extend(released)
+            self._drain_released()
 
     def _on_remove_borrower(self, conn, message: P.RemoveBorrower) -> None:
         entry = self.refs.get(message.object_id)
@@ -456,6 +493,15 @@ class Runtime:
         self._drain_released()
 
     # ------------------------------------------------------------------ put / get / wait
+    def actor_token(self, actor_id: bytes) -> ObjectRef:
+        """A ref whose last copy going away ends the actor (see ActorHandle)."""
+        object_id = actor_id + b"ACTR"
+        entry = self.refs.add_owned(object_id)
+        entry.kill_actor = actor_id
+        entry.inline = serialization.serialize_to_bytes(None)
+        entry.state = READY
+        return ObjectRef(object_id, self.address)
+
     def put(self, value: Any) -> ObjectRef:
         return self.put_serialized(serialization.serialize(value))
 

@@ -241,11 +241,7 @@ class Executor:
         for ref in refs:
             entry = runtime.refs.get(ref.id)
             if entry is not None and entry.owned:
-                if owner != runtime.address:
-                    with runtime.refs.lock:
-                        if entry.borrowers is None:
-                            entry.borrowers = set()
-                        entry.borrowers.add(tuple(owner))
+                runtime.add_borrower(entry, owner)
             elif ref.owner_address != owner:
                 future = runtime.loop.create_future()
                 runtime.pending_registrations.add(future)
