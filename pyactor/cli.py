@@ -151,7 +151,7 @@ async def _ask_status(address: str, token: bytes) -> list[dict]:
     conn = await transport.connect(host, int(port), token,
                                    lambda _c, raw: replies.put_nowait(P.decode(raw)))
     try:
-        conn.send(P.encode(P.Register(1, "cli", os.getpid(), b"", ["", 0], "")))
+        conn.send(P.encode(P.Register(1, "cli", os.getpid(), b"", ["", 0], "", [])))
         conn.send(P.encode(P.ClusterInfo(2, "nodes")))
         while True:
             reply = await asyncio.wait_for(replies.get(), 10)

@@ -589,3 +589,43 @@ def test_plain_script_runs_tasks_and_prints_worker_output():
     assert "result [0, 2, 4]" in result.stdout
     lines = [l for l in result.stdout.splitlines() if "task-says" in l]
     assert len(lines) == 3 and all(l.startswith("(pid=") for l in lines), result.stdout
+
+
+@pa.remote
+class Signal:
+    def __init__(self):
+        self.is_set = False
+
+    def set(self):
+        self.is_set = True
+
+    def check(self):
+        return self.is_set
+
+
+@pa.remote
+def wait_for_signal(signal):
+    """Blocks (in get, polling) until the signal is set."""
+    deadline = time.monotonic() + 30
+    while not pa.get(signal.check.remote()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return pa.get(signal.check.remote())
+
+
+@pa.remote
+def set_signal(signal):
+    pa.get(signal.set.remote())
+    return True
+
+
+def test_tasks_pipelined_behind_a_blocked_task_are_taken_back(pa_fresh):
+    """A task blocked in get on one CPU cannot wait on a task queued behind it on its worker:
+    the owner takes back what it pipelined there and runs it on a worker the node starts."""
+    pa_fresh.init(num_cpus=1, object_store_memory=64 << 20)
+    signal = Signal.remote()
+    waiter = wait_for_signal.remote(signal)
+    setter = set_signal.remote(signal)
+    fillers = [add_one.remote(i) for i in range(40)]  # keep lease requests busy: pipelining
+    assert pa_fresh.get(waiter, timeout=60) is True
+    assert pa_fresh.get(setter, timeout=60) is True
+    assert pa_fresh.get(fillers, timeout=60) == list(range(1, 41))

@@ -40,6 +40,7 @@ class ActorRecord:
     state: str = "pending"  # pending -> alive -> restarting -> alive ... -> dead
     address: list | None = None
     node_id: bytes | None = None  # the node hosting it (or asked to)
+    control_address: list | None = None  # its worker's runtime (cancellation)
     incarnation: int = 0
     restarts: int = 0
     death_cause: str = ""
@@ -48,7 +49,8 @@ class ActorRecord:
 
     def view(self) -> list:
         return list(P.ActorState(self.actor_id, self.state, self.address, self.incarnation,
-                                 self.death_cause, self.spec, self.node_id))
+                                 self.death_cause, self.spec, self.node_id,
+                                 self.control_address))
 
 
 class ActorDirectory:
@@ -106,7 +108,8 @@ class ActorDirectory:
         actor = self.actors.get(message.actor_id)
         if actor is None:
             self._reply(conn, message.request_id, list(P.ActorState(
-                message.actor_id, "dead", None, 0, "no such actor on this cluster", b"", None)))
+                message.actor_id, "dead", None, 0, "no such actor on this cluster", b"", None,
+                None)))
             return
         if actor.state == "dead" or (actor.state == "alive" and
                                      actor.incarnation > message.known_incarnation):
@@ -121,7 +124,8 @@ class ActorDirectory:
         self._reply(conn, message.request_id, True)
 
     # ------------------------------------------------------------------ reports from nodes
-    def on_hosted(self, actor_id: bytes, address: list | None, error: str | None) -> None:
+    def on_hosted(self, actor_id: bytes, address: list | None, error: str | None,
+                  control_address: list | None = None) -> None:
         actor = self.actors.get(actor_id)
         if actor is None or actor.state == "dead":
             return
@@ -132,6 +136,7 @@ class ActorDirectory:
             return
         actor.state = "alive"
         actor.address = address
+        actor.control_address = control_address
         actor.incarnation += 1
         self._notify(actor)
 

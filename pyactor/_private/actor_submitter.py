@@ -26,7 +26,7 @@ logger = logging.getLogger("pyactor.actors")
 class ActorView:
     __slots__ = ("actor_id", "state", "address", "conn", "incarnation", "death_cause", "queue",
                  "in_flight", "max_task_retries", "asking", "sequence", "blocked", "node_id",
-                 "end_when_idle")
+                 "end_when_idle", "control_address")
 
     def __init__(self, actor_id: bytes, max_task_retries: int):
         self.actor_id = actor_id
@@ -43,6 +43,7 @@ class ActorView:
         self.blocked = False  # the head of the queue waits for its arguments
         self.node_id = None  # the node hosting the incarnation we talk to
         self.end_when_idle = False  # no handle is left: end the actor after these calls
+        self.control_address = None  # its worker's runtime: CancelTask goes there
 
 
 class ActorSubmitter:
@@ -105,11 +106,12 @@ class ActorSubmitter:
             try:
                 state = await self.runtime._request(self.runtime.node_conn, P.WaitActor,
                                                     view.actor_id, view.incarnation)
-                actor_id, status, address, incarnation, cause, _spec, node_id = state
+                (actor_id, status, address, incarnation, cause, _spec, node_id,
+                 control_address) = state
             except Exception as error:
                 status, address, incarnation, cause = "dead", None, view.incarnation, (
                     f"the node could not be asked about the actor: {error}")
-                node_id = None
+                node_id = control_address = None
             view.asking = False
             if status == "dead":
                 view.state = "dead"
@@ -129,6 +131,7 @@ class ActorSubmitter:
             view.conn = conn
             view.incarnation = incarnation
             view.node_id = node_id
+            view.control_address = control_address
             self._flush(view)
         self.runtime.loop.create_task(ask())
 
@@ -203,7 +206,8 @@ class ActorSubmitter:
         spec = view.in_flight.get(task_id)
         if spec is not None and view.conn is not None:
             spec.cancelled = True
-            view.conn.send(P.encode(P.CancelTask(task_id, False, b"")))
+            # To the worker's runtime: the call's own connection is not read while it runs.
+            self.runtime.send_to_peer(view.control_address, P.CancelTask(task_id, False, b""))
 
     def drop_blocked(self, spec: TaskSpec) -> None:
         """A call waiting for its arguments was cancelled (and finished by the runtime): it no

@@ -82,6 +82,7 @@ class WorkerRecord:
     conn: Any = None
     address: list | None = None
     state: str = "starting"  # starting -> idle -> leased / actor -> dead
+    runtime_address: list | None = None  # its runtime (cancellation); `address` takes tasks
     lease_id: Any = None
     actor_id: bytes | None = None
 
@@ -241,7 +242,8 @@ class Node:
                 worker = self.workers[message.worker_id] = WorkerRecord(message.worker_id,
                                                                         message.pid)
             worker.conn = conn
-            worker.address = message.address
+            worker.address = message.task_address or message.address
+            worker.runtime_address = message.address
             conn.user_data = worker
             self._worker_idle(worker)
         self._reply(conn, message.request_id, {
@@ -364,7 +366,7 @@ class Node:
             return
         worker.state = "leased"
         self._reply(lease.conn, lease.request_id, [lease_id, worker.worker_id, worker.address,
-                                                   list(lease.gpu_ids)])
+                                                   list(lease.gpu_ids), worker.runtime_address])
 
     def _top_up_pool(self) -> None:
         """Actors take workers for good: keep enough idle ones for tasks."""
@@ -454,7 +456,8 @@ class Node:
         if message.error is not None:
             self.hosted.pop(message.actor_id, None)
             _kill(worker.pid)
-        self._to_directory(P.ActorHosted(message.actor_id, worker.address, message.error))
+        self._to_directory(P.ActorHosted(message.actor_id, worker.address, message.error,
+                                         worker.runtime_address))
 
     def _on_kill_actor_process(self, conn, message: P.KillActorProcess) -> None:
         self.kill_actor_process(message.actor_id)
@@ -498,7 +501,8 @@ class Node:
         """Report an actor event to the head's directory (in-process on the head)."""
         if self.directory is not None:
             if isinstance(message, P.ActorHosted):
-                self.directory.on_hosted(message.actor_id, message.address, message.error)
+                self.directory.on_hosted(message.actor_id, message.address, message.error,
+                                         message.control_address)
             elif isinstance(message, P.ActorProcessDied):
                 self.directory.on_process_died(message.actor_id, message.cause)
             elif isinstance(message, P.OwnerExited):

@@ -36,8 +36,9 @@ class Register(NamedTuple):
     kind: str
     pid: int
     worker_id: bytes
-    address: list  # [host, port] where this process's owner service (or task endpoint) listens
+    address: list  # [host, port] of this process's runtime (owner service, cancellation)
     namespace: str
+    task_address: list  # a worker's task endpoint (PushTask, ActorCall); [] for others
 
 
 class Reply(NamedTuple):
@@ -153,6 +154,7 @@ class ActorState(NamedTuple):
     death_cause: str
     spec: bytes
     node_id: Any  # the node hosting it (None until placed): its death ends the actor there
+    control_address: Any  # the hosting worker's runtime (CancelTask goes there)
 
 
 class FreeObjects(NamedTuple):
@@ -195,8 +197,17 @@ class Shutdown(NamedTuple):
     request_id: int
 
 
-class TaskRejected(NamedTuple):
-    """A worker blocked in `get` hands back tasks it had queued but not started."""
+class WorkerBlocking(NamedTuple):
+    """Worker to owner: the task `task_id` waits in `get`; take back what you pipelined behind
+    it (RevokeTasks to `control_address`)."""
+    worker_id: bytes
+    task_id: bytes
+    control_address: list
+
+
+class RevokeTasks(NamedTuple):
+    """Owner to worker: give up these pipelined tasks; the Reply lists those not started."""
+    request_id: int
     task_ids: list
 
 
@@ -251,10 +262,12 @@ class HostActor(NamedTuple):
 
 
 class ActorHosted(NamedTuple):
-    """Node to head: the actor's __init__ ran (error None) at `address`, or raised."""
+    """Node to head: the actor's __init__ ran (error None) at `address` (its worker's task
+    endpoint; `control_address` is the worker's runtime, for cancellation), or raised."""
     actor_id: bytes
     address: Any
     error: Any
+    control_address: Any
 
 
 class ActorProcessDied(NamedTuple):
@@ -275,7 +288,7 @@ class OwnerExited(NamedTuple):
 _KINDS: list[type] = [
     Register, Reply, RequestLease, ReturnLease, WorkerBlocked, PushTask, ActorCall, TaskDone,
     CancelTask, CreateActor, StartActor, GetActor, KillActor, WaitActor, FreeObjects, GetObject,
-    AddBorrower, RemoveBorrower, ClusterInfo, Log, KillWorker, Shutdown, TaskRejected, ActorReady,
+    AddBorrower, RemoveBorrower, ClusterInfo, Log, KillWorker, Shutdown, WorkerBlocking, RevokeTasks, ActorReady,
     PullObject, ObjectChunk, Fetch, JoinCluster, Heartbeat, ClusterView, HostActor, ActorHosted,
     ActorProcessDied, KillActorProcess, OwnerExited,
 ]

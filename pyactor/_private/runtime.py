@@ -60,9 +60,12 @@ LEASE_RETRY_S = 0.1
 
 class Lease:
     __slots__ = ("lease_id", "worker_id", "address", "conn", "queue", "in_flight", "gpu_ids",
-                 "idle_timer", "returned", "node_conn", "node_id")
+                 "idle_timer", "returned", "node_conn", "node_id", "control_address", "blocked")
 
-    def __init__(self, lease_id, worker_id, address, conn, queue, gpu_ids, node_conn, node_id):
+    def __init__(self, lease_id, worker_id, address, conn, queue, gpu_ids, node_conn, node_id,
+                 control_address):
+        self.control_address = control_address  # the worker's runtime: CancelTask, RevokeTasks
+        self.blocked = False  # its task waits in get: pipeline nothing more behind it
         self.node_conn = node_conn  # the node that granted it, which takes it back
         self.node_id = node_id  # that node's id: its death ends the lease
         self.lease_id = lease_id
@@ -116,6 +119,8 @@ class Runtime:
         self._running: dict[bytes, TaskSpec] = {}  # task_id -> spec, for dispatched tasks
         self._waiting_deps: dict[bytes, TaskSpec] = {}  # queued for their arguments
         self.pending_registrations: set[asyncio.Future] = set()
+        self.borrows_started = 0
+        self.task_address: list | None = None  # a worker's task endpoint (worker.py)
         self.handlers: dict[type, Callable[[transport.Connection, Any], None]] = {
             P.Reply: self._on_reply,
             P.TaskDone: self._on_task_done,
@@ -123,7 +128,7 @@ class Runtime:
             P.AddBorrower: self._on_add_borrower,
             P.RemoveBorrower: self._on_remove_borrower,
             P.Log: self._on_log,
-            P.TaskRejected: self._on_task_rejected,
+            P.WorkerBlocking: self._on_worker_blocking,
             P.ClusterView: self._on_cluster_view,
         }
         self.nodes: dict[bytes, list] = {}  # node_id -> [address, alive], from the node
@@ -163,7 +168,8 @@ class Runtime:
                                             on_close=self._on_connection_closed)
         self.address = [bind_host, self.server.port]
         info = await self._request(self.node_conn, P.Register, self.kind, os.getpid(),
-                                   self.worker_id, self.address, self.namespace)
+                                   self.worker_id, self.address, self.namespace,
+                                   self.task_address or [])
         self.node_id = info["node_id"]
         self._update_nodes(info.get("nodes", []))
         if info.get("store_name"):
@@ -352,6 +358,7 @@ class Runtime:
     def incref(self, object_id: bytes, owner_address: list) -> None:
         entry = self.refs.incref(object_id, owner_address)
         if entry is not None:  # first ref here to an object someone else owns
+            self.borrows_started += 1  # read by a worker before it answers (see worker.py)
             if owner_address == self.address:
                 entry.owned = True  # our own object, already freed: reads will say it is lost
                 entry.state = FAILED
@@ -763,7 +770,7 @@ class Runtime:
         while len(tasks) > queue.requests_pending:
             best = None
             for lease in queue.leases:
-                if len(lease.in_flight) < PIPELINE_DEPTH and (
+                if len(lease.in_flight) < PIPELINE_DEPTH and not lease.blocked and (
                         best is None or len(lease.in_flight) < len(best.in_flight)):
                     best = lease
             if best is None:
@@ -801,7 +808,7 @@ class Runtime:
                 self.loop.call_later(LEASE_RETRY_S, self._pump, queue)
             return
         queue.requests_pending -= 1
-        lease_id, worker_id, address, gpu_ids = grant
+        lease_id, worker_id, address, gpu_ids, control_address = grant
         try:
             conn = await self.peer(address)
         except Exception as error:
@@ -809,7 +816,8 @@ class Runtime:
             node_conn.send(P.encode(P.ReturnLease(lease_id, True)))
             self._pump(queue)
             return
-        lease = Lease(lease_id, worker_id, address, conn, queue, gpu_ids, node_conn, node_id)
+        lease = Lease(lease_id, worker_id, address, conn, queue, gpu_ids, node_conn, node_id,
+                      control_address)
         queue.leases.append(lease)
         self._pump(queue)
         self._maybe_idle(lease)
@@ -862,6 +870,7 @@ class Runtime:
         lease = spec.lease
         if lease is not None:
             lease.in_flight.pop(message.task_id, None)
+            lease.blocked = False
         if message.error is not None and message.retryable and spec.retries_left != 0 \
                 and not spec.cancelled and _should_retry(spec.retry_exceptions, message.error):
             spec.retries_left -= 1
@@ -875,19 +884,35 @@ class Runtime:
             self._pump(lease.queue)
             self._maybe_idle(lease)
 
-    def _on_task_rejected(self, conn, message: P.TaskRejected) -> None:
-        """A worker blocked in `get` handed back tasks it had not started: run them elsewhere."""
-        for task_id in message.task_ids:
-            spec = self._running.pop(task_id, None)
-            if spec is None:
-                continue
-            lease = spec.lease
-            if lease is not None:
-                lease.in_flight.pop(task_id, None)
-            spec.lease = None
-            queue = self._queues[spec.scheduling_key]
-            queue.tasks.appendleft(spec)
-            self._pump(queue)
+    def _on_worker_blocking(self, conn, message: P.WorkerBlocking) -> None:
+        """A task of ours waits in `get` on its worker: take back the tasks pipelined behind it
+        (they might be what it waits for) and run them elsewhere. The worker gives up only
+        those it has not started, so nothing runs twice."""
+        spec = self._running.get(message.task_id)
+        lease = spec.lease if spec is not None else None
+        if lease is None or lease.returned:
+            return
+        lease.blocked = True
+        behind = [task_id for task_id in lease.in_flight if task_id != message.task_id]
+        if not behind:
+            return
+
+        async def revoke():
+            try:
+                conn = await self.peer(message.control_address)
+                given_up = await self._request(conn, P.RevokeTasks, behind)
+            except Exception:  # noqa: BLE001 - the worker is gone: its connection's close
+                return  # retries what it held
+            taken_back = []
+            for task_id in given_up:
+                spec = lease.in_flight.pop(task_id, None)
+                if spec is not None:
+                    self._running.pop(task_id, None)
+                    spec.lease = None
+                    taken_back.append(spec)
+            lease.queue.tasks.extendleft(reversed(taken_back))  # first in line, in order
+            self._pump(lease.queue)
+        self.loop.create_task(revoke())
 
     def _discard_late_returns(self, returns: list) -> None:
         for index, ret in enumerate(returns):
@@ -968,10 +993,13 @@ class Runtime:
         if spec is not None and spec.lease is not None:
             spec.cancelled = True
             spec.retries_left = 0
-            # The node only kills (force); interrupting the task is the worker's job, and a task
-            # pipelined behind another is dropped by the worker: tell it over the lease's link.
-            message = P.encode(P.CancelTask(task_id, force, spec.lease.worker_id))
-            (self.node_conn if force else spec.lease.conn).send(message)
+            # The node only kills (force); interrupting the task is the worker's job: its
+            # runtime takes the message even while the task runs (see worker.py).
+            message = P.CancelTask(task_id, force, spec.lease.worker_id)
+            if force:
+                self.node_conn.send(P.encode(message))
+            else:
+                self.send_to_peer(spec.lease.control_address, message)
             return
         if self.actors is not None:
             self.actors.cancel(task_id, force)

@@ -1,152 +1,132 @@
 """A worker process: runs tasks, or one actor, on its main thread.
 
-The worker's Runtime (IO thread) receives PushTask / ActorCall / StartActor messages and queues
-them; the main thread takes them in order, runs the user's code and hands TaskDone back to the IO
-thread. Keeping user code off the IO thread means a task that calls `pa.get` or runs for minutes
-never stops the process from answering: borrowers still reach the objects it owns, cancellation
-still arrives.
+The main thread runs an event loop with the worker's *task endpoint*: owners send PushTask and
+ActorCall there, and a sync call runs right in the loop's callback, its TaskDone written on the
+same connection. Nothing crosses a thread on that path: on a virtual machine each hand-off
+between threads costs a wake-up of tens to hundreds of microseconds, more than a small task.
 
-    owner --PushTask--> [IO thread] --queue--> [main thread] run f(*args)
-    owner <--TaskDone-- [IO thread] <--run_in_loop-- serialize returns (large ones into the store)
+    owner --PushTask/ActorCall--> [main thread: task endpoint] run f(*args) --TaskDone--> owner
 
-Async actors run their methods as coroutines on an event loop in the main thread, up to
-`max_concurrency` at once; threaded actors (sync methods, max_concurrency > 1) use a thread pool.
+The runtime's IO thread (runtime.py) serves everything that must go on while user code runs:
+nested `pa.get`/`.remote()` from inside a task, borrowers asking for objects this process owns,
+CancelTask (which interrupts the main thread with a signal), StartActor from the node, and
+RevokeTasks. That last one exists because a task blocked in `get` stops the main thread from
+reading its socket: its owner then takes back the tasks it had pipelined behind it (they may be
+what it waits for), and the worker gives up exactly those it has not started.
+
+Async actors run their methods as coroutines on the main thread's loop, up to `max_concurrency`
+at once; threaded actors (sync methods, max_concurrency > 1) run them in a thread pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import os
 import pickle
-import queue
 import signal
-import sys
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cloudpickle
+import uvloop
 
 from pyactor._private import api
 from pyactor._private import protocol as P
-from pyactor._private import serialization
+from pyactor._private import serialization, transport
 from pyactor._private.ids import object_id_for
-from pyactor.exceptions import ObjectLostError, TaskCancelledError, TaskError
+from pyactor.exceptions import ObjectLostError, ProtocolError, TaskCancelledError, TaskError
 
-_STOP = object()
+# Ids of recently started tasks, for RevokeTasks: an owner only revokes tasks it pipelined to us
+# and has no answer for yet, a handful at most.
+_STARTED_MEMORY = 1024
 
 
 class Executor:
-    def __init__(self, runtime):
+    def __init__(self, runtime, host: str):
         self.runtime = runtime
-        self.work: queue.SimpleQueue = queue.SimpleQueue()
+        self.loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(self.loop)
         self.functions: dict[bytes, Any] = {}
         self.function_blobs: dict[bytes, bytes] = {}
         self.current_task: bytes | None = None
+        self.current_owner: list | None = None
         self.cancel_target: bytes | None = None
         self.cancelled: set[bytes] = set()
+        # Revocation: what started, and what the owner took back (main vs IO thread: locked).
+        self._revoke_lock = threading.Lock()
+        self._started: collections.OrderedDict = collections.OrderedDict()
+        self._revoked: set[bytes] = set()
         self.actor = None  # the actor instance, once StartActor ran
         self.actor_id: bytes | None = None
-        self.actor_loop: asyncio.AbstractEventLoop | None = None
+        self.actor_is_async = False
         self.actor_semaphore: asyncio.Semaphore | None = None
         self.actor_pool: ThreadPoolExecutor | None = None
         self.gpu_ids: list | None = None
         self.main_thread_id = threading.get_ident()
         self._blocked_depth = 0
+        self._borrows_at_start = 0
         runtime.handlers.update({
-            P.PushTask: self._on_push_task,
-            P.ActorCall: self._on_actor_call,
             P.StartActor: self._on_start_actor,
             P.CancelTask: self._on_cancel,
             P.KillWorker: self._on_kill,
+            P.RevokeTasks: self._on_revoke,
         })
         runtime.on_blocked = self._on_blocked
         signal.signal(signal.SIGUSR1, self._interrupt)
+        self.server = self.loop.run_until_complete(
+            transport.serve(host, 0, runtime.token, self._on_task_message))
+        self.task_address = [host, self.server.port]
 
-    # ------------------------------------------------------------------ IO thread side
-    def _on_push_task(self, conn, message: P.PushTask) -> None:
+    def run_forever(self) -> None:
+        self.loop.run_forever()
+
+    # ------------------------------------------------------------------ main thread: calls
+    def _on_task_message(self, conn, raw) -> None:
+        message = P.decode(raw)
+        kind = type(message)
+        if kind is P.PushTask:
+            self._run_task(conn, message)
+        elif kind is P.ActorCall:
+            if self.actor_is_async:
+                self.loop.create_task(self._async_call(conn, message))
+            elif self.actor_pool is not None:
+                self.actor_pool.submit(self._run_actor_call, conn, message)
+            else:
+                self._run_actor_call(conn, message)
+        else:
+            raise ProtocolError(f"a worker's task endpoint does not take {kind.__name__}")
+
+    def _run_task(self, conn, message: P.PushTask) -> None:
         if message.function_blob is not None:
             self.function_blobs[message.function_id] = message.function_blob
-        self.work.put((self._run_task, conn, message))
-
-    def _on_actor_call(self, conn, message: P.ActorCall) -> None:
-        if self.actor_loop is not None:  # async actor: start it now, in arrival order
-            self.actor_loop.call_soon_threadsafe(self._start_async_call, conn, message)
-        elif self.actor_pool is not None:
-            self.actor_pool.submit(self._run_actor_call, conn, message)
-        else:
-            self.work.put((self._run_actor_call, conn, message))
-
-    def _on_start_actor(self, conn, message: P.StartActor) -> None:
-        self.work.put((self._start_actor, conn, message))
-
-    def _on_cancel(self, conn, message: P.CancelTask) -> None:
-        if message.force:
-            os.kill(os.getpid(), signal.SIGKILL)
-        if self.current_task == message.task_id:
-            self.cancel_target = message.task_id
-            signal.pthread_kill(self.main_thread_id, signal.SIGUSR1)
-        else:
-            self.cancelled.add(message.task_id)
-
-    def _on_kill(self, conn, message: P.KillWorker) -> None:
-        os._exit(0)
-
-    def _interrupt(self, signum, frame) -> None:
-        target = self.cancel_target
-        if target is not None and target == self.current_task:
-            self.cancel_target = None
-            raise TaskCancelledError(f"task {target.hex()} was cancelled while running")
-
-    def _send_done(self, conn, done: P.TaskDone) -> None:
-        """IO thread: wait until borrowers registered by this task are acknowledged by their
-        owners (else an owner could free an object we still hold), then answer."""
-        waits = self.runtime.pending_registrations
-        if waits:
-            async def later():
-                await asyncio.gather(*list(waits), return_exceptions=True)
-                conn.send(P.encode(done))
-            self.runtime.loop.create_task(later())
-        else:
-            conn.send(P.encode(done))
-
-    # ------------------------------------------------------------------ main thread
-    def run_forever(self) -> None:
-        work = self.work
-        while True:
-            item = work.get()
-            if item is _STOP:
+        task_id = message.task_id
+        with self._revoke_lock:
+            if task_id in self._revoked:  # the owner took it back and runs it elsewhere
+                self._revoked.discard(task_id)
                 return
-            function, conn, message = item
-            function(conn, message)
-
-    def _on_blocked(self, blocked: bool) -> None:
-        """The main thread waits in `get`: lend our CPU back, and hand queued tasks back to
-        their owners so they run elsewhere (they might be what we are waiting for)."""
-        if threading.get_ident() != self.main_thread_id:
+            self._started[task_id] = None
+            if len(self._started) > _STARTED_MEMORY:
+                self._started.popitem(last=False)
+        if task_id in self.cancelled:
+            self.cancelled.discard(task_id)
+            self._reply_error(conn, task_id, TaskCancelledError(
+                f"task {message.name} was cancelled"), "", message.name, retryable=False)
             return
-        self._blocked_depth += 1 if blocked else -1
-        if blocked and self._blocked_depth == 1:
-            rejected: dict[Any, list] = {}
-            keep = []
-            while True:
-                try:
-                    item = self.work.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not _STOP and item[0] == self._run_task:
-                    rejected.setdefault(item[1], []).append(item[2].task_id)
-                else:
-                    keep.append(item)
-            for item in keep:
-                self.work.put(item)
-            for conn, task_ids in rejected.items():
-                self.runtime.run_in_loop(conn.send, P.encode(P.TaskRejected(task_ids)))
-        if self._blocked_depth == (1 if blocked else 0):
-            self.runtime.run_in_loop(self.runtime.node_conn.send,
-                                     P.encode(P.WorkerBlocked(self.runtime.worker_id, blocked)))
+        if message.gpu_ids != self.gpu_ids:
+            self._set_gpus(message.gpu_ids)
+        api._namespace = message.namespace  # workers serve every driver: use the submitter's
+        self.current_owner = message.owner
+        self._invoke(conn, task_id, message.name, message.num_returns, message.owner,
+                     lambda: self._function(message.function_id), message.args, message.kwargs)
+        self.current_owner = None
+
+    def _run_actor_call(self, conn, message: P.ActorCall) -> None:
+        self._invoke(conn, message.task_id, message.method, message.num_returns, message.owner,
+                     lambda: getattr(self.actor, message.method), message.args, message.kwargs)
 
     def _function(self, function_id: bytes):
         function = self.functions.get(function_id)
@@ -155,24 +135,9 @@ class Executor:
                 self.function_blobs.pop(function_id))
         return function
 
-    def _run_task(self, conn, message: P.PushTask) -> None:
-        if message.task_id in self.cancelled:
-            self.cancelled.discard(message.task_id)
-            self._reply_error(conn, message.task_id, TaskCancelledError(
-                f"task {message.name} was cancelled"), "", message.name, retryable=False)
-            return
-        if message.gpu_ids != self.gpu_ids:
-            self._set_gpus(message.gpu_ids)
-        api._namespace = message.namespace  # workers serve every driver: use the submitter's
-        self._invoke(conn, message.task_id, message.name, message.num_returns, message.owner,
-                     lambda: self._function(message.function_id), message.args, message.kwargs)
-
-    def _run_actor_call(self, conn, message: P.ActorCall) -> None:
-        self._invoke(conn, message.task_id, message.method, message.num_returns, message.owner,
-                     lambda: getattr(self.actor, message.method), message.args, message.kwargs)
-
     def _invoke(self, conn, task_id, name, num_returns, owner, get_function, args, kwargs):
         in_main = threading.get_ident() == self.main_thread_id
+        self._borrows_at_start = self.runtime.borrows_started
         if in_main:
             self.current_task = task_id
         try:
@@ -203,6 +168,7 @@ class Executor:
             raise ObjectLostError(f"argument {arg[1].hex()} is not in this node's store")
         return serialization.deserialize(view)
 
+    # ------------------------------------------------------------------ answers
     def _reply_result(self, conn, task_id, name, num_returns, owner, result) -> None:
         try:
             values = [result] if num_returns == 1 else _split_returns(result, num_returns, name)
@@ -212,14 +178,36 @@ class Executor:
             self._reply_error(conn, task_id, error, traceback.format_exc(), name,
                               retryable=False)
             return
-        self.runtime.run_in_loop(self._send_done, conn, P.TaskDone(task_id, returns, None, False))
+        self._send_done(conn, P.TaskDone(task_id, returns, None, False))
+
+    def _reply_error(self, conn, task_id, error, remote_traceback, name, retryable=True) -> None:
+        blob = pickle_error(error, remote_traceback, name)
+        self._send_done(conn, P.TaskDone(task_id, [], blob, retryable))
+
+    def _send_done(self, conn, done: P.TaskDone) -> None:
+        """Answer on the connection the call came on. Borrowers this call registered with
+        other owners must be acknowledged first, or an owner could free an object we hold; that
+        wait happens only when refs travelled (rare), on the IO thread."""
+        runtime = self.runtime
+        if runtime.borrows_started != self._borrows_at_start or runtime.pending_registrations:
+            async def settled():
+                await asyncio.sleep(0)  # registrations queued to the IO thread start first
+                await asyncio.gather(*list(runtime.pending_registrations),
+                                     return_exceptions=True)
+            asyncio.run_coroutine_threadsafe(settled(), runtime.loop).result()
+        if threading.get_ident() == self.main_thread_id:
+            conn.send(P.encode(done))
+        else:  # a threaded actor's pool thread
+            conn.send_threadsafe(P.encode(done))
 
     def _encode_return(self, object_id: bytes, value: Any, owner: list) -> list:
         serialized = serialization.serialize(value)
         contained = None
         if serialized.contained_refs:
             contained = [[ref.id, ref.owner_address] for ref in serialized.contained_refs]
-            self.runtime.run_in_loop(self._lend_to_owner, serialized.contained_refs, owner)
+            # On the IO thread, and finished before we answer (see _send_done).
+            asyncio.run_coroutine_threadsafe(
+                self._lend_to_owner(serialized.contained_refs, owner), self.runtime.loop).result()
         store = self.runtime.store
         if serialized.total_bytes < serialization.INLINE_THRESHOLD_BYTES or store is None:
             return [P.VALUE_INLINE, serialized.to_bytes(), None, contained]
@@ -234,7 +222,7 @@ class Executor:
         store.seal(object_id)
         return [P.VALUE_IN_STORE, object_id, self.runtime.node_id, contained]
 
-    def _lend_to_owner(self, refs: list, owner: list) -> None:
+    async def _lend_to_owner(self, refs: list, owner: list) -> None:
         """IO thread: the caller will hold refs found in our return value; register it as their
         borrower before we answer (we may drop our own refs as soon as we do)."""
         runtime = self.runtime
@@ -251,23 +239,67 @@ class Executor:
                     try:
                         conn = await runtime.peer(ref.owner_address)
                         await runtime._request(conn, P.AddBorrower, ref.id, owner)
-                    except Exception:
+                    except Exception:  # noqa: BLE001 - its owner is gone: nothing to keep
                         pass
                     finally:
                         future.set_result(None)
                 runtime.loop.create_task(register())
-
-    def _reply_error(self, conn, task_id, error, remote_traceback, name, retryable=True) -> None:
-        blob = pickle_error(error, remote_traceback, name)
-        self.runtime.run_in_loop(self._send_done, conn,
-                                 P.TaskDone(task_id, [], blob, retryable))
 
     def _set_gpus(self, gpu_ids) -> None:
         self.gpu_ids = gpu_ids
         # Like Ray: empty (not unset) when the task has no GPU, or it would see them all.
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
 
+    # ------------------------------------------------------------------ IO thread
+    def _on_cancel(self, conn, message: P.CancelTask) -> None:
+        if message.force:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.current_task == message.task_id:
+            self.cancel_target = message.task_id
+            signal.pthread_kill(self.main_thread_id, signal.SIGUSR1)
+        else:
+            self.cancelled.add(message.task_id)
+
+    def _on_kill(self, conn, message: P.KillWorker) -> None:
+        os._exit(0)
+
+    def _interrupt(self, signum, frame) -> None:
+        target = self.cancel_target
+        if target is not None and target == self.current_task:
+            self.cancel_target = None
+            raise TaskCancelledError(f"task {target.hex()} was cancelled while running")
+
+    def _on_revoke(self, conn, message: P.RevokeTasks) -> None:
+        """The owner takes back tasks it pipelined to us: give up those not started."""
+        given_up = []
+        with self._revoke_lock:
+            for task_id in message.task_ids:
+                if task_id not in self._started:
+                    self._revoked.add(task_id)
+                    given_up.append(task_id)
+        conn.send(P.encode(P.Reply(message.request_id, given_up, None)))
+
+    def _on_blocked(self, blocked: bool) -> None:
+        """The main thread waits in `get` (from user code): lend our CPU back to the node, and
+        ask the owner to take back what it pipelined behind this task."""
+        if threading.get_ident() != self.main_thread_id:
+            return
+        self._blocked_depth += 1 if blocked else -1
+        runtime = self.runtime
+        if blocked and self._blocked_depth == 1 and self.current_owner is not None \
+                and self.current_task is not None:
+            runtime.run_in_loop(runtime.send_to_peer, self.current_owner,
+                                P.WorkerBlocking(runtime.worker_id, self.current_task,
+                                                 runtime.address))
+        if self._blocked_depth == (1 if blocked else 0):
+            runtime.run_in_loop(runtime.node_conn.send,
+                                P.encode(P.WorkerBlocked(runtime.worker_id, blocked)))
+
     # ------------------------------------------------------------------ actors
+    def _on_start_actor(self, conn, message: P.StartActor) -> None:
+        """IO thread: the actor's __init__ runs on the main thread, where its calls will."""
+        self.loop.call_soon_threadsafe(self._start_actor, conn, message)
+
     def _start_actor(self, conn, message: P.StartActor) -> None:
         spec = pickle.loads(message.spec)
         self._set_gpus(message.gpu_ids)
@@ -285,30 +317,14 @@ class Executor:
             return
         self.runtime.worker_label = f"{cls.__name__} pid={os.getpid()}"
         max_concurrency = spec.get("max_concurrency")
-        is_async = any(inspect.iscoroutinefunction(getattr(cls, name, None))
-                       for name in dir(cls) if not name.startswith("__"))
-        if is_async:
-            self.actor_loop = asyncio.new_event_loop()
-            self.actor_semaphore = None
-            limit = max_concurrency or 1000
-            ready = threading.Event()
-
-            def make_semaphore():
-                self.actor_semaphore = asyncio.Semaphore(limit)
-                ready.set()
-            self.actor_loop.call_soon(make_semaphore)
-            self.work.put((self._run_actor_loop, None, None))
+        if any(inspect.iscoroutinefunction(getattr(cls, name, None))
+               for name in dir(cls) if not name.startswith("__")):
+            self.actor_is_async = True
+            self.actor_semaphore = asyncio.Semaphore(max_concurrency or 1000)
         elif max_concurrency and max_concurrency > 1:
             self.actor_pool = ThreadPoolExecutor(max_concurrency,
                                                  thread_name_prefix="pyactor-actor")
         self.runtime.run_in_loop(conn.send, P.encode(P.ActorReady(message.actor_id, None)))
-
-    def _run_actor_loop(self, _conn, _message) -> None:
-        asyncio.set_event_loop(self.actor_loop)
-        self.actor_loop.run_forever()
-
-    def _start_async_call(self, conn, message: P.ActorCall) -> None:
-        self.actor_loop.create_task(self._async_call(conn, message))
 
     async def _async_call(self, conn, message: P.ActorCall) -> None:
         async with self.actor_semaphore:
@@ -357,13 +373,3 @@ def pickle_error(error: BaseException, remote_traceback: str, name: str) -> byte
         return cloudpickle.dumps(wrapped)
     except Exception:
         return pickle.dumps(TaskError.for_exception(None, remote_traceback, name))
-
-
-def main() -> None:
-    """Entry point of a worker process (started by the node's worker pool)."""
-    from pyactor._private import worker_pool
-    worker_pool.run_worker_from_environment(Executor)
-
-
-if __name__ == "__main__":
-    main()

@@ -139,7 +139,10 @@ def run_worker(node_host: str, node_port: int, token: bytes, worker_id: bytes) -
                       worker_id=worker_id)
     runtime.worker_label = f"pid={os.getpid()}"
     forwarder = OutputForwarder(runtime)
-    executor = Executor(runtime)
+    # The task endpoint listens where the node does: on its host, reachable by every owner
+    # that can reach the node.
+    executor = Executor(runtime, node_host)
+    runtime.task_address = executor.task_address
     runtime.start()
     forwarder.start()
     import pyactor._private.api as api
