@@ -423,6 +423,12 @@ class Connection(asyncio.Protocol):
             pending.extend(frames.popleft())
         self._flush()
 
+    def flush(self) -> None:
+        """Write what is queued now. Sends made while handling received messages are normally
+        held until the whole received batch is handled; a handler that runs long work after
+        answering (a worker running pipelined calls) flushes so the answer does not wait."""
+        self._flush()
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         pending = self._pending

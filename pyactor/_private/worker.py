@@ -197,6 +197,7 @@ class Executor:
             asyncio.run_coroutine_threadsafe(settled(), runtime.loop).result()
         if threading.get_ident() == self.main_thread_id:
             conn.send(P.encode(done))
+            conn.flush()  # the next call may run long: do not hold this answer behind it
         else:  # a threaded actor's pool thread
             conn.send_threadsafe(P.encode(done))
 
