@@ -136,9 +136,13 @@ class ActorHandle:
         self._token = token
 
     def __getattr__(self, name: str) -> "ActorMethod":
-        if name.startswith("__") or name not in self._methods:
-            raise AttributeError(f"actor {self._class_name} has no method {name!r}")
-        return ActorMethod(self, name, self._methods[name])
+        # Not cached on the handle: a handle -> method -> handle cycle would keep the handle
+        # (and so the actor, see _token) alive until a garbage collection.
+        methods = self.__dict__.get("_methods")
+        if name.startswith("__") or methods is None or name not in methods:
+            raise AttributeError(f"actor {self._class_name if methods else 'handle'} has no "
+                                 f"method {name!r}")
+        return ActorMethod(self, name, methods[name])
 
     def __reduce__(self):
         return (ActorHandle, (self._actor_id, self._class_name, self._methods,

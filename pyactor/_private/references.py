@@ -69,9 +69,14 @@ class ReferenceTable:
         self._on_released = on_released
 
     # --- counting (any thread) ---
-    def add_owned(self, object_id: bytes, task_id: bytes | None = None) -> ObjectEntry:
+    def add_owned(self, object_id: bytes, task_id: bytes | None = None, *,
+                  local_refs: int = 0, task_pins: int = 0) -> ObjectEntry:
+        """A new object this process owns; `local_refs` counts ObjectRefs made with
+        _counted=True (one lock round instead of one per ref, on the submit path)."""
         entry = ObjectEntry(object_id, True, None)
         entry.task_id = task_id
+        entry.local_refs = local_refs
+        entry.task_pins = task_pins
         with self.lock:
             self.entries[object_id] = entry
         return entry

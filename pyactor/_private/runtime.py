@@ -679,12 +679,13 @@ class Runtime:
         task_id = spec.task_id
         entries = []
         refs = []
+        address = self.address
+        add_owned = self.refs.add_owned
         for index in range(spec.num_returns):
             object_id = object_id_for(task_id, index)
-            entry = self.refs.add_owned(object_id, task_id)
-            entry.task_pins += 1  # released when the task finishes, so late results are kept
-            entries.append(entry)
-            refs.append(ObjectRef(object_id, self.address))
+            # The task pin is released when the task finishes, so late results are kept.
+            entries.append(add_owned(object_id, task_id, local_refs=1, task_pins=1))
+            refs.append(ObjectRef(object_id, address, _counted=True))
         spec.entries = entries
         return refs
 

@@ -33,6 +33,8 @@ class TaskSpec:
 
 def encode_args(runtime, args: tuple, kwargs: dict, held_refs: list) -> tuple[list, dict]:
     """Encode call arguments for the wire, noting the refs the task needs kept alive."""
+    if not args and not kwargs:
+        return [], {}
     return ([_encode_arg(runtime, a, held_refs) for a in args],
             {k: _encode_arg(runtime, v, held_refs) for k, v in kwargs.items()} if kwargs else {})
 
