@@ -774,3 +774,27 @@ def test_objects_held_by_a_dead_borrower_are_freed(pa_module):
     assert store_objects() == before + 1
     pa_module.kill(keeper)
     assert wait_until(lambda: store_objects() == before, 20)
+
+
+@pa.remote
+class Sleeper:
+    def run(self, marker):
+        open(marker, "w").close()
+        time.sleep(60)
+        return "finished"
+
+    def ping(self):
+        return "pong"
+
+
+def test_cancelling_a_running_actor_call_interrupts_it_and_the_actor_serves_on(pa_module,
+                                                                            tmp_path):
+    """pa.cancel on a running call raises TaskCancelledError for it; the actor lives on."""
+    marker = tmp_path / "running"
+    sleeper = Sleeper.remote()
+    ref = sleeper.run.remote(str(marker))
+    assert wait_until(marker.exists, 30)
+    pa_module.cancel(ref)
+    with pytest.raises(pa.exceptions.TaskCancelledError):
+        pa_module.get(ref, timeout=30)
+    assert pa_module.get(sleeper.ping.remote(), timeout=30) == "pong"

@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,13 @@ class WorkerRecord:
     runtime_address: list | None = None  # its runtime (cancellation); `address` takes tasks
     lease_id: Any = None
     actor_id: bytes | None = None
+    started_at: float = 0.0  # time.monotonic() of the fork request
+
+
+# A worker that has not registered this long after its fork is taken for lost (stuck or dead
+# before it could register) and replaced; one that died is noticed at the next check.
+WORKER_REGISTER_TIMEOUT_S = 30.0
+WORKER_CHECK_S = 1.0
 
 
 @dataclass
@@ -173,6 +181,7 @@ class Node:
         await self.membership.start()
         for _ in range(self.pool_size):
             self._start_worker()  # in the background: the node is ready before they are
+        self._watcher = asyncio.get_running_loop().create_task(self._watch_starting_workers())
 
     def stop(self) -> None:
         if self.stopped.is_set():
@@ -194,7 +203,7 @@ class Node:
         """Ask the fork server for a worker; the pid arrives from a thread (the first fork
         waits for the fork server's imports, which must not block this loop)."""
         worker_id = new_worker_id()
-        record = WorkerRecord(worker_id, 0)
+        record = WorkerRecord(worker_id, 0, started_at=time.monotonic())
         self.workers[worker_id] = record
         loop = asyncio.get_running_loop()
         spawn = loop.run_in_executor(None, self.fork_server.spawn, worker_id, self.config.host,
@@ -211,6 +220,29 @@ class Node:
                 _kill(record.pid)
         spawn.add_done_callback(spawned)
         return record
+
+    async def _watch_starting_workers(self) -> None:
+        """Workers that never register would hold their place in the pool for good: a lease
+        waiting for a worker would then wait forever (a worker that dies before it registers
+        has no connection whose closing we would notice)."""
+        while not self.stopped.is_set():
+            await asyncio.sleep(WORKER_CHECK_S)
+            now = time.monotonic()
+            for worker in list(self.workers.values()):
+                if worker.state != "starting" or worker.pid <= 0:
+                    continue
+                gone = not _process_alive(worker.pid)
+                if gone or now - worker.started_at > WORKER_REGISTER_TIMEOUT_S:
+                    logger.warning("worker %d %s before registering: replacing it", worker.pid,
+                                   "died" if gone else "did not register in time")
+                    worker.state = "dead"
+                    self.workers.pop(worker.worker_id, None)
+                    _kill(worker.pid)
+                    self._top_up_pool()
+                    waiting = len(self.waiting_for_worker)
+                    starting = sum(1 for w in self.workers.values() if w.state == "starting")
+                    for _ in range(waiting - starting):
+                        self._start_worker()
 
     # ------------------------------------------------------------------ messages
     def _on_message(self, conn, raw) -> None:
@@ -676,6 +708,14 @@ def _sum_resources(amounts) -> dict:
         for name, amount in resources.items():
             total[name] = total.get(name, 0) + amount
     return total
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
 
 
 def _kill(pid: int) -> None:
