@@ -629,3 +629,72 @@ def test_tasks_pipelined_behind_a_blocked_task_are_taken_back(pa_fresh):
     assert pa_fresh.get(waiter, timeout=60) is True
     assert pa_fresh.get(setter, timeout=60) is True
     assert pa_fresh.get(fillers, timeout=60) == list(range(1, 41))
+
+
+@pa.remote
+class RefBox:
+    def __init__(self):
+        self.refs = []
+
+    def put(self, refs):
+        self.refs = refs
+
+    def get(self):
+        return self.refs
+
+
+@pa.remote
+def sleepy_child():
+    time.sleep(60)
+    return "child finished"
+
+
+@pa.remote
+def parent_of_a_sleepy_child(box):
+    child = sleepy_child.remote()
+    pa.get(box.put.remote([child]))  # nested: the box holds the ref itself
+    return pa.get(child)
+
+
+def test_cancel_is_recursive_by_default(pa_module):
+    """Cancelling a task cancels the tasks it submitted (recursive=True, as in Ray)."""
+    box = RefBox.remote()
+    parent = parent_of_a_sleepy_child.remote(box)
+    assert wait_until(lambda: pa_module.get(box.get.remote()), 30)
+    (child,) = pa_module.get(box.get.remote())
+    pa_module.cancel(parent)
+    with pytest.raises(TaskCancelledError):
+        pa_module.get(parent, timeout=30)
+    with pytest.raises(TaskCancelledError):
+        pa_module.get(child, timeout=30)
+
+
+def test_cancel_with_recursive_false_leaves_children_running(pa_module, tmp_path):
+    """recursive=False cancels only the task itself; its children run on (and a borrower can
+    still cancel them: the request goes to their owner)."""
+    box = RefBox.remote()
+    parent = parent_of_a_sleepy_child.remote(box)
+    assert wait_until(lambda: pa_module.get(box.get.remote()), 30)
+    (child,) = pa_module.get(box.get.remote())
+    pa_module.cancel(parent, recursive=False)
+    with pytest.raises(TaskCancelledError):
+        pa_module.get(parent, timeout=30)
+    ready, _ = pa_module.wait([child], timeout=1.0)
+    assert ready == []  # still running (it sleeps 60 s)
+    pa_module.cancel(child)  # a ref we only borrow: the cancel goes to its owner
+    with pytest.raises(TaskCancelledError):
+        pa_module.get(child, timeout=30)
+
+
+def test_refs_nested_in_arguments_do_not_delay_dispatch(pa_module, tmp_path):
+    """A task whose argument only *contains* a pending ref runs at once (it gets the ref)."""
+    gate = tmp_path / "gate"
+    pending = wait_for_file.remote(str(gate))
+
+    @pa.remote
+    def takes_nested(refs):
+        return type(refs[0]).__name__
+
+    assert pa_module.get(takes_nested.remote([pending]), timeout=30) == "ObjectRef"
+    gate.touch()
+    assert pa_module.get(pending, timeout=30) == "gate"

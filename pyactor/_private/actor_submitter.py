@@ -207,7 +207,7 @@ class ActorSubmitter:
         if spec is not None and view.conn is not None:
             spec.cancelled = True
             # To the worker's runtime: the call's own connection is not read while it runs.
-            self.runtime.send_to_peer(view.control_address, P.CancelTask(task_id, False, b""))
+            self.runtime.send_to_peer(view.control_address, P.CancelTask(task_id, False, b"", False))
 
     def drop_blocked(self, spec: TaskSpec) -> None:
         """A call waiting for its arguments was cancelled (and finished by the runtime): it no

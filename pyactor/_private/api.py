@@ -285,10 +285,11 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None,
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:
     """Cancel the task behind `ref`: dropped if queued, interrupted if running, its worker
-    killed if force=True. `get` on it then raises TaskCancelledError."""
+    killed if force=True; with recursive=True (the default) the tasks it submitted are
+    cancelled too. `get` on it then raises TaskCancelledError."""
     if type(ref) is not ObjectRef:
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
-    runtime_for_call().cancel(ref, force)
+    runtime_for_call().cancel(ref, force, recursive)
 
 
 # ---------------------------------------------------------------------- actors

@@ -105,6 +105,7 @@ class CancelTask(NamedTuple):
     task_id: bytes
     force: bool
     worker_id: bytes
+    recursive: bool  # also cancel the tasks it submitted (Ray's default)
 
 
 class CreateActor(NamedTuple):

@@ -53,6 +53,7 @@ PIPELINE_DEPTH = int(os.environ.get("PYACTOR_PIPELINE_DEPTH", "8"))
 # How long an idle lease is kept before the worker goes back to the node: a program that submits
 # one task at a time reuses its worker instead of paying a lease round trip per task.
 LEASE_LINGER_S = 0.05
+FORCE_KILL_BACKSTOP_S = 0.5  # see _cancel_on_loop
 MAX_PENDING_LEASE_REQUESTS = 16
 # Pause before asking again after a lease request failed because the node asked went away.
 LEASE_RETRY_S = 0.1
@@ -129,12 +130,14 @@ class Runtime:
             P.RemoveBorrower: self._on_remove_borrower,
             P.Log: self._on_log,
             P.WorkerBlocking: self._on_worker_blocking,
+            P.CancelTask: self._on_cancel_task,
             P.ClusterView: self._on_cluster_view,
         }
         self.nodes: dict[bytes, list] = {}  # node_id -> [address, alive], from the node
         self._lineage: dict[bytes, TaskSpec] = {}  # tasks whose returns live in a store
         self._watched_borrowers: set[tuple] = set()  # see add_borrower
         self.on_blocked: Callable[[bool], None] | None = None  # set by the worker executor
+        self.on_submit: Callable[[TaskSpec], None] | None = None  # likewise
         self.log_handler: Callable[[P.Log], None] | None = None
         self.actors = None  # ActorSubmitter, made in start()
         self.actors_created: dict[bytes, list] = {}  # creation args kept for restarts
@@ -672,6 +675,8 @@ class Runtime:
     def submit(self, spec: TaskSpec) -> list[ObjectRef]:
         """Register the task's returns and hand it to the IO thread (user threads)."""
         refs = self._register_returns(spec)
+        if self.on_submit is not None:
+            self.on_submit(spec)
         self.run_in_loop(self._submit_on_loop, spec)
         return refs
 
@@ -700,12 +705,16 @@ class Runtime:
         self._enqueue(spec)
 
     def _resolve_dependencies(self, spec: TaskSpec, then: Callable[[TaskSpec], None]) -> bool:
-        """True when every top-level ref argument is ready; else calls then(spec) later."""
+        """True when every top-level ref argument is ready; else calls then(spec) later.
+        Refs nested in containers (also in held_refs, to keep them alive) do not hold the
+        task back: it receives them as refs."""
         missing = []
-        for ref in spec.held_refs:
-            entry = self.refs.get(ref.id)
-            if entry is not None and entry.state == PENDING:
-                missing.append(entry)
+        get_entry = self.refs.get
+        for arg in (*spec.args, *spec.kwargs.values()):
+            if arg[0] == P.VALUE_REF:
+                entry = get_entry(arg[1])
+                if entry is not None and entry.state == PENDING and entry not in missing:
+                    missing.append(entry)
         if not missing:
             return True
         remaining = [len(missing)]
@@ -971,10 +980,26 @@ class Runtime:
                 self._pump(queue)
 
     # ------------------------------------------------------------------ cancel
-    def cancel(self, ref: ObjectRef, force: bool) -> None:
-        self.run_in_loop(self._cancel_on_loop, ref.id[:16], force)
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
+        if ref.owner_address != self.address:  # only the owner can cancel: ask it
+            self.run_in_loop(self.send_to_peer, ref.owner_address,
+                             P.CancelTask(ref.id[:16], force, b"", recursive))
+            return
+        self.run_in_loop(self._cancel_on_loop, ref.id[:16], force, recursive)
 
-    def _cancel_on_loop(self, task_id: bytes, force: bool) -> None:
+    def owns_task(self, task_id: bytes) -> bool:
+        """The task was submitted here and has not finished (IO thread)."""
+        if task_id in self._running or task_id in self._waiting_deps:
+            return True
+        return any(spec.task_id == task_id for queue in self._queues.values()
+                   for spec in queue.tasks) or (
+            self.actors is not None and task_id in self.actors.by_task)
+
+    def _on_cancel_task(self, conn, message: P.CancelTask) -> None:
+        """A borrower asks us, the owner, to cancel one of our tasks."""
+        self._cancel_on_loop(message.task_id, message.force, message.recursive)
+
+    def _cancel_on_loop(self, task_id: bytes, force: bool, recursive: bool = True) -> None:
         error = pickle.dumps(TaskCancelledError(f"task {task_id.hex()} was cancelled"))
         spec = self._waiting_deps.pop(task_id, None)
         if spec is not None:
@@ -994,13 +1019,14 @@ class Runtime:
         if spec is not None and spec.lease is not None:
             spec.cancelled = True
             spec.retries_left = 0
-            # The node only kills (force); interrupting the task is the worker's job: its
-            # runtime takes the message even while the task runs (see worker.py).
-            message = P.CancelTask(task_id, force, spec.lease.worker_id)
+            # The worker's runtime takes the message even while the task runs (worker.py): it
+            # cancels the task's children first, then interrupts it (or, force, kills itself).
+            # With force the node kills the worker too, a little later, should it be wedged.
+            message = P.CancelTask(task_id, force, spec.lease.worker_id, recursive)
+            self.send_to_peer(spec.lease.control_address, message)
             if force:
-                self.node_conn.send(P.encode(message))
-            else:
-                self.send_to_peer(spec.lease.control_address, message)
+                self.loop.call_later(FORCE_KILL_BACKSTOP_S, self.node_conn.send,
+                                     P.encode(message))
             return
         if self.actors is not None:
             self.actors.cancel(task_id, force)

@@ -76,6 +76,8 @@ class Executor:
             P.RevokeTasks: self._on_revoke,
         })
         runtime.on_blocked = self._on_blocked
+        runtime.on_submit = self._on_submit
+        self.children: dict[bytes, list[bytes]] = {}  # task -> tasks it submitted (cancel)
         signal.signal(signal.SIGUSR1, self._interrupt)
         self.server = self.loop.run_until_complete(
             transport.serve(host, 0, runtime.token, self._on_task_message))
@@ -146,9 +148,11 @@ class Executor:
                               **{k: self._decode_arg(v) for k, v in kwargs.items()})
             if in_main:
                 self.current_task = None
+                self.children.pop(task_id, None)
         except BaseException as error:  # noqa: BLE001 - everything the task raised goes back
             if in_main:
                 self.current_task = None
+                self.children.pop(task_id, None)
             if isinstance(error, (SystemExit, KeyboardInterrupt)) and not isinstance(
                     error, TaskCancelledError) and self.actor is None:
                 raise
@@ -252,9 +256,22 @@ class Executor:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
 
     # ------------------------------------------------------------------ IO thread
+    def _on_submit(self, spec) -> None:
+        """User code submitted a task: remember it as a child of the one running here."""
+        task_id = self.current_task
+        if task_id is not None and threading.get_ident() == self.main_thread_id:
+            self.children.setdefault(task_id, []).append(spec.task_id)
+
     def _on_cancel(self, conn, message: P.CancelTask) -> None:
-        if message.force:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.runtime.owns_task(message.task_id):  # a task we submitted: as its owner
+            self.runtime._cancel_on_loop(message.task_id, message.force, message.recursive)
+            return
+        if message.recursive:
+            for child in self.children.pop(message.task_id, ()):
+                self.runtime._cancel_on_loop(child, message.force, True)
+        if message.force:  # after the children's cancels are written
+            self.runtime.loop.call_later(0.05, os.kill, os.getpid(), signal.SIGKILL)
+            return
         if self.current_task == message.task_id:
             self.cancel_target = message.task_id
             signal.pthread_kill(self.main_thread_id, signal.SIGUSR1)
