@@ -4,7 +4,6 @@ it exits) stops every process and removes the shared-memory segment."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap

@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-import sys
 import threading
 import time
 import weakref

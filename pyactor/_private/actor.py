@@ -5,8 +5,6 @@ from __future__ import annotations
 import inspect
 import pickle
 
-import cloudpickle
-
 from pyactor._private import protocol as P
 from pyactor._private.ids import new_actor_id, new_task_id
 from pyactor._private.references import FAILED, PENDING

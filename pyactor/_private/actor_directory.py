@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import pickle
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 from pyactor._private import protocol as P
 from pyactor._private.resources import ResourceSet

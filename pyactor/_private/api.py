@@ -36,7 +36,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     With no address, a node (daemon, store and workers) starts in the background and stops with
     this process. With "host:port" or "auto", this process joins a running cluster.
     """
-    global _runtime, _node_process, _namespace
+    global _runtime, _namespace
     if unsupported:
         raise TypeError(f"init() got unexpected argument(s) {sorted(unsupported)}")
     with _lock:
@@ -58,7 +58,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                 raise ValueError("num_cpus, num_gpus and resources describe a new node; when "
                                  "joining a cluster (address=...) set them on `pyactor start`")
             host, port, token_bytes = _resolve_address(address, token)
-        from pyactor._private.runtime import Runtime
+            from pyactor._private.runtime import Runtime
         runtime = Runtime(node_host=host, node_port=port, token=token_bytes, kind="driver",
                           namespace=_namespace)
         if not log_to_driver:

@@ -65,9 +65,3 @@ def new_worker_id() -> bytes:
 
 def new_node_id() -> bytes:
     return os.urandom(16)
-
-
-def task_id_of(object_id: bytes) -> bytes:
-    return object_id[:TASK_ID_SIZE]
-
-

@@ -43,7 +43,7 @@ from pyactor._private.references import (FAILED, PENDING, READY, CountdownWaiter
                                          ReferenceTable)
 from pyactor._private.task_spec import TaskSpec
 from pyactor.exceptions import (GetTimeoutError, InfeasibleResourcesError, ObjectLostError,
-                                PyActorError, TaskCancelledError, TaskError, WorkerCrashedError)
+                                PyActorError, TaskCancelledError, WorkerCrashedError)
 
 logger = logging.getLogger("pyactor.runtime")
 
@@ -1146,6 +1146,3 @@ def _should_retry(retry_exceptions, error_blob: bytes) -> bool:
         return False
     return isinstance(error, tuple(retry_exceptions))
 
-
-def is_task_error(value: Any) -> bool:
-    return isinstance(value, TaskError)

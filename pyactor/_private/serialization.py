@@ -175,5 +175,3 @@ def loads_function(blob: bytes) -> Any:
             sys.path.append(entry)
     return cloudpickle.loads(pickled)
 
-
-loads = pickle.loads
