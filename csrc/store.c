@@ -345,6 +345,21 @@ static int read_proc_stat(pid_t pid, char *state, uint64_t *start_time) {
     return 0;
 }
 
+static int client_is_dead(const pa_client *cl);
+static void release_client_locked(pa_store *s, uint32_t c);
+
+/* Takes free slot c for this process (under the lock). */
+static void client_take(pa_store *s, uint32_t c, pid_t pid, uint64_t start_time) {
+    pa_client *cl = &s->clients[c];
+    cl->pid = pid;
+    cl->start_time = start_time;
+    cl->gen++;
+    __atomic_store_n(&cl->state, PA_CLIENT_USED, __ATOMIC_RELEASE); /* commit */
+    s->hdr->client_count++;
+    s->client = c;
+    s->client_gen = cl->gen;
+}
+
 static int client_register(pa_store *s) {
     pa_header *h = s->hdr;
     char st;
@@ -354,15 +369,17 @@ static int client_register(pa_store *s) {
     int rc = lock(s);
     if (rc) return rc;
     for (uint32_t c = 0; c < h->max_clients; c++) {
-        pa_client *cl = &s->clients[c];
-        if (cl->state != PA_CLIENT_FREE) continue;
-        cl->pid = pid;
-        cl->start_time = start_time;
-        cl->gen++;
-        __atomic_store_n(&cl->state, PA_CLIENT_USED, __ATOMIC_RELEASE); /* commit */
-        h->client_count++;
-        s->client = c;
-        s->client_gen = cl->gen;
+        if (s->clients[c].state != PA_CLIENT_FREE) continue;
+        client_take(s, c, pid, start_time);
+        unlock(s);
+        return PA_OK;
+    }
+    /* Full: reclaim the slot of a client that died without detaching. Reaping finds those
+       too, but many short-lived processes can fill the table between two reaps. */
+    for (uint32_t c = 0; c < h->max_clients; c++) {
+        if (s->clients[c].state != PA_CLIENT_USED || !client_is_dead(&s->clients[c])) continue;
+        release_client_locked(s, c);
+        client_take(s, c, pid, start_time);
         unlock(s);
         return PA_OK;
     }

@@ -616,3 +616,15 @@ def test_pool_starts_and_stops_pyactor_itself():
     out = run_python(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
+
+
+@pytest.mark.slow
+def test_maxtasksperchild_never_stalls_when_every_worker_retires_at_once(pa_module):
+    """When all workers retire in one pass, their replacements still get the pending work (this
+    stalled about once in ten maps before)."""
+    for _ in range(40):
+        p = Pool(2, maxtasksperchild=1)
+        pids = p.map_async(pid_after, [0.0] * 8, chunksize=1).get(timeout=30)
+        assert len(set(pids)) == 8
+        p.close()
+        p.join()

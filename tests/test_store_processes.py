@@ -234,3 +234,27 @@ def test_processes_killed_at_random_points_leave_a_consistent_store(store):
         stats = store.stats()
         assert stats.pinned_count == 0 and stats.client_count == 1
     assert bytes(store.get(oid(1))) == b"survivor"
+
+
+def _attach_and_vanish(name: str) -> int:
+    """In a forked child: attach, then exit without detaching (as a killed process does)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ObjectStore.attach(name)
+            code = 0
+        except Exception:  # noqa: BLE001 - the exit code tells the parent
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.slow
+def test_dead_clients_never_fill_the_client_table(store):
+    """More processes than the table has slots may attach over time: slots of clients that died
+    without detaching are taken back when the table is full (a node's workers come and go)."""
+    from pyactor._private.store import lib
+    codes = [_attach_and_vanish(store.name) for _ in range(lib.PA_MAX_CLIENTS + 20)]
+    assert codes == [0] * len(codes)
+    assert store.stats().client_count <= lib.PA_MAX_CLIENTS

@@ -227,6 +227,9 @@ class Node:
         has no connection whose closing we would notice)."""
         while not self.stopped.is_set():
             await asyncio.sleep(WORKER_CHECK_S)
+            if self.store is not None:
+                # Pins and client slots of processes that died (killed workers, drivers).
+                self.store.reap_dead_clients()
             now = time.monotonic()
             for worker in list(self.workers.values()):
                 if worker.state != "starting" or worker.pid <= 0:

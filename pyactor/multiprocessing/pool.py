@@ -374,6 +374,14 @@ class Pool:
             self._submit_chunk(feeder.result, index, feeder.fid, feeder.kind, chunk, len(chunk))
 
     def _dispatch(self) -> None:
+        # Fresh workers that replace retired ones get work at once: if every worker retired in
+        # this pass, no answer is left to come back and call us again.
+        while self._send_pending() and self._pending:
+            pass
+
+    def _send_pending(self) -> bool:
+        """Send pending chunks to workers with room; replace retired workers. Returns whether
+        a worker was replaced."""
         workers = self._pool
         depth = 2 if self._short_chunks else 1
         self._read_feeders(READ_AHEAD_CHUNKS)
@@ -395,9 +403,12 @@ class Pool:
             self._send(worker, self._take_batch(worker, depth))
             if self._feeders and len(pending) < READ_AHEAD_CHUNKS // 2:
                 self._read_feeders(READ_AHEAD_CHUNKS)
+        replaced = False
         for index, worker in enumerate(workers):
             if self._retiring(worker) and not worker.in_flight and not worker.dead:
                 self._replace(index)
+                replaced = True
+        return replaced
 
     def _retiring(self, worker: _Worker) -> bool:
         limit = self._maxtasksperchild
