@@ -11,25 +11,13 @@ import numpy as np
 import pytest
 
 import pyactor as pa
+from helpers import identity, wait_for_file
 from pyactor._private import api
 from pyactor._private.serialization import INLINE_THRESHOLD_BYTES
 
 from conftest import run_python, wait_until
 
 BIG_BYTES = 50 << 20  # 50 MiB
-
-
-@pa.remote
-def identity(x):
-    return x
-
-
-@pa.remote
-def wait_for_file(path, timeout_s=30.0):
-    deadline = time.monotonic() + timeout_s
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return os.path.basename(path)
 
 
 def store_stats() -> dict:
@@ -354,3 +342,28 @@ def test_100k_tasks_leave_no_objects_or_entries_behind(baseline):
     assert store_settles_at(0)
     assert wait_until(lambda: owned_entries() == baseline["owned"], 10)
     assert api._runtime.refs.stats()["borrowed"] == 0
+
+
+@pa.remote
+def fails():
+    raise ValueError("bad argument source")
+
+
+@pa.remote
+def takes_two(a, b):
+    return a, b
+
+
+def test_a_task_whose_two_arguments_failed_fails_once_and_is_freed(pa_module):
+    """Two failed ref arguments: the task fails with the first error, and its return entry is
+    freed like any other (finishing it twice left it pinned forever)."""
+    first, second = fails.remote(), fails.remote()
+    with pytest.raises(ValueError):
+        pa.get([first, second])
+    before = owned_entries()
+    ref = takes_two.remote(first, second)
+    with pytest.raises(ValueError, match="bad argument source"):
+        pa.get(ref, timeout=30)
+    del ref
+    gc.collect()
+    assert wait_until(lambda: owned_entries() == before, 10)

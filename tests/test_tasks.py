@@ -11,6 +11,7 @@ import time
 import pytest
 
 import pyactor as pa
+from helpers import identity, wait_for_file
 from pyactor.exceptions import (GetTimeoutError, TaskCancelledError, TaskError,
                                 WorkerCrashedError)
 
@@ -20,20 +21,6 @@ from conftest import process_alive, run_python, wait_until
 @pa.remote
 def add_one(x):
     return x + 1
-
-
-@pa.remote
-def identity(x):
-    return x
-
-
-@pa.remote
-def wait_for_file(path, timeout_s=30.0):
-    """Blocks until `path` exists (the test opens the gate), then returns its name."""
-    deadline = time.monotonic() + timeout_s
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return os.path.basename(path)
 
 
 def append_line(path, text):

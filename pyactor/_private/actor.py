@@ -182,7 +182,7 @@ class ActorMethod:
         spec.actor = handle._actor_id
         spec.method = self._name
         spec.name = f"{handle._class_name}.{self._name}"
-        spec.args, spec.kwargs = encode_args(runtime, args, kwargs, spec.held_refs)
+        spec.encode_call(runtime, args, kwargs)
         spec.num_returns = self._num_returns
         spec.retry_exceptions = False
         refs = runtime.submit_actor_call(spec, handle._max_task_retries)

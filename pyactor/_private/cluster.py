@@ -191,14 +191,17 @@ class Membership:
         self._on_head_lost(str(reason))
 
     # ------------------------------------------------------------------ queries
-    def alive_nodes(self) -> list[NodeInfo]:
+    def all_nodes(self) -> list[NodeInfo]:
+        """Every node known, dead ones included, with this node's row fresh."""
         self.nodes[self.node_id] = self._local_status()
-        return [info for info in self.nodes.values() if info.alive]
+        return list(self.nodes.values())
+
+    def alive_nodes(self) -> list[NodeInfo]:
+        return [info for info in self.all_nodes() if info.alive]
 
     def address_of(self, node_id: bytes) -> list | None:
         info = self.nodes.get(node_id)
         return info.address if info is not None and info.alive else None
 
     def wire_view(self) -> list:
-        self.nodes[self.node_id] = self._local_status()
-        return [info.wire() for info in self.nodes.values()]
+        return [info.wire() for info in self.all_nodes()]

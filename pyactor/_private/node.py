@@ -673,9 +673,7 @@ class Node:
             _kill(worker.pid)
 
     def _on_cluster_info(self, conn, message: P.ClusterInfo) -> None:
-        nodes = [info for info in self.membership.nodes.values()]
-        self.membership.nodes[self.node_id] = self._local_status()
-        nodes = list(self.membership.nodes.values())
+        nodes = self.membership.all_nodes()
         if message.what == "resources":
             value = _sum_resources(info.total for info in nodes if info.alive)
         elif message.what == "available":

@@ -8,14 +8,19 @@ connection is authenticated.
 
 Who sends what:
 
-    driver/worker runtime -> node      Register, RequestLease, ReturnLease, CreateActor, GetActor,
-                                       KillActor, WaitActor, WorkerBlocked, CancelTask, FreeObjects,
-                                       ClusterInfo, Shutdown
-    node -> runtime                    Reply (to any request), ActorUpdate, Log
-    owner runtime -> worker            PushTask, ActorCall, CancelTask
-    worker -> owner runtime            TaskDone
-    node -> worker                     StartActor, KillWorker
-    borrower runtime -> owner runtime  GetObject, AddBorrower, RemoveBorrower
+    runtime -> its node            Register, RequestLease, ReturnLease, WorkerBlocked, CreateActor,
+                                   GetActor, WaitActor, KillActor, CancelTask (force), Fetch,
+                                   FreeObjects, ClusterInfo, Shutdown
+    node -> runtime                Reply (to any request), ClusterView, Log
+    owner -> worker task endpoint  PushTask, ActorCall (answered by TaskDone)
+    owner -> worker runtime        CancelTask, RevokeTasks
+    worker -> owner                WorkerBlocking (a task waits in get)
+    borrower -> owner              GetObject, AddBorrower, RemoveBorrower, CancelTask
+    node -> worker                 StartActor (answered by ActorReady)
+    node <-> head                  JoinCluster, Heartbeat, ClusterView, HostActor, ActorHosted,
+                                   ActorProcessDied, KillActorProcess, OwnerExited, and the actor
+                                   requests a node forwards
+    node <-> node                  PullObject (answered by ObjectChunk + raw payloads)
 """
 
 from __future__ import annotations
@@ -190,10 +195,6 @@ class Log(NamedTuple):
     lines: list
 
 
-class KillWorker(NamedTuple):
-    reason: str
-
-
 class Shutdown(NamedTuple):
     request_id: int
 
@@ -289,7 +290,7 @@ class OwnerExited(NamedTuple):
 _KINDS: list[type] = [
     Register, Reply, RequestLease, ReturnLease, WorkerBlocked, PushTask, ActorCall, TaskDone,
     CancelTask, CreateActor, StartActor, GetActor, KillActor, WaitActor, FreeObjects, GetObject,
-    AddBorrower, RemoveBorrower, ClusterInfo, Log, KillWorker, Shutdown, WorkerBlocking, RevokeTasks, ActorReady,
+    AddBorrower, RemoveBorrower, ClusterInfo, Log, Shutdown, WorkerBlocking, RevokeTasks, ActorReady,
     PullObject, ObjectChunk, Fetch, JoinCluster, Heartbeat, ClusterView, HostActor, ActorHosted,
     ActorProcessDied, KillActorProcess, OwnerExited,
 ]

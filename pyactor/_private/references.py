@@ -4,12 +4,12 @@ Ownership (after Ray's design): the process that creates a ref (by submitting a 
 owns it. The owner holds the object's state (pending, ready, failed), its value when small, the
 node whose store holds it when large, and who still refers to it:
 
-    local_refs   ObjectRef instances alive in this process
+    local_refs   ObjectRef instances alive in this process (an outer object that contains refs,
+                 a put of a list of refs say, keeps their ObjectRefs in `contained`)
     borrowers    other processes that hold refs to it (they register on their first ref)
-    task_pins    tasks submitted by this process that take it as an argument
-    holders      outer objects that contain it (a put of a list of refs, say)
+    task_pins    the task that makes it, until the task has finished
 
-When all four are empty the owner frees it (and deletes it from the store). A borrower keeps an
+When all three are empty the owner frees it (and deletes it from the store). A borrower keeps an
 entry too, as a cache of the resolved value and a count of its own refs.
 
 Thread-safety: user threads create and drop ObjectRefs and wait on entries; the IO thread
@@ -30,7 +30,7 @@ FAILED = 2
 
 class ObjectEntry:
     __slots__ = ("object_id", "owned", "owner", "state", "inline", "node_id", "local_refs",
-                 "borrowers", "task_pins", "holders", "callbacks", "fetching", "registered",
+                 "borrowers", "task_pins", "callbacks", "fetching", "registered",
                  "contained", "task_id", "kill_actor")
 
     def __init__(self, object_id: bytes, owned: bool, owner: tuple | None):
@@ -43,7 +43,6 @@ class ObjectEntry:
         self.local_refs = 0
         self.borrowers: set | None = None
         self.task_pins = 0
-        self.holders = 0
         self.callbacks: list[Callable[[ObjectEntry], None]] | None = None
         self.fetching = False  # a borrower asked the owner for the value
         self.registered = False  # a borrower told the owner it holds a ref
@@ -52,7 +51,7 @@ class ObjectEntry:
         self.kill_actor: bytes | None = None  # an actor handle token: freeing it ends the actor
 
     def in_use(self) -> bool:
-        return bool(self.local_refs or self.borrowers or self.task_pins or self.holders)
+        return bool(self.local_refs or self.borrowers or self.task_pins)
 
 
 class ReferenceTable:
@@ -99,19 +98,44 @@ class ReferenceTable:
             if entry is None:
                 return
             entry.local_refs -= 1
-            if entry.in_use():
-                return
-            del self.entries[object_id]
-        self._release(entry)
+            released = self._unlink_if_unused(entry)
+        if released:
+            self._release(entry)
 
-    def unpin(self, entry: ObjectEntry, field: str) -> None:
-        """Drop a task pin or a holder; frees the entry when nothing else uses it."""
+    def unpin_task(self, entry: ObjectEntry) -> None:
+        """The task that makes the entry finished; frees it when nothing else uses it."""
         with self.lock:
-            setattr(entry, field, getattr(entry, field) - 1)
-            if entry.in_use() or self.entries.get(entry.object_id) is not entry:
-                return
-            del self.entries[entry.object_id]
-        self._release(entry)
+            entry.task_pins -= 1
+            released = self._unlink_if_unused(entry)
+        if released:
+            self._release(entry)
+
+    def remove_borrower(self, entry: ObjectEntry, borrower: tuple) -> None:
+        with self.lock:
+            if entry.borrowers:
+                entry.borrowers.discard(borrower)
+            released = self._unlink_if_unused(entry)
+        if released:
+            self._release(entry)
+
+    def remove_borrower_everywhere(self, borrower: tuple) -> None:
+        """A borrower process died: drop its holds on every entry."""
+        released = []
+        with self.lock:
+            for entry in list(self.entries.values()):
+                if entry.borrowers and borrower in entry.borrowers:
+                    entry.borrowers.discard(borrower)
+                    if self._unlink_if_unused(entry):
+                        released.append(entry)
+        for entry in released:
+            self._release(entry)
+
+    def _unlink_if_unused(self, entry: ObjectEntry) -> bool:
+        """Under the lock: forget the entry if nothing uses it any more (True if so)."""
+        if entry.in_use() or self.entries.get(entry.object_id) is not entry:
+            return False
+        del self.entries[entry.object_id]
+        return True
 
     def _release(self, entry: ObjectEntry) -> None:
         # An owned value held inline, containing no refs, needs no I/O to free: it is gone with

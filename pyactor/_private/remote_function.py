@@ -6,7 +6,7 @@ import hashlib
 from pyactor._private import serialization
 from pyactor._private.resources import ResourceSet, check_gpu_demand
 from pyactor._private.ids import new_task_id
-from pyactor._private.task_spec import TaskSpec, encode_args
+from pyactor._private.task_spec import TaskSpec
 
 TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries",
                 "retry_exceptions", "name", "memory"}
@@ -102,7 +102,7 @@ class RemoteFunction:
         spec.function_id = self._function_id
         spec.function_blob = self._blob
         spec.name = options["name"] or self.__qualname__
-        spec.args, spec.kwargs = encode_args(runtime, args, kwargs, spec.held_refs)
+        spec.encode_call(runtime, args, kwargs)
         spec.num_returns = options["num_returns"]
         spec.demand = self._demand
         spec.scheduling_key = self._scheduling_key

@@ -374,16 +374,22 @@ class Runtime:
         if entry.registered or self.refs.get(entry.object_id) is not entry:
             return
         entry.registered = True
+        self.register_borrow(entry.object_id, entry.owner, self.address)
+
+    def register_borrow(self, object_id: bytes, owner: list, borrower: list) -> None:
+        """IO thread: tell the owner of `object_id` that `borrower` holds it. Until the owner
+        acknowledges, the registration is in `pending_registrations` (a worker waits for those
+        before it answers a call: see worker.py)."""
         future = self.loop.create_future()
         self.pending_registrations.add(future)
         future.add_done_callback(self.pending_registrations.discard)
 
         async def register():
             try:
-                conn = await self.peer(entry.owner)
-                await self._request(conn, P.AddBorrower, entry.object_id, self.address)
-            except Exception as error:  # the owner is gone: the value is lost
-                logger.debug("borrow of %s failed: %s", entry.object_id.hex(), error)
+                conn = await self.peer(owner)
+                await self._request(conn, P.AddBorrower, object_id, borrower)
+            except Exception as error:  # noqa: BLE001 - the owner is gone: nothing to keep
+                logger.debug("borrow of %s failed: %s", object_id.hex(), error)
             finally:
                 future.set_result(None)
         self.loop.create_task(register())
@@ -478,29 +484,12 @@ class Runtime:
 
     def _borrower_gone(self, key: tuple) -> None:
         self._watched_borrowers.discard(key)
-        released = []
-        with self.refs.lock:
-            for entry in list(self.refs.entries.values()):
-                if entry.borrowers and key in entry.borrowers:
-                    entry.borrowers.discard(key)
-                    if not entry.in_use():
-                        del self.refs.entries[entry.object_id]
-                        released.append(entry)
-        if released:
-            self.refs._released.extend(released)
-            self._drain_released()
+        self.refs.remove_borrower_everywhere(key)
 
     def _on_remove_borrower(self, conn, message: P.RemoveBorrower) -> None:
         entry = self.refs.get(message.object_id)
-        if entry is None or not entry.borrowers:
-            return
-        with self.refs.lock:
-            entry.borrowers.discard(tuple(message.borrower))
-            if entry.in_use() or self.refs.entries.get(entry.object_id) is not entry:
-                return
-            del self.refs.entries[entry.object_id]
-        self.refs._released.append(entry)
-        self._drain_released()
+        if entry is not None and entry.borrowers:
+            self.refs.remove_borrower(entry, tuple(message.borrower))
 
     # ------------------------------------------------------------------ put / get / wait
     def actor_token(self, actor_id: bytes) -> ObjectRef:
@@ -576,9 +565,7 @@ class Runtime:
         for entry in pending:
             if self.refs.when_resolved(entry, waiter):
                 registered.append(entry)
-                if not entry.owned and not entry.fetching:
-                    entry.fetching = True
-                    self.run_in_loop(self._fetch, entry)
+                self._fetch_if_borrowed(entry)
             else:
                 waiter(entry)
         if not waiter.event.is_set():
@@ -596,6 +583,17 @@ class Runtime:
                 if raise_on_timeout:
                     raise GetTimeoutError(f"get timed out after {timeout_s} s "
                                           f"({waiter.needed} of {needed} objects not ready)")
+
+    def _fetch_if_borrowed(self, entry: ObjectEntry) -> None:
+        """Someone waits for a borrowed entry: ask its owner for the value, once (any thread;
+        our own objects resolve when their task answers)."""
+        if entry.owned or entry.fetching:
+            return
+        entry.fetching = True
+        if self.in_io_thread():
+            self._fetch(entry)
+        else:
+            self.run_in_loop(self._fetch, entry)
 
     def _fetch(self, entry: ObjectEntry) -> None:
         async def fetch():
@@ -663,9 +661,7 @@ class Runtime:
             except BaseException as error:
                 future.set_exception(error)
         if self.refs.when_resolved(entry, complete):
-            if not entry.owned and not entry.fetching:
-                entry.fetching = True
-                self.run_in_loop(self._fetch, entry)
+            self._fetch_if_borrowed(entry)
         else:
             complete(entry)
         future._pyactor_ref = ref  # keep the object alive while someone awaits it
@@ -708,6 +704,8 @@ class Runtime:
         """True when every top-level ref argument is ready; else calls then(spec) later.
         Refs nested in containers (also in held_refs, to keep them alive) do not hold the
         task back: it receives them as refs."""
+        if not spec.has_ref_args:
+            return True
         missing = []
         get_entry = self.refs.get
         for arg in (*spec.args, *spec.kwargs.values()):
@@ -718,41 +716,41 @@ class Runtime:
         if not missing:
             return True
         remaining = [len(missing)]
-        spec.dependencies = missing
 
         def one_ready(_entry):
             remaining[0] -= 1
             if remaining[0] == 0:
                 self._waiting_deps.pop(spec.task_id, None)
-                spec.dependencies = []
                 if not spec.cancelled:
                     then(spec)
         self._waiting_deps[spec.task_id] = spec
         for entry in missing:
             if self.refs.when_resolved(entry, one_ready):
-                if not entry.owned and not entry.fetching:
-                    entry.fetching = True
-                    self._fetch(entry)
+                self._fetch_if_borrowed(entry)
             else:
                 one_ready(entry)
         return False
 
     def resolve_args(self, spec: TaskSpec) -> tuple[list, dict] | None:
-        """Replace ref args by their values or store locations; None if one of them failed
-        (the task then fails with that error)."""
-        args = [self._resolve_arg(spec, a) for a in spec.args]
-        kwargs = {k: self._resolve_arg(spec, v) for k, v in spec.kwargs.items()}
-        if any(a is None for a in args) or any(v is None for v in kwargs.values()):
+        """Replace ref args by their values or store locations. If one of them failed, the task
+        fails with that error (finished here, once) and this returns None."""
+        if not spec.has_ref_args:
+            return spec.args, spec.kwargs
+        failed: list = []
+        args = [self._resolve_arg(a, failed) for a in spec.args]
+        kwargs = {k: self._resolve_arg(v, failed) for k, v in spec.kwargs.items()}
+        if failed:
+            self._finish(spec, error=failed[0])
             return None
         return args, kwargs
 
-    def _resolve_arg(self, spec: TaskSpec, arg: list) -> list | None:
+    def _resolve_arg(self, arg: list, failed: list) -> list:
         if arg[0] != P.VALUE_REF:
             return arg
         entry = self.refs.get(arg[1])
         if entry.state == FAILED:
-            self._finish(spec, error=entry.inline)
-            return None
+            failed.append(entry.inline)
+            return arg
         if entry.inline is not None:
             return [P.VALUE_INLINE, entry.inline]
         return [P.VALUE_IN_STORE, arg[1], entry.node_id]
@@ -948,7 +946,7 @@ class Runtime:
                     refs.resolve(entry, READY, None, ret[2])
                 if len(ret) > 3 and ret[3]:
                     entry.contained = self.adopt_refs(ret[3])
-            refs.unpin(entry, "task_pins")
+            refs.unpin_task(entry)
         if error is None and any(ret[0] == P.VALUE_IN_STORE for ret in returns) \
                 and spec.actor is None:
             # Lineage: if the node holding a return dies, the task can run again; its

@@ -17,18 +17,26 @@ from pyactor._private.protocol import VALUE_INLINE, VALUE_REF
 
 class TaskSpec:
     __slots__ = ("task_id", "function_id", "function_blob", "name", "args", "kwargs",
-                 "held_refs", "dependencies", "num_returns", "return_ids", "entries", "demand",
+                 "has_ref_args", "held_refs", "num_returns", "entries", "demand",
                  "scheduling_key", "retries_left", "retry_exceptions", "actor", "method",
                  "cancelled", "lease", "attempt", "namespace")
 
     def __init__(self):
         self.held_refs: list = []  # ObjectRefs kept alive until the task finishes
-        self.dependencies: list = []  # entries of top-level ref args not yet resolved
+        self.has_ref_args = False  # a top-level argument is a ref: resolve before sending
         self.cancelled = False
         self.lease = None
         self.attempt = 0
         self.actor = None
         self.method = ""
+
+
+    def encode_call(self, runtime, args: tuple, kwargs: dict) -> None:
+        """Encode the call's arguments (in the submitting thread), noting whether any must be
+        resolved first, so the IO thread looks at the arguments only when one must."""
+        self.args, self.kwargs = encode_args(runtime, args, kwargs, self.held_refs)
+        self.has_ref_args = any(arg[0] == VALUE_REF for arg in self.args) or any(
+            arg[0] == VALUE_REF for arg in self.kwargs.values())
 
 
 def encode_args(runtime, args: tuple, kwargs: dict, held_refs: list) -> tuple[list, dict]:

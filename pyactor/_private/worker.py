@@ -72,7 +72,6 @@ class Executor:
         runtime.handlers.update({
             P.StartActor: self._on_start_actor,
             P.CancelTask: self._on_cancel,
-            P.KillWorker: self._on_kill,
             P.RevokeTasks: self._on_revoke,
         })
         runtime.on_blocked = self._on_blocked
@@ -236,19 +235,7 @@ class Executor:
             if entry is not None and entry.owned:
                 runtime.add_borrower(entry, owner)
             elif ref.owner_address != owner:
-                future = runtime.loop.create_future()
-                runtime.pending_registrations.add(future)
-                future.add_done_callback(runtime.pending_registrations.discard)
-
-                async def register(ref=ref, future=future):
-                    try:
-                        conn = await runtime.peer(ref.owner_address)
-                        await runtime._request(conn, P.AddBorrower, ref.id, owner)
-                    except Exception:  # noqa: BLE001 - its owner is gone: nothing to keep
-                        pass
-                    finally:
-                        future.set_result(None)
-                runtime.loop.create_task(register())
+                runtime.register_borrow(ref.id, ref.owner_address, owner)
 
     def _set_gpus(self, gpu_ids) -> None:
         self.gpu_ids = gpu_ids
@@ -277,9 +264,6 @@ class Executor:
             signal.pthread_kill(self.main_thread_id, signal.SIGUSR1)
         else:
             self.cancelled.add(message.task_id)
-
-    def _on_kill(self, conn, message: P.KillWorker) -> None:
-        os._exit(0)
 
     def _interrupt(self, signum, frame) -> None:
         target = self.cancel_target

@@ -1,0 +1,21 @@
+"""Remote functions several test modules use (importable by workers, unlike conftest's
+fixtures, which would drag pytest into every worker)."""
+
+import os
+import time
+
+import pyactor as pa
+
+
+@pa.remote
+def identity(x):
+    return x
+
+
+@pa.remote
+def wait_for_file(path, timeout_s=30.0):
+    """Blocks until `path` exists (the test opens the gate), then returns its name."""
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.path.basename(path)
