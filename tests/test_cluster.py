@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
+import time
 import uuid
 
 import hypothesis.strategies as st
@@ -441,7 +443,9 @@ class Pinned:
     def node(self):
         return _node_id()
 
-
+    def sleep(self, seconds):
+        time.sleep(seconds)
+        return "woke"
 
 
 @pytest.mark.slow
@@ -459,6 +463,18 @@ def test_stopped_node_is_declared_dead_and_its_work_retried(fresh_cluster, tmp_p
     assert pa.get(pinned.node.remote(), timeout=GUARD_S) == victim_id
     refs = [parked.options(resources={"w": 1}).remote(str(tmp_path), str(i)) for i in range(2)]
     assert wait_until(lambda: any(victim_id in name for name in os.listdir(tmp_path)), 20)
+    # A thread waiting with no timeout sends its call directly (direct.py), on a connection of
+    # its own that the stopped node will never answer.
+    waited = []
+
+    def wait_directly():
+        try:
+            waited.append(pa.get(pinned.sleep.remote(600)))
+        except Exception as error:  # noqa: BLE001 - checked below
+            waited.append(error)
+    waiter = threading.Thread(target=wait_directly, daemon=True)
+    waiter.start()
+    time.sleep(0.5)
 
     os.kill(victim, signal.SIGSTOP)
     try:
@@ -470,6 +486,8 @@ def test_stopped_node_is_declared_dead_and_its_work_retried(fresh_cluster, tmp_p
         assert victim_id not in pa.get(refs, timeout=GUARD_S)
         with pytest.raises(pa.ActorDiedError):
             pa.get(pinned.node.remote(), timeout=GUARD_S)
+        waiter.join(GUARD_S)
+        assert waited and isinstance(waited[0], pa.ActorDiedError), waited
     finally:
         os.kill(victim, signal.SIGCONT)
     assert pa.get(where.options(resources={"w": 1}).remote(), timeout=GUARD_S)[0] != victim_id

@@ -632,3 +632,51 @@ async def test_send_with_payload_writes_into_the_receivers_buffer():
         assert await asyncio.wait_for(done, 10) == "ok"
         assert bytes(target) == payload.tobytes()
         connection.close()
+
+
+# -- the blocking client (direct.py's connection) ---------------------------------------------
+
+async def test_blocking_connection_authenticates_and_exchanges_messages():
+    """The blocking client speaks the same handshake and frames as the event-loop one."""
+    token = transport.new_token()
+
+    def exchange(port: int) -> list:
+        conn = transport.BlockingConnection(HOST, port, token)
+        try:
+            answers = []
+            for message in ([1, b"abc"], {"k": None}, b"x" * 300_000):
+                conn.send(message)
+                answers.append(conn.receive())
+            return answers
+        finally:
+            conn.close()
+    async with await transport.serve(HOST, 0, token, echo) as server:
+        assert await asyncio.to_thread(exchange, server.port) == [
+            [1, b"abc"], {"k": None}, b"x" * 300_000]
+
+
+async def test_blocking_connection_refuses_a_wrong_token_a_stranger_and_sees_a_close():
+    token = transport.new_token()
+
+    async def stranger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(encode_frame(["SSH-2.0", 1, b"n" * 32]))
+        await reader.read()
+        writer.close()
+
+    def closer(conn, _message):
+        conn.close("no thanks")
+    async with await transport.serve(HOST, 0, token, echo) as server:
+        with pytest.raises(AuthenticationError, match="rejected this token"):
+            await asyncio.to_thread(transport.BlockingConnection, HOST, server.port,
+                                    transport.new_token())
+    listener = await asyncio.start_server(stranger, HOST, 0)
+    async with listener:
+        with pytest.raises(ProtocolError, match="not a pyactor server"):
+            await asyncio.to_thread(transport.BlockingConnection, HOST,
+                                    listener.sockets[0].getsockname()[1], token)
+    async with await transport.serve(HOST, 0, token, closer) as server:
+        conn = await asyncio.to_thread(transport.BlockingConnection, HOST, server.port, token)
+        conn.send("hello")
+        with pytest.raises(ConnectionError):
+            await asyncio.to_thread(conn.receive)
+        conn.close()

@@ -17,6 +17,7 @@ import pickle
 from collections import deque
 
 from pyactor._private import protocol as P
+from pyactor._private.direct import ROUTE_DIRECT, ROUTE_LOOP
 from pyactor._private.task_spec import TaskSpec
 from pyactor.exceptions import ActorDiedError, TaskCancelledError
 
@@ -26,7 +27,7 @@ logger = logging.getLogger("pyactor.actors")
 class ActorView:
     __slots__ = ("actor_id", "state", "address", "conn", "incarnation", "death_cause", "queue",
                  "in_flight", "max_task_retries", "asking", "sequence", "blocked", "node_id",
-                 "end_when_idle", "control_address")
+                 "end_when_idle", "control_address", "submitted", "accepted", "direct_spec")
 
     def __init__(self, actor_id: bytes, max_task_retries: int):
         self.actor_id = actor_id
@@ -44,6 +45,11 @@ class ActorView:
         self.node_id = None  # the node hosting the incarnation we talk to
         self.end_when_idle = False  # no handle is left: end the actor after these calls
         self.control_address = None  # its worker's runtime: CancelTask goes there
+        # For the direct path (direct.py), under its lock: calls made by user threads, calls
+        # the IO thread has taken, and the one call a waiting thread sends itself, if any.
+        self.submitted = 0
+        self.accepted = 0
+        self.direct_spec: TaskSpec | None = None
 
 
 class ActorSubmitter:
@@ -55,14 +61,27 @@ class ActorSubmitter:
     def view(self, actor_id: bytes, max_task_retries: int = 0) -> ActorView:
         view = self.actors.get(actor_id)
         if view is None:
-            view = self.actors[actor_id] = ActorView(actor_id, max_task_retries)
+            with self.runtime.direct.lock:  # user threads make views too (count_submitted)
+                view = self.actors.get(actor_id)
+                if view is None:
+                    view = self.actors[actor_id] = ActorView(actor_id, max_task_retries)
         return view
 
-    # ------------------------------------------------------------------ calls (IO thread)
-    def submit(self, spec: TaskSpec, max_task_retries: int) -> None:
+    def count_submitted(self, spec: TaskSpec, max_task_retries: int) -> None:
+        """A user thread made a call (before handing it to the IO thread)."""
         view = self.view(spec.actor, max_task_retries)
-        spec.retries_left = max_task_retries
-        view.queue.append(spec)
+        with self.runtime.direct.lock:
+            view.submitted += 1
+
+    # ------------------------------------------------------------------ calls (IO thread)
+    def submit(self, spec: TaskSpec) -> None:
+        view = self.view(spec.actor)
+        with self.runtime.direct.lock:
+            view.accepted += 1
+            if spec.route == ROUTE_DIRECT:  # a waiting thread sends it itself
+                return
+            spec.route = ROUTE_LOOP
+            view.queue.append(spec)
         self.by_task[spec.task_id] = view
         self._flush(view)
 
@@ -73,22 +92,28 @@ class ActorSubmitter:
         if view.state != "alive" or view.conn is None:
             self._ask_node(view)
             return
+        if view.direct_spec is not None:
+            return  # calls wait behind the one sent directly; it flushes them when answered
         runtime = self.runtime
         while view.queue and not view.blocked:
             spec = view.queue[0]
             if not runtime._resolve_dependencies(spec, lambda _s, v=view: self._unblock(v)):
                 view.blocked = True
                 return
-            view.queue.popleft()
             if spec.cancelled:
+                view.queue.popleft()
                 continue
             resolved = runtime.resolve_args(spec)
             if resolved is None:  # an argument failed: the call fails with its error
+                view.queue.popleft()
                 self.by_task.pop(spec.task_id, None)
                 continue
             args, kwargs = resolved
             view.sequence += 1
+            # In flight before it leaves the queue: a claim (direct.py) never sees both empty
+            # while a call is on its way.
             view.in_flight[spec.task_id] = spec
+            view.queue.popleft()
             view.conn.send(P.encode(P.ActorCall(spec.task_id, view.actor_id, spec.method, args,
                                                 kwargs, spec.num_returns, runtime.address,
                                                 view.sequence)))
@@ -146,7 +171,8 @@ class ActorSubmitter:
             self.runtime._finish(spec, error=message.error)
         else:
             self.runtime._finish(spec, returns=message.returns)
-        if view.end_when_idle and not view.queue and not view.in_flight:
+        if view.end_when_idle and not view.queue and not view.in_flight and \
+                view.direct_spec is None:
             self._end(view.actor_id)
         return True
 
@@ -166,8 +192,16 @@ class ActorSubmitter:
         """The actor's process died: retry or fail the calls in flight, ask for the next one."""
         view.conn = None
         view.state = "unknown"
+        lost = list(view.in_flight.values())
+        view.in_flight.clear()
+        self._retry_or_fail(view, lost)
+        self._ask_node(view)
+
+    def _retry_or_fail(self, view: ActorView, lost: list[TaskSpec]) -> None:
+        """Calls that were running when the actor's process died: first in line again while
+        max_task_retries allows, else ActorDiedError."""
         retry = []
-        for spec in view.in_flight.values():
+        for spec in lost:
             if spec.retries_left != 0 and not spec.cancelled:
                 spec.retries_left -= 1
                 retry.append(spec)
@@ -178,9 +212,37 @@ class ActorSubmitter:
                         f"the actor {view.actor_id.hex()} died while running {spec.method}; "
                         f"the call was not retried (max_task_retries)")
                 self.runtime._finish(spec, error=pickle.dumps(error))
-        view.in_flight.clear()
         view.queue.extendleft(reversed(retry))
-        self._ask_node(view)
+
+    # ------------------------------------------------------------------ the direct path
+    def direct_call_lost(self, spec: TaskSpec, incarnation: int) -> None:
+        """A call sent directly lost its connection after it went out: the process died (or
+        will be found dead). It is settled as a call in flight on the ordinary path is."""
+        view = self.by_task.get(spec.task_id)
+        if view is None:
+            return
+        if view.incarnation == incarnation and view.conn is not None and not view.conn.closed:
+            # The process's other connection closes too, soon: _lost then settles this call
+            # with the others in flight.
+            view.in_flight[spec.task_id] = spec
+            return
+        self._retry_or_fail(view, [spec])
+        self._flush(view)
+
+    def direct_call_unsent(self, spec: TaskSpec) -> None:
+        """A waiting thread could not reach the actor to send a call it took: send it here,
+        first in line (nothing was queued behind it when it was taken)."""
+        view = self.by_task.get(spec.task_id) or self.view(spec.actor)
+        self.by_task[spec.task_id] = view
+        view.queue.appendleft(spec)
+        self._flush(view)
+
+    def after_direct_call(self, view: ActorView) -> None:
+        """A direct call was answered while calls queued behind it, or no handle is left."""
+        self._flush(view)
+        if view.end_when_idle and not view.queue and not view.in_flight and \
+                view.direct_spec is None:
+            self._end(view.actor_id)
 
     def _fail_all(self, view: ActorView) -> None:
         error = pickle.dumps(ActorDiedError(
@@ -204,6 +266,8 @@ class ActorSubmitter:
                     TaskCancelledError("actor task was cancelled before it ran")))
                 return
         spec = view.in_flight.get(task_id)
+        if spec is None and view.direct_spec is not None and view.direct_spec.task_id == task_id:
+            spec = view.direct_spec
         if spec is not None and view.conn is not None:
             spec.cancelled = True
             # To the worker's runtime: the call's own connection is not read while it runs.
@@ -224,17 +288,24 @@ class ActorSubmitter:
         """The head declared a node dead (it may still run, e.g. stopped): stop talking to the
         actors it hosted, so their calls fail over (retry on the next incarnation, or
         ActorDiedError) instead of waiting on a connection nobody answers."""
+        doomed = set()
         for view in self.actors.values():
             if view.node_id == node_id and view.conn is not None:
+                doomed.add(view.actor_id)
                 view.conn.close(f"the node {node_id.hex()[:12]} hosting this actor was declared "
                                 f"dead")
+        if doomed:
+            self.runtime.direct.abort_where(lambda spec: spec.actor in doomed)
 
     def release_actor(self, actor_id: bytes) -> None:
         """No handle to this actor is left anywhere: end it once our calls to it are done."""
         view = self.actors.get(actor_id)
-        if view is not None and (view.queue or view.in_flight):
-            view.end_when_idle = True
-            return
+        if view is not None:
+            with self.runtime.direct.lock:  # a direct call ending now sees the flag
+                busy = bool(view.queue or view.in_flight or view.direct_spec)
+                view.end_when_idle = busy
+            if busy:
+                return
         self._end(actor_id)
 
     def _end(self, actor_id: bytes) -> None:

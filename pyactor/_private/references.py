@@ -171,6 +171,21 @@ class ReferenceTable:
             for callback in callbacks:
                 callback(entry)
 
+    def resolve_unwatched(self, entry: ObjectEntry, state: int, inline: bytes | None,
+                          node_id: bytes | None) -> bool | None:
+        """`resolve` from a thread that must not run other waiters' callbacks (they may belong
+        to the IO thread): True when resolved, False (nothing done) when callbacks wait, None
+        when the entry was already resolved."""
+        with self.lock:
+            if entry.state != PENDING:
+                return None
+            if entry.callbacks:
+                return False
+            entry.inline = inline
+            entry.node_id = node_id
+            entry.state = state
+            return True
+
     def when_resolved(self, entry: ObjectEntry, callback: Callable[[ObjectEntry], None]) -> bool:
         """Run `callback(entry)` once the entry resolves. Returns False (and does not register)
         when it is already resolved, so the caller goes on at once."""

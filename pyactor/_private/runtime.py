@@ -37,6 +37,7 @@ import uvloop
 from pyactor._private import object_ref as object_ref_module
 from pyactor._private import protocol as P
 from pyactor._private import serialization, transport
+from pyactor._private.direct import ROUTE_DIRECT, ROUTE_LOOP, DirectPath
 from pyactor._private.ids import new_put_id, object_id_for
 from pyactor._private.object_ref import ObjectRef
 from pyactor._private.references import (FAILED, PENDING, READY, CountdownWaiter, ObjectEntry,
@@ -61,7 +62,8 @@ LEASE_RETRY_S = 0.1
 
 class Lease:
     __slots__ = ("lease_id", "worker_id", "address", "conn", "queue", "in_flight", "gpu_ids",
-                 "idle_timer", "returned", "node_conn", "node_id", "control_address", "blocked")
+                 "idle_timer", "returned", "node_conn", "node_id", "control_address", "blocked",
+                 "direct_busy", "direct_uses", "uses_when_idle")
 
     def __init__(self, lease_id, worker_id, address, conn, queue, gpu_ids, node_conn, node_id,
                  control_address):
@@ -78,6 +80,9 @@ class Lease:
         self.gpu_ids = gpu_ids
         self.idle_timer = None
         self.returned = False
+        self.direct_busy = False  # a thread runs a call on it directly (direct.py)
+        self.direct_uses = 0  # direct calls so far: an idle timer that sees new ones re-arms
+        self.uses_when_idle = 0
 
 
 class SchedulingQueue:
@@ -144,6 +149,7 @@ class Runtime:
         self.worker_label = ""
         self.closed = False
         self.node_lost = threading.Event()
+        self.direct = DirectPath(self)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout_s: float = 30.0) -> dict:
@@ -185,6 +191,7 @@ class Runtime:
             return
         self.closed = True
         object_ref_module.set_runtime(None)
+        self.direct.close()
 
         async def close():
             for conn_future in list(self._peers.values()):
@@ -527,6 +534,9 @@ class Runtime:
 
     def get(self, refs: list[ObjectRef], timeout_s: float | None) -> list[Any]:
         entries = self._entries_of(refs)
+        if len(entries) == 1 and timeout_s is None and entries[0].state == PENDING \
+                and not self.in_io_thread():
+            self.direct.try_run(entries[0])  # pa.get(f.remote()): no hand-off (direct.py)
         pending = [e for e in entries if e.state == PENDING]
         if pending:
             self._wait_for(pending, len(pending), timeout_s)
@@ -673,6 +683,7 @@ class Runtime:
         refs = self._register_returns(spec)
         if self.on_submit is not None:
             self.on_submit(spec)
+        self.direct.note_submitted(spec)
         self.run_in_loop(self._submit_on_loop, spec)
         return refs
 
@@ -692,10 +703,17 @@ class Runtime:
 
     def submit_actor_call(self, spec: TaskSpec, max_task_retries: int) -> list[ObjectRef]:
         refs = self._register_returns(spec)
-        self.run_in_loop(self.actors.submit, spec, max_task_retries)
+        spec.retries_left = max_task_retries
+        self.actors.count_submitted(spec, max_task_retries)
+        self.direct.note_submitted(spec)
+        self.run_in_loop(self.actors.submit, spec)
         return refs
 
     def _submit_on_loop(self, spec: TaskSpec) -> None:
+        with self.direct.lock:
+            if spec.route == ROUTE_DIRECT:  # a waiting thread sends it itself
+                return
+            spec.route = ROUTE_LOOP
         if not self._resolve_dependencies(spec, self._enqueue):
             return
         self._enqueue(spec)
@@ -755,18 +773,22 @@ class Runtime:
             return [P.VALUE_INLINE, entry.inline]
         return [P.VALUE_IN_STORE, arg[1], entry.node_id]
 
-    def _enqueue(self, spec: TaskSpec) -> None:
+    def _enqueue(self, spec: TaskSpec, first: bool = False, pump: bool = True) -> None:
         queue = self._queues.get(spec.scheduling_key)
         if queue is None:
             queue = self._queues[spec.scheduling_key] = SchedulingQueue(spec.scheduling_key,
                                                                         spec.demand)
-        queue.tasks.append(spec)
-        self._pump(queue)
+        if first:
+            queue.tasks.appendleft(spec)
+        else:
+            queue.tasks.append(spec)
+        if pump:
+            self._pump(queue)
 
     def _pump(self, queue: SchedulingQueue) -> None:
         tasks = queue.tasks
         for lease in queue.leases:  # idle workers first
-            while tasks and not lease.in_flight:
+            while tasks and not lease.in_flight and not lease.direct_busy:
                 self._push(lease, tasks.popleft())
         backlog = len(tasks)
         while backlog > queue.requests_pending and queue.requests_pending < \
@@ -778,7 +800,8 @@ class Runtime:
         while len(tasks) > queue.requests_pending:
             best = None
             for lease in queue.leases:
-                if len(lease.in_flight) < PIPELINE_DEPTH and not lease.blocked and (
+                if len(lease.in_flight) < PIPELINE_DEPTH and not lease.blocked and \
+                        not lease.direct_busy and (
                         best is None or len(lease.in_flight) < len(best.in_flight)):
                     best = lease
             if best is None:
@@ -856,13 +879,23 @@ class Runtime:
         if lease.in_flight or lease.queue.tasks or lease.returned:
             return
         if lease.idle_timer is None:
+            lease.uses_when_idle = lease.direct_uses
             lease.idle_timer = self.loop.call_later(LEASE_LINGER_S, self._return_lease, lease)
 
     def _return_lease(self, lease: Lease, worker_exiting: bool = False) -> None:
         lease.idle_timer = None
         if lease.in_flight and not worker_exiting:
             return
-        lease.returned = True
+        with self.direct.lock:
+            if not worker_exiting and (lease.direct_busy or
+                                       lease.direct_uses != lease.uses_when_idle):
+                in_use = True  # a thread calls through it directly: keep it a while longer
+            else:
+                in_use = False
+                lease.returned = True
+        if in_use:
+            self._maybe_idle(lease)
+            return
         if lease in lease.queue.leases:
             lease.queue.leases.remove(lease)
         if not lease.node_conn.closed:
@@ -879,11 +912,8 @@ class Runtime:
         if lease is not None:
             lease.in_flight.pop(message.task_id, None)
             lease.blocked = False
-        if message.error is not None and message.retryable and spec.retries_left != 0 \
-                and not spec.cancelled and _should_retry(spec.retry_exceptions, message.error):
-            spec.retries_left -= 1
-            spec.attempt += 1
-            self._enqueue(spec)
+        if _retry_on_error(spec, message):
+            self._retry(spec)
         elif message.error is not None:
             self._finish(spec, error=message.error)
         else:
@@ -962,20 +992,74 @@ class Runtime:
                     continue
                 queue.leases.remove(lease)
                 lease.returned = True
-                for spec in list(lease.in_flight.values()):
-                    self._running.pop(spec.task_id, None)
-                    if spec.retries_left != 0 and not spec.cancelled:
-                        spec.retries_left -= 1
-                        spec.attempt += 1
-                        queue.tasks.appendleft(spec)
-                    else:
-                        error = TaskCancelledError(f"task {spec.name} was cancelled") \
-                            if spec.cancelled else WorkerCrashedError(
-                            f"the worker running {spec.name} died unexpectedly (killed, crashed "
-                            f"or exited) and no retries were left")
-                        self._finish(spec, error=pickle.dumps(error))
+                lost = list(lease.in_flight.values())
                 lease.in_flight.clear()
+                for spec in lost:
+                    self.task_lost(spec, pump=False)
                 self._pump(queue)
+
+    def task_lost(self, spec: TaskSpec, pump: bool = True) -> None:
+        """The worker running a task died, or its connection broke (IO thread): run the task
+        again, first in line, or fail it."""
+        self._running.pop(spec.task_id, None)
+        if spec.retries_left != 0 and not spec.cancelled:
+            spec.retries_left -= 1
+            spec.attempt += 1
+            self._enqueue(spec, first=True, pump=pump)
+            return
+        error = TaskCancelledError(f"task {spec.name} was cancelled") if spec.cancelled \
+            else WorkerCrashedError(f"the worker running {spec.name} died unexpectedly (killed, "
+                                    f"crashed or exited) and no retries were left")
+        self._finish(spec, error=pickle.dumps(error))
+
+    def direct_task_lost(self, spec: TaskSpec, lease: Lease) -> None:
+        """A task sent directly lost its connection: its worker died. Drop the lease now (its
+        own connection says the same, later, and must not count a second death), then run the
+        task again or fail it."""
+        lease.conn.close("a call sent directly found the worker gone")
+        self.task_lost(spec)
+
+    def _retry(self, spec: TaskSpec) -> None:
+        spec.retries_left -= 1
+        spec.attempt += 1
+        self._enqueue(spec)
+
+    def task_answered(self, spec: TaskSpec, done: P.TaskDone) -> None:
+        """The answer to a call sent directly (the calling thread, direct.py). The entry is
+        resolved here unless that would run other waiters' callbacks or needs the IO thread
+        (a retry, refs inside the value); then the IO thread does it."""
+        if spec.actor is None and _retry_on_error(spec, done):
+            self.run_in_loop(self._retry, spec)
+        elif not self._finish_here(spec, done):
+            self.run_in_loop(self._finish_answered, spec, done)
+
+    def _finish_here(self, spec: TaskSpec, done: P.TaskDone) -> bool:
+        entry = spec.entries[0]
+        if done.error is not None:
+            state, inline, node_id = FAILED, done.error, None
+        else:
+            ret = done.returns[0]
+            if len(ret) > 3 and ret[3]:  # refs inside the value: adopt them on the IO thread
+                return False
+            state = READY
+            inline, node_id = (ret[1], None) if ret[0] == P.VALUE_INLINE else (None, ret[2])
+        resolved = self.refs.resolve_unwatched(entry, state, inline, node_id)
+        if resolved is False:
+            return False
+        if resolved is None:  # already settled elsewhere, pin included
+            return True
+        self.refs.unpin_task(entry)
+        if node_id is not None and spec.actor is None:
+            self._lineage[spec.task_id] = spec  # see _finish
+        else:
+            spec.held_refs = None
+        return True
+
+    def _finish_answered(self, spec: TaskSpec, done: P.TaskDone) -> None:
+        if done.error is not None:
+            self._finish(spec, error=done.error)
+        else:
+            self._finish(spec, returns=done.returns)
 
     # ------------------------------------------------------------------ cancel
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
@@ -1056,6 +1140,8 @@ class Runtime:
                 if lease.node_id == node_id:
                     lease.conn.close(f"the node {node_id.hex()[:12]} that leased this worker "
                                      f"was declared dead")
+        self.direct.abort_where(lambda spec: spec.lease is not None and
+                                spec.lease.node_id == node_id)
 
     def _objects_lost_with(self, node_id: bytes) -> None:
         """A node died: rebuild the objects we own that lived only there by running their
@@ -1132,6 +1218,12 @@ def _error_from_reply(error: Any) -> BaseException:
     if name in ("ValueError", "TypeError", "KeyError"):
         return {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError}[name](text)
     return PyActorError(f"{name}: {text}")
+
+
+def _retry_on_error(spec: TaskSpec, done: P.TaskDone) -> bool:
+    """A task failed with an error its options say to run it again for."""
+    return done.error is not None and done.retryable and spec.retries_left != 0 \
+        and not spec.cancelled and _should_retry(spec.retry_exceptions, done.error)
 
 
 def _should_retry(retry_exceptions, error_blob: bytes) -> bool:

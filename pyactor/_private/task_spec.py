@@ -19,7 +19,7 @@ class TaskSpec:
     __slots__ = ("task_id", "function_id", "function_blob", "name", "args", "kwargs",
                  "has_ref_args", "held_refs", "num_returns", "entries", "demand",
                  "scheduling_key", "retries_left", "retry_exceptions", "actor", "method",
-                 "cancelled", "lease", "attempt", "namespace")
+                 "cancelled", "lease", "attempt", "namespace", "route")
 
     def __init__(self):
         self.held_refs: list = []  # ObjectRefs kept alive until the task finishes
@@ -29,7 +29,7 @@ class TaskSpec:
         self.attempt = 0
         self.actor = None
         self.method = ""
-
+        self.route = 0  # which path sends it: direct.ROUTE_*
 
     def encode_call(self, runtime, args: tuple, kwargs: dict) -> None:
         """Encode the call's arguments (in the submitting thread), noting whether any must be

@@ -277,6 +277,41 @@ def _check_max_frame_bytes(max_frame_bytes: int) -> int:
     return max_frame_bytes
 
 
+# The client's half of the handshake, shared by the event-loop and the blocking connection.
+
+def _check_challenge(frame: Any, address: str) -> bytes:
+    """The server's opening frame; returns its nonce."""
+    if not (type(frame) is list and len(frame) == 3 and frame[0] == PROTOCOL_MAGIC):
+        raise ProtocolError(f"{address} is not a pyactor server")
+    if frame[1] != PROTOCOL_VERSION:
+        raise ProtocolError(f"{address} speaks pyactor protocol version {frame[1]!r};"
+                            f" this process speaks {PROTOCOL_VERSION}: use one pyactor"
+                            " version across the cluster")
+    if not _is_nonce(frame[2]):
+        raise ProtocolError(f"malformed handshake challenge from {address}")
+    return frame[2]
+
+
+def _client_proof_frame(token: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
+    return encode_frame([_proof(token, b"client", server_nonce, client_nonce), client_nonce])
+
+
+def _check_server_answer(frame: Any, token: bytes, server_nonce: bytes, client_nonce: bytes,
+                         address: str) -> None:
+    if not (type(frame) is list and len(frame) == 2):
+        raise ProtocolError(f"malformed handshake reply from {address}")
+    accepted, server_proof = frame
+    if accepted is False:
+        raise AuthenticationError(f"the cluster at {address} rejected this token;"
+                                  f" {_TOKEN_HINT}")
+    expected = _proof(token, b"server", client_nonce, server_nonce)
+    if not (accepted is True and type(server_proof) is bytes
+            and hmac.compare_digest(server_proof, expected)):
+        raise AuthenticationError(
+            f"the server at {address} could not prove it holds this token: it belongs"
+            f" to another cluster (check the address) or this token is wrong; {_TOKEN_HINT}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Connections
 
@@ -629,32 +664,14 @@ class Connection(asyncio.Protocol):
                 self.close(f"on_connect raised {type(error).__name__}: {error}")
 
     def _answer_challenge(self, frame: Any) -> None:
-        if not (type(frame) is list and len(frame) == 3 and frame[0] == PROTOCOL_MAGIC):
-            raise ProtocolError(f"{self._address} is not a pyactor server")
-        if frame[1] != PROTOCOL_VERSION:
-            raise ProtocolError(f"{self._address} speaks pyactor protocol version {frame[1]!r};"
-                                f" this process speaks {PROTOCOL_VERSION}: use one pyactor"
-                                " version across the cluster")
-        if not _is_nonce(frame[2]):
-            raise ProtocolError(f"malformed handshake challenge from {self._address}")
-        self._server_nonce = frame[2]
+        self._server_nonce = _check_challenge(frame, self._address)
         self._client_nonce = secrets.token_bytes(_NONCE_BYTES)
-        proof = _proof(self._endpoint.token, b"client", self._server_nonce, self._client_nonce)
-        self._transport.write(encode_frame([proof, self._client_nonce]))
+        self._transport.write(_client_proof_frame(self._endpoint.token, self._server_nonce,
+                                                  self._client_nonce))
 
     def _check_server_proof(self, frame: Any) -> None:
-        if not (type(frame) is list and len(frame) == 2):
-            raise ProtocolError(f"malformed handshake reply from {self._address}")
-        accepted, server_proof = frame
-        if accepted is False:
-            raise AuthenticationError(f"the cluster at {self._address} rejected this token;"
-                                      f" {_TOKEN_HINT}")
-        expected = _proof(self._endpoint.token, b"server", self._client_nonce, self._server_nonce)
-        if not (accepted is True and type(server_proof) is bytes
-                and hmac.compare_digest(server_proof, expected)):
-            raise AuthenticationError(
-                f"the server at {self._address} could not prove it holds this token: it belongs"
-                f" to another cluster (check the address) or this token is wrong; {_TOKEN_HINT}")
+        _check_server_answer(frame, self._endpoint.token, self._server_nonce, self._client_nonce,
+                             self._address)
         self._become_open()
         if not self._handshake_done.done():
             self._handshake_done.set_result(None)
@@ -714,6 +731,79 @@ async def connect(host: str, port: int, token: bytes, on_message: OnMessage, *,
             connection.close("connect failed")
         raise
     return connection
+
+
+
+class BlockingConnection:
+    """A client connection for one thread that sends a request and blocks for the answer.
+
+    It speaks the same frames and handshake as `Connection`, without an event loop: the
+    synchronous fast path (direct.py) uses it so that a thread blocked in `get` is woken by the
+    answer itself, not by another thread. Not thread-safe; one call at a time.
+    """
+
+    __slots__ = ("address", "_socket", "_decoder", "_packer", "_messages", "closed")
+
+    def __init__(self, host: str, port: int, token: bytes, timeout_s: float = 10.0,
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
+        token = _check_token(token)
+        self.address = f"{host}:{port}"
+        self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME_BYTES)
+        self._packer = _new_packer()
+        self._messages: collections.deque = collections.deque()
+        self.closed = False
+        self._socket = socket.create_connection((host, port), timeout=timeout_s)
+        try:
+            self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            server_nonce = _check_challenge(self._receive_one(handshake=True), self.address)
+            client_nonce = secrets.token_bytes(_NONCE_BYTES)
+            self._socket.sendall(_client_proof_frame(token, server_nonce, client_nonce))
+            _check_server_answer(self._receive_one(handshake=True), token, server_nonce,
+                                 client_nonce, self.address)
+        except BaseException:
+            self.close()
+            raise
+        self._decoder.max_frame_bytes = _check_max_frame_bytes(max_frame_bytes)
+        self._socket.settimeout(None)
+
+    def send(self, message: Any) -> None:
+        """Write one message now (raises OSError if the peer is gone)."""
+        body = self._packer.pack(message)
+        self._socket.sendall(_frame_header(len(body), self._decoder.max_frame_bytes) + body)
+
+    def receive(self) -> Any:
+        """Block for the next message; ConnectionError when the peer closed, ProtocolError when
+        it broke the format."""
+        return self._receive_one(handshake=False)
+
+    def _receive_one(self, handshake: bool) -> Any:
+        messages = self._messages
+        limit = 1 if handshake else None  # the frame size limit changes after the handshake
+        while not messages:
+            if self._decoder.has_more:  # a whole frame is already buffered
+                messages.extend(self._decoder.feed(b"", max_messages=limit))
+                continue
+            data = self._socket.recv(1 << 16)
+            if not data:
+                raise ConnectionError(f"{self.address} closed the connection")
+            messages.extend(self._decoder.feed(data, max_messages=limit))
+        message = messages.popleft()
+        if message is PAYLOAD_RECEIVED:
+            raise ProtocolError(f"{self.address} sent a raw payload nobody asked for")
+        return message
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._socket.close()
+
+    def shutdown(self) -> None:
+        """Wake a thread blocked in `receive` (from another thread): it sees the end of the
+        stream. The blocked thread closes the connection."""
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class Server:
@@ -779,6 +869,6 @@ async def serve(host: str, port: int, token: bytes, on_message: OnMessage, *,
 
 
 __all__ = [
-    "DEFAULT_MAX_FRAME_BYTES", "Connection", "FrameDecoder", "Server", "connect", "encode_frame",
+    "DEFAULT_MAX_FRAME_BYTES", "BlockingConnection", "Connection", "FrameDecoder", "Server", "connect", "encode_frame",
     "new_token", "serve",
 ]

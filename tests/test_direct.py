@@ -1,0 +1,276 @@
+"""The synchronous fast path (direct.py): a thread that waits for the call it just made sends
+the call itself. These tests check that the path is taken, and that nothing a user relies on
+changes with it: call order, errors and retries, dying workers and actors, cancel, an
+interrupted wait, refs and arrays in results, other waiters on the same ref."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pyactor as pa
+from pyactor._private import api
+from pyactor.exceptions import ActorDiedError, TaskCancelledError, TaskError, WorkerCrashedError
+
+from helpers import identity
+
+
+def direct_calls() -> int:
+    return api._runtime.direct.calls_sent
+
+
+@pa.remote
+def add_one(x):
+    return x + 1
+
+
+@pa.remote
+def sleep_then(seconds, value):
+    time.sleep(seconds)
+    return value
+
+
+@pa.remote
+def fail(message):
+    raise ValueError(message)
+
+
+@pa.remote
+def exit_the_first_time(marker):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return "second attempt"
+
+
+@pa.remote
+def raise_the_first_time(marker):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first attempt")
+    return "second attempt"
+
+
+@pa.remote
+def put_inside(value):
+    return [pa.put(value)]
+
+
+@pa.remote
+def array(n):
+    return np.arange(n, dtype=np.float64)
+
+
+@pa.remote
+class Log:
+    def __init__(self):
+        self.entries = []
+
+    def append(self, item, seconds=0.0):
+        time.sleep(seconds)
+        self.entries.append(item)
+        return item
+
+    def read(self):
+        return list(self.entries)
+
+    def exit_the_first_time(self, marker):
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return "second incarnation"
+
+
+def test_waiting_for_a_task_just_made_sends_it_directly(pa_module):
+    pa.get(add_one.remote(0))  # the first call of a shape leases a worker the ordinary way
+    before = direct_calls()
+    assert [pa.get(add_one.remote(i)) for i in range(30)] == list(range(1, 31))
+    assert direct_calls() - before >= 20
+
+
+def test_waiting_for_an_actor_call_just_made_sends_it_directly(pa_module):
+    log = Log.remote()
+    pa.get(log.read.remote())
+    before = direct_calls()
+    assert [pa.get(log.append.remote(i)) for i in range(30)] == list(range(30))
+    assert direct_calls() - before >= 20
+    assert pa.get(log.read.remote()) == list(range(30))
+
+
+def test_waits_with_a_timeout_and_multi_ref_gets_take_the_ordinary_path(pa_module):
+    pa.get(add_one.remote(0))
+    before = direct_calls()
+    assert pa.get(add_one.remote(1), timeout=30) == 2
+    assert pa.get([add_one.remote(2)]) == [3]  # a one-ref list is still a single wait
+    assert pa.get([add_one.remote(3), add_one.remote(4)]) == [4, 5]
+    assert direct_calls() - before <= 1
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(["call_and_wait", "call", "wait_oldest"]), min_size=1,
+                max_size=25))
+def test_calls_run_in_the_order_made_whatever_the_waits(pa_module, steps):
+    log = Log.remote()
+    pending = []
+    made = 0
+    for step in steps:
+        if step == "call_and_wait":
+            assert pa.get(log.append.remote(made)) == made
+            made += 1
+        elif step == "call":
+            pending.append((made, log.append.remote(made)))
+            made += 1
+        elif pending:
+            index, ref = pending.pop(0)
+            assert pa.get(ref) == index
+    assert pa.get([ref for _, ref in pending]) == [index for index, _ in pending]
+    assert pa.get(log.read.remote()) == list(range(made))
+
+
+def test_each_threads_calls_keep_their_order(pa_module):
+    log = Log.remote()
+    pa.get(log.read.remote())
+    errors = []
+
+    def caller(name):
+        try:
+            for i in range(60):
+                ref = log.append.remote((name, i))
+                if i % 3:  # mostly call-and-wait (direct), sometimes not
+                    pa.get(ref)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+    threads = [threading.Thread(target=caller, args=(n,)) for n in ("a", "b", "c")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    entries = pa.get(log.read.remote())
+    for name in ("a", "b", "c"):
+        assert [i for n, i in entries if n == name] == list(range(60))
+
+
+def test_a_call_made_while_a_direct_call_runs_waits_behind_it(pa_module):
+    log = Log.remote()
+    pa.get(log.read.remote())
+    result = {}
+    slow = threading.Thread(target=lambda: result.update(slow=pa.get(
+        log.append.remote("slow", 0.5))))
+    slow.start()
+    time.sleep(0.2)  # the slow call is running, sent directly
+    later = log.append.remote("later")
+    assert pa.get(later, timeout=30) == "later"
+    slow.join(30)
+    assert result["slow"] == "slow"
+    assert pa.get(log.read.remote()) == ["slow", "later"]
+
+
+def test_errors_and_retries_on_exceptions(pa_module, tmp_path):
+    with pytest.raises(ValueError, match="boom") as info:
+        pa.get(fail.remote("boom"))
+    assert isinstance(info.value, TaskError)
+    flaky = raise_the_first_time.options(max_retries=1, retry_exceptions=True)
+    assert pa.get(flaky.remote(str(tmp_path / "marker"))) == "second attempt"
+
+
+def test_a_worker_dying_under_a_direct_call_retries_the_task(pa_module, tmp_path):
+    task = exit_the_first_time.options(max_retries=1)
+    pa.get(task.remote(str(tmp_path / "warm")))  # the shape's lease; the worker is replaced
+    pa.get(task.remote(str(tmp_path / "warm")))
+    before = direct_calls()
+    assert pa.get(task.remote(str(tmp_path / "marker"))) == "second attempt"
+    assert direct_calls() > before
+    with pytest.raises(WorkerCrashedError):
+        pa.get(exit_the_first_time.options(max_retries=0).remote(str(tmp_path / "once")))
+
+
+def test_an_actor_dying_under_a_direct_call(pa_module, tmp_path):
+    log = Log.remote()
+    pa.get(log.read.remote())
+    with pytest.raises(ActorDiedError):
+        pa.get(log.exit_the_first_time.remote(str(tmp_path / "a")))
+    restartable = Log.options(max_restarts=1, max_task_retries=1).remote()
+    pa.get(restartable.read.remote())
+    before = direct_calls()
+    assert pa.get(restartable.exit_the_first_time.remote(str(tmp_path / "b"))) == \
+        "second incarnation"
+    assert direct_calls() > before
+    assert pa.get(restartable.append.remote("after")) == "after"
+
+
+def test_cancel_from_another_thread_interrupts_a_direct_call(pa_module):
+    pa.get(sleep_then.remote(0, None))
+    ref = sleep_then.remote(30, "never")
+    outcome = []
+
+    def wait():
+        try:
+            outcome.append(pa.get(ref))
+        except TaskCancelledError as error:
+            outcome.append(error)
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.3)
+    pa.cancel(ref)
+    waiter.join(20)
+    assert not waiter.is_alive()
+    assert isinstance(outcome[0], TaskCancelledError)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_wait_loses_nothing(pa_module):
+    pa.get(sleep_then.remote(0, None))
+
+    def interrupt(signum, frame):
+        raise Interrupted()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        ref = sleep_then.remote(0.6, "done")
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Interrupted):
+            pa.get(ref)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert pa.get(ref, timeout=30) == "done"
+    assert pa.get(add_one.remote(1)) == 2  # and the fast path serves on
+
+
+def test_refs_and_arrays_in_results(pa_module):
+    pa.get(put_inside.remote(0))
+    inner = pa.get(put_inside.remote(41))
+    assert pa.get(inner[0]) == 41
+    pa.get(array.remote(10))
+    before = direct_calls()
+    values = pa.get(array.remote(1_000_000))  # in the store, not inline
+    assert direct_calls() > before
+    assert values.shape == (1_000_000,) and values[-1] == 999_999.0
+
+
+def test_another_thread_waiting_on_the_same_ref_is_woken_too(pa_module):
+    pa.get(sleep_then.remote(0, None))
+    ref = sleep_then.remote(0.5, "shared")
+    seen = []
+    other = threading.Thread(target=lambda: seen.append(pa.get(ref)))
+    other.start()
+    time.sleep(0.1)
+    assert pa.get(ref) == "shared"
+    other.join(20)
+    assert seen == ["shared"]
+
+
+def test_a_call_through_a_handle_nobody_keeps(pa_module):
+    assert pa.get(Log.remote().append.remote("only")) == "only"
+    assert pa.get(identity.remote(3)) == 3
