@@ -18,6 +18,9 @@ The path of a task (numbers are messages; no hop through the node per task):
 
 An actor call skips steps 1-2: the caller sends ActorCall straight to the actor's process over
 one connection, so calls from one caller arrive, and run, in the order they were sent.
+
+A thread that waits for the call it just made (`pa.get(f.remote())`) skips both thread hand-offs:
+it sends steps 3-4 itself on a connection of its own (direct.py).
 """
 
 from __future__ import annotations
