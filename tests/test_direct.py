@@ -274,3 +274,30 @@ def test_another_thread_waiting_on_the_same_ref_is_woken_too(pa_module):
 def test_a_call_through_a_handle_nobody_keeps(pa_module):
     assert pa.get(Log.remote().append.remote("only")) == "only"
     assert pa.get(identity.remote(3)) == 3
+
+
+def test_a_result_made_directly_keeps_its_lineage(pa_module):
+    """A task run directly whose result lives in the store can be rebuilt like any other: here
+    its node's death is simulated for that one object, and the task runs again."""
+    runtime = api._runtime
+    pa.get(array.remote(10))
+    before = direct_calls()
+    ref = array.remote(100_000)
+    assert pa.get(ref)[-1] == 99_999.0
+    assert direct_calls() > before
+    entry = runtime.refs.get(ref.id)
+    assert entry.node_id == runtime.node_id and entry.task_id in runtime._lineage
+    # What a dead node means for this entry: gone from the store, rebuilt from lineage.
+    runtime.store.delete(ref.id)
+    done = threading.Event()
+
+    def lose():
+        spec = runtime._lineage[entry.task_id]
+        with runtime.refs.lock:
+            entry.node_id = b"a node that died"
+        runtime._lineage[entry.task_id] = spec
+        runtime._objects_lost_with(b"a node that died")
+        done.set()
+    runtime.run_in_loop(lose)
+    assert done.wait(10)
+    assert pa.get(ref, timeout=30)[-1] == 99_999.0

@@ -716,7 +716,7 @@ class Runtime:
         with self.direct.lock:
             if spec.route == ROUTE_DIRECT:  # a waiting thread sends it itself
                 return
-            spec.route = ROUTE_LOOP
+            spec.route = ROUTE_LOOP  # (a lineage rebuild comes here again, already LOOP)
         if not self._resolve_dependencies(spec, self._enqueue):
             return
         self._enqueue(spec)
@@ -1174,6 +1174,7 @@ class Runtime:
                     entry.task_pins += 1
             logger.info("rebuilding the returns of %s lost with node %s", spec.name,
                         node_id.hex()[:12])
+            spec.route = ROUTE_LOOP  # even if it first ran directly: nobody waits on it here
             self._submit_on_loop(spec)
 
     def _forget_lineage(self, task_id: bytes) -> None:
