@@ -644,9 +644,12 @@ async def test_blocking_connection_authenticates_and_exchanges_messages():
         conn = transport.BlockingConnection(HOST, port, token)
         try:
             answers = []
-            for message in ([1, b"abc"], {"k": None}, b"x" * 300_000):
+            # Without polling, polling long enough for the answer, and polling too briefly
+            # (then blocking): the same messages come back.
+            for message, spin_ns in (([1, b"abc"], 0), ({"k": None}, 50_000_000),
+                                     (b"x" * 300_000, 1_000)):
                 conn.send(message)
-                answers.append(conn.receive())
+                answers.append(conn.receive(spin_ns))
             return answers
         finally:
             conn.close()
@@ -678,5 +681,5 @@ async def test_blocking_connection_refuses_a_wrong_token_a_stranger_and_sees_a_c
         conn = await asyncio.to_thread(transport.BlockingConnection, HOST, server.port, token)
         conn.send("hello")
         with pytest.raises(ConnectionError):
-            await asyncio.to_thread(conn.receive)
+            await asyncio.to_thread(conn.receive, 50_000_000)  # the close ends the polling
         conn.close()

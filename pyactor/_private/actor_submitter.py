@@ -27,7 +27,8 @@ logger = logging.getLogger("pyactor.actors")
 class ActorView:
     __slots__ = ("actor_id", "state", "address", "conn", "incarnation", "death_cause", "queue",
                  "in_flight", "max_task_retries", "asking", "sequence", "blocked", "node_id",
-                 "end_when_idle", "control_address", "submitted", "accepted", "direct_spec")
+                 "end_when_idle", "control_address", "submitted", "accepted", "claimed",
+                 "direct_spec")
 
     def __init__(self, actor_id: bytes, max_task_retries: int):
         self.actor_id = actor_id
@@ -45,10 +46,12 @@ class ActorView:
         self.node_id = None  # the node hosting the incarnation we talk to
         self.end_when_idle = False  # no handle is left: end the actor after these calls
         self.control_address = None  # its worker's runtime: CancelTask goes there
-        # For the direct path (direct.py), under its lock: calls made by user threads, calls
-        # the IO thread has taken, and the one call a waiting thread sends itself, if any.
+        # For the direct path (direct.py), under its lock: calls made by user threads, those
+        # the IO thread took and those waiting threads took (so submitted - accepted - claimed
+        # calls are on their way to the IO thread), and the direct call in flight, if any.
         self.submitted = 0
         self.accepted = 0
+        self.claimed = 0
         self.direct_spec: TaskSpec | None = None
 
 
@@ -77,10 +80,10 @@ class ActorSubmitter:
     def submit(self, spec: TaskSpec) -> None:
         view = self.view(spec.actor)
         with self.runtime.direct.lock:
-            view.accepted += 1
             if spec.route == ROUTE_DIRECT:  # a waiting thread sends it itself
                 return
             spec.route = ROUTE_LOOP
+            view.accepted += 1
             view.queue.append(spec)
         self.by_task[spec.task_id] = view
         self._flush(view)

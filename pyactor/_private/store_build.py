@@ -1,7 +1,8 @@
-"""cffi builder of `pyactor._store_cffi`, the compiled shared-memory object store (csrc/).
+"""cffi builder of `pyactor._store_cffi`: the compiled shared-memory object store and the
+GIL-free socket poll (csrc/).
 
 setup.py names `ffibuilder` in `cffi_modules`, so `pip install -e .` compiles csrc/*.c into the
-extension. The declarations come from csrc/store.h itself: preprocessor lines are dropped (except
+extension. The declarations come from the headers themselves: preprocessor lines are dropped (except
 simple integer `#define`s, which cffi understands) and so is every `#ifndef PA_CDEF ... #endif`
 block, which holds what only the C compiler should see.
 """
@@ -40,11 +41,14 @@ def cdef_source(header: str) -> str:
     return "\n".join(lines)
 
 
+# One extension holds the C code: the store (store.h) and the GIL-free socket poll (net.h).
+_HEADERS = ("store.h", "net.h")
+
 ffibuilder = FFI()
-ffibuilder.cdef(cdef_source((_CSRC / "store.h").read_text()))
+ffibuilder.cdef("\n".join(cdef_source((_CSRC / name).read_text()) for name in _HEADERS))
 ffibuilder.set_source(
     "pyactor._store_cffi",
-    '#include "store.h"\n',
+    "".join(f'#include "{name}"\n' for name in _HEADERS),
     sources=[str(p.relative_to(_ROOT)) for p in sorted(_CSRC.glob("*.c"))],
     include_dirs=[str(_CSRC.relative_to(_ROOT))],
     extra_compile_args=["-O3", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Wno-unused-parameter"],

@@ -49,6 +49,7 @@ import dataclasses
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import socket
 import struct
@@ -60,6 +61,11 @@ import msgpack
 from pyactor.exceptions import AuthenticationError, ProtocolError
 
 logger = logging.getLogger("pyactor.transport")
+
+try:  # the compiled part (csrc/net.c); without it, BlockingConnection only blocks
+    from pyactor._store_cffi import ffi as _net_ffi, lib as _net_lib
+except ImportError:  # pragma: no cover - the extension is built by every install
+    _net_ffi = _net_lib = None
 
 DEFAULT_MAX_FRAME_BYTES = 1 << 30
 HANDSHAKE_MAX_FRAME_BYTES = 256
@@ -742,7 +748,8 @@ class BlockingConnection:
     answer itself, not by another thread. Not thread-safe; one call at a time.
     """
 
-    __slots__ = ("address", "_socket", "_decoder", "_packer", "_messages", "closed")
+    __slots__ = ("address", "_socket", "_decoder", "_packer", "_messages", "closed",
+                 "_poll_buffer", "_poll_pointer")
 
     def __init__(self, host: str, port: int, token: bytes, timeout_s: float = 10.0,
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
@@ -752,6 +759,8 @@ class BlockingConnection:
         self._packer = _new_packer()
         self._messages: collections.deque = collections.deque()
         self.closed = False
+        self._poll_buffer: bytearray | None = None
+        self._poll_pointer = None
         self._socket = socket.create_connection((host, port), timeout=timeout_s)
         try:
             self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -771,19 +780,22 @@ class BlockingConnection:
         body = self._packer.pack(message)
         self._socket.sendall(_frame_header(len(body), self._decoder.max_frame_bytes) + body)
 
-    def receive(self) -> Any:
+    def receive(self, spin_ns: int = 0) -> Any:
         """Block for the next message; ConnectionError when the peer closed, ProtocolError when
-        it broke the format."""
-        return self._receive_one(handshake=False)
+        it broke the format. With `spin_ns`, poll that long before sleeping in the kernel: an
+        answer that comes within it costs no wake-up of this thread."""
+        return self._receive_one(handshake=False, spin_ns=spin_ns)
 
-    def _receive_one(self, handshake: bool) -> Any:
+    def _receive_one(self, handshake: bool, spin_ns: int = 0) -> Any:
         messages = self._messages
         limit = 1 if handshake else None  # the frame size limit changes after the handshake
         while not messages:
             if self._decoder.has_more:  # a whole frame is already buffered
                 messages.extend(self._decoder.feed(b"", max_messages=limit))
                 continue
-            data = self._socket.recv(1 << 16)
+            data = self._poll(spin_ns) if spin_ns else None
+            if data is None:
+                data = self._socket.recv(1 << 16)
             if not data:
                 raise ConnectionError(f"{self.address} closed the connection")
             messages.extend(self._decoder.feed(data, max_messages=limit))
@@ -791,6 +803,24 @@ class BlockingConnection:
         if message is PAYLOAD_RECEIVED:
             raise ProtocolError(f"{self.address} sent a raw payload nobody asked for")
         return message
+
+    def _poll(self, spin_ns: int) -> bytes | None:
+        """What arrives within spin_ns, read without sleeping; None if nothing did. The polling
+        runs in C without the GIL (csrc/net.c): a Python loop would hold the GIL and starve the
+        process's other threads (measured: another thread's round trip went from 5.5 to 17 ms
+        at worst)."""
+        if self._poll_buffer is None:
+            if _net_lib is None:
+                return None
+            self._poll_buffer = bytearray(1 << 16)
+            self._poll_pointer = _net_ffi.from_buffer(self._poll_buffer)
+        got = _net_lib.pa_recv_spin(self._socket.fileno(), self._poll_pointer,
+                                    len(self._poll_buffer), spin_ns)
+        if got >= 0:
+            return bytes(self._poll_buffer[:got])
+        if got == _net_lib.PA_NET_NOTHING_YET:
+            return None
+        raise OSError(-got, os.strerror(-got))
 
     def close(self) -> None:
         if not self.closed:
