@@ -286,17 +286,17 @@ def test_a_result_made_directly_keeps_its_lineage(pa_module):
     assert pa.get(ref)[-1] == 99_999.0
     assert direct_calls() > before
     entry = runtime.refs.get(ref.id)
-    assert entry.node_id == runtime.node_id and entry.task_id in runtime._lineage
+    assert entry.node_id == runtime.node_id and entry.task_id in runtime.tasks.lineage
     # What a dead node means for this entry: gone from the store, rebuilt from lineage.
     runtime.store.delete(ref.id)
     done = threading.Event()
 
     def lose():
-        spec = runtime._lineage[entry.task_id]
+        spec = runtime.tasks.lineage[entry.task_id]
         with runtime.refs.lock:
             entry.node_id = b"a node that died"
-        runtime._lineage[entry.task_id] = spec
-        runtime._objects_lost_with(b"a node that died")
+        runtime.tasks.lineage[entry.task_id] = spec
+        runtime.tasks.objects_lost_with(b"a node that died")
         done.set()
     runtime.run_in_loop(lose)
     assert done.wait(10)

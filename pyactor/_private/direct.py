@@ -105,7 +105,7 @@ class DirectPath:
 
     # ------------------------------------------------------------------ tasks
     def _claim_task(self, spec):
-        queue = self.runtime._queues.get(spec.scheduling_key)
+        queue = self.runtime.tasks.queues.get(spec.scheduling_key)
         if queue is None:
             return None
         with self.lock:
@@ -121,7 +121,7 @@ class DirectPath:
             else:
                 return None
         spec.lease = lease
-        self.runtime._running[spec.task_id] = spec  # so cancel finds it, as a running task
+        self.runtime.tasks.running[spec.task_id] = spec  # so cancel finds it, as a running task
         return lease
 
     def _run_task(self, spec, lease) -> None:
@@ -137,15 +137,15 @@ class DirectPath:
         try:
             done = self._exchange(lease.address, spec, push)
         except _Lost as lost:
-            runtime._running.pop(spec.task_id, None)
+            runtime.tasks.running.pop(spec.task_id, None)
             self._release_lease(lease)
             if lost.sent:
-                runtime.run_in_loop(runtime.direct_task_lost, spec, lease)
+                runtime.run_in_loop(runtime.tasks.direct_task_lost, spec, lease)
             else:  # nothing went out: the ordinary path sends it
                 spec.lease = None
-                runtime.run_in_loop(runtime._enqueue, spec)
+                runtime.run_in_loop(runtime.tasks.enqueue, spec)
             return
-        runtime._running.pop(spec.task_id, None)
+        runtime.tasks.running.pop(spec.task_id, None)
         self._release_lease(lease)
         runtime.task_answered(spec, done)
 
@@ -154,7 +154,7 @@ class DirectPath:
             lease.direct_busy = False
             waiting = bool(lease.queue.tasks)
         if waiting:  # tasks of its shape queued meanwhile: the lease is free for them now
-            self.runtime.run_in_loop(self.runtime._pump, lease.queue)
+            self.runtime.run_in_loop(self.runtime.tasks.pump, lease.queue)
 
     # ------------------------------------------------------------------ actor calls
     def _claim_actor_call(self, spec):
@@ -258,10 +258,10 @@ class DirectPath:
         self._close(channel)
         runtime = self.runtime
         if spec.actor is None:
-            runtime._running.pop(spec.task_id, None)
+            runtime.tasks.running.pop(spec.task_id, None)
             self._release_lease(spec.lease)
             if done is None:
-                runtime.run_in_loop(runtime.direct_task_lost, spec, spec.lease)
+                runtime.run_in_loop(runtime.tasks.direct_task_lost, spec, spec.lease)
                 return
         else:
             view = runtime.actors.by_task.pop(spec.task_id, None)

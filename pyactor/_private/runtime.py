@@ -2,7 +2,10 @@
 
 Every pyactor process (a driver, a worker) has exactly one Runtime. Its IO thread runs a uvloop
 event loop that holds every connection; user threads hand it work through `run_in_loop`, which
-batches wake-ups so a burst of submissions costs one syscall.
+batches wake-ups so a burst of submissions costs one syscall. The Runtime owns the references
+(who holds which object, and the values), put/get/wait, and resolving a call's returns; the
+calls themselves belong to three helpers: task_submitter.py (queues, leases, retries, lineage),
+actor_submitter.py (ordered calls to actors) and direct.py (the synchronous fast path).
 
 The path of a task (numbers are messages; no hop through the node per task):
 
@@ -40,66 +43,17 @@ import uvloop
 from pyactor._private import object_ref as object_ref_module
 from pyactor._private import protocol as P
 from pyactor._private import serialization, transport
-from pyactor._private.direct import ROUTE_DIRECT, ROUTE_LOOP, DirectPath
+from pyactor._private.direct import DirectPath
 from pyactor._private.ids import new_put_id, object_id_for
 from pyactor._private.object_ref import ObjectRef
 from pyactor._private.references import (FAILED, PENDING, READY, CountdownWaiter, ObjectEntry,
                                          ReferenceTable)
 from pyactor._private.task_spec import TaskSpec
-from pyactor.exceptions import (GetTimeoutError, InfeasibleResourcesError, ObjectLostError,
-                                PyActorError, TaskCancelledError, WorkerCrashedError)
+from pyactor._private.task_submitter import TaskSubmitter, retry_on_error
+from pyactor.exceptions import (GetTimeoutError, ObjectLostError, PyActorError,
+                                TaskCancelledError, WorkerCrashedError)
 
 logger = logging.getLogger("pyactor.runtime")
-
-# Tasks in flight on one leased worker. More amortizes the round trip; fewer balances long tasks
-# better. A worker that blocks in `get` hands its queued tasks back, so this cannot deadlock.
-PIPELINE_DEPTH = int(os.environ.get("PYACTOR_PIPELINE_DEPTH", "8"))
-# How long an idle lease is kept before the worker goes back to the node: a program that submits
-# one task at a time reuses its worker instead of paying a lease round trip per task.
-LEASE_LINGER_S = 0.05
-FORCE_KILL_BACKSTOP_S = 0.5  # see _cancel_on_loop
-MAX_PENDING_LEASE_REQUESTS = 16
-# Pause before asking again after a lease request failed because the node asked went away.
-LEASE_RETRY_S = 0.1
-
-
-class Lease:
-    __slots__ = ("lease_id", "worker_id", "address", "conn", "queue", "in_flight", "gpu_ids",
-                 "idle_timer", "returned", "node_conn", "node_id", "control_address", "blocked",
-                 "direct_busy", "direct_uses", "uses_when_idle")
-
-    def __init__(self, lease_id, worker_id, address, conn, queue, gpu_ids, node_conn, node_id,
-                 control_address):
-        self.control_address = control_address  # the worker's runtime: CancelTask, RevokeTasks
-        self.blocked = False  # its task waits in get: pipeline nothing more behind it
-        self.node_conn = node_conn  # the node that granted it, which takes it back
-        self.node_id = node_id  # that node's id: its death ends the lease
-        self.lease_id = lease_id
-        self.worker_id = worker_id
-        self.address = address
-        self.conn = conn
-        self.queue = queue
-        self.in_flight: dict[bytes, TaskSpec] = {}
-        self.gpu_ids = gpu_ids
-        self.idle_timer = None
-        self.returned = False
-        self.direct_busy = False  # a thread runs a call on it directly (direct.py)
-        self.direct_uses = 0  # direct calls so far: an idle timer that sees new ones re-arms
-        self.uses_when_idle = 0
-
-
-class SchedulingQueue:
-    """Tasks of one resource shape waiting for a worker, and the leases serving them."""
-
-    __slots__ = ("key", "demand", "tasks", "leases", "requests_pending")
-
-    def __init__(self, key, demand):
-        self.key = key
-        self.demand = demand
-        self.tasks: deque[TaskSpec] = deque()
-        self.leases: list[Lease] = []
-        self.requests_pending = 0
-
 
 class Runtime:
     def __init__(self, *, node_host: str, node_port: int, token: bytes, kind: str,
@@ -123,26 +77,23 @@ class Runtime:
         self._request_ids = itertools.count(1)
         self._requests: dict[int, asyncio.Future] = {}
         self._peers: dict[tuple, asyncio.Future] = {}  # (host, port) -> future of Connection
-        self._sent_functions: dict = {}  # connection -> function ids it has
-        self._queues: dict[bytes, SchedulingQueue] = {}
-        self._running: dict[bytes, TaskSpec] = {}  # task_id -> spec, for dispatched tasks
+        self.tasks = TaskSubmitter(self)
         self._waiting_deps: dict[bytes, TaskSpec] = {}  # queued for their arguments
         self.pending_registrations: set[asyncio.Future] = set()
         self.borrows_started = 0
         self.task_address: list | None = None  # a worker's task endpoint (worker.py)
         self.handlers: dict[type, Callable[[transport.Connection, Any], None]] = {
             P.Reply: self._on_reply,
-            P.TaskDone: self._on_task_done,
+            P.TaskDone: self.tasks.on_task_done,
             P.GetObject: self._on_get_object,
             P.AddBorrower: self._on_add_borrower,
             P.RemoveBorrower: self._on_remove_borrower,
             P.Log: self._on_log,
-            P.WorkerBlocking: self._on_worker_blocking,
+            P.WorkerBlocking: self.tasks.on_worker_blocking,
             P.CancelTask: self._on_cancel_task,
             P.ClusterView: self._on_cluster_view,
         }
         self.nodes: dict[bytes, list] = {}  # node_id -> [address, alive], from the node
-        self._lineage: dict[bytes, TaskSpec] = {}  # tasks whose returns live in a store
         self._watched_borrowers: set[tuple] = set()  # see add_borrower
         self.on_blocked: Callable[[bool], None] | None = None  # set by the worker executor
         self.on_submit: Callable[[TaskSpec], None] | None = None  # likewise
@@ -276,7 +227,7 @@ class Runtime:
             future.set_result(message.value)
 
     def _on_connection_closed(self, conn, reason) -> None:
-        self._sent_functions.pop(conn, None)
+        self.tasks.sent_functions.pop(conn, None)
         pending = conn.user_data if isinstance(conn.user_data, set) else ()
         for request_id in list(pending):
             future = self._requests.pop(request_id, None)
@@ -287,7 +238,7 @@ class Runtime:
                 del self._peers[key]
                 if key in self._watched_borrowers and not self.closed:
                     self._borrower_gone(key)
-        self._fail_leases_on(conn)
+        self.tasks.fail_leases_on(conn)
         if self.actors is not None:
             self.actors.on_connection_closed(conn)
 
@@ -297,20 +248,14 @@ class Runtime:
             logger.debug("connection to the node closed: %s", reason)
         self._on_connection_closed(conn, reason)
         if not self.closed:
-            for queue in self._queues.values():
-                self._fail_queued(queue)
+            for queue in self.tasks.queues.values():
+                self.tasks.fail_queued(queue)
 
     def _node_lost_error(self) -> WorkerCrashedError:
         return WorkerCrashedError(
             "the pyactor node this process was connected to is gone (it crashed or was "
             "killed), so tasks can no longer be scheduled; call pyactor.shutdown() and "
             "pyactor.init() again")
-
-    def _fail_queued(self, queue: SchedulingQueue) -> None:
-        """The node is gone: no lease will come for the tasks still waiting for one."""
-        error = pickle.dumps(self._node_lost_error())
-        while queue.tasks:
-            self._finish(queue.tasks.popleft(), error=error)
 
     def _on_log(self, conn, message: P.Log) -> None:
         if self.log_handler is not None:
@@ -439,8 +384,8 @@ class Runtime:
                 entry.contained = None
                 if entry.kill_actor is not None:
                     self.actors.release_actor(entry.kill_actor)
-                if entry.task_id is not None and entry.task_id in self._lineage:
-                    self._forget_lineage(entry.task_id)
+                if entry.task_id is not None and entry.task_id in self.tasks.lineage:
+                    self.tasks.forget_lineage(entry.task_id)
             elif entry.registered:
                 self.send_to_peer(entry.owner, P.RemoveBorrower(entry.object_id, self.address))
         for object_id in local_deletes:
@@ -687,7 +632,7 @@ class Runtime:
         if self.on_submit is not None:
             self.on_submit(spec)
         self.direct.note_submitted(spec)
-        self.run_in_loop(self._submit_on_loop, spec)
+        self.run_in_loop(self.tasks.submit_on_loop, spec)
         return refs
 
     def _register_returns(self, spec: TaskSpec) -> list[ObjectRef]:
@@ -711,15 +656,6 @@ class Runtime:
         self.direct.note_submitted(spec)
         self.run_in_loop(self.actors.submit, spec)
         return refs
-
-    def _submit_on_loop(self, spec: TaskSpec) -> None:
-        with self.direct.lock:
-            if spec.route == ROUTE_DIRECT:  # a waiting thread sends it itself
-                return
-            spec.route = ROUTE_LOOP  # (a lineage rebuild comes here again, already LOOP)
-        if not self._resolve_dependencies(spec, self._enqueue):
-            return
-        self._enqueue(spec)
 
     def _resolve_dependencies(self, spec: TaskSpec, then: Callable[[TaskSpec], None]) -> bool:
         """True when every top-level ref argument is ready; else calls then(spec) later.
@@ -776,197 +712,10 @@ class Runtime:
             return [P.VALUE_INLINE, entry.inline]
         return [P.VALUE_IN_STORE, arg[1], entry.node_id]
 
-    def _enqueue(self, spec: TaskSpec, first: bool = False, pump: bool = True) -> None:
-        queue = self._queues.get(spec.scheduling_key)
-        if queue is None:
-            queue = self._queues[spec.scheduling_key] = SchedulingQueue(spec.scheduling_key,
-                                                                        spec.demand)
-        if first:
-            queue.tasks.appendleft(spec)
-        else:
-            queue.tasks.append(spec)
-        if pump:
-            self._pump(queue)
-
-    def _pump(self, queue: SchedulingQueue) -> None:
-        tasks = queue.tasks
-        for lease in queue.leases:  # idle workers first
-            while tasks and not lease.in_flight and not lease.direct_busy:
-                self._push(lease, tasks.popleft())
-        backlog = len(tasks)
-        while backlog > queue.requests_pending and queue.requests_pending < \
-                MAX_PENDING_LEASE_REQUESTS:
-            queue.requests_pending += 1
-            self.loop.create_task(self._lease_worker(queue))
-        # Pipeline onto busy workers only what the pending lease requests will not absorb: a
-        # task queued behind a long-running one would wait for it while a CPU sits idle.
-        while len(tasks) > queue.requests_pending:
-            best = None
-            for lease in queue.leases:
-                if len(lease.in_flight) < PIPELINE_DEPTH and not lease.blocked and \
-                        not lease.direct_busy and (
-                        best is None or len(lease.in_flight) < len(best.in_flight)):
-                    best = lease
-            if best is None:
-                break
-            self._push(best, tasks.popleft())
-
-    async def _lease_worker(self, queue: SchedulingQueue) -> None:
-        node_conn, node_id = self.node_conn, self.node_id
-        try:
-            preferred = self._node_holding_args(queue)
-            if preferred is not None:
-                node_conn, node_id = await self.peer(self.nodes[preferred][0]), preferred
-            spillable = True
-            while True:
-                grant = await self._request(node_conn, P.RequestLease, queue.demand, queue.key,
-                                            spillable)
-                if grant[0] != "spill":
-                    break
-                # That node is busy or too small and named one with room: ask it, once.
-                node_conn, node_id = await self.peer(grant[2]), grant[1]
-                spillable = False
-        except InfeasibleResourcesError as error:
-            queue.requests_pending -= 1
-            while queue.tasks:
-                self._finish(queue.tasks.popleft(), error=pickle.dumps(error))
-            return
-        except Exception as error:
-            queue.requests_pending -= 1
-            if self.node_lost.is_set():
-                self._fail_queued(queue)
-            elif not self.closed:
-                # The node asked (a spill target, the node holding the arguments) died or
-                # could not be reached: ask again, through our own node, which knows by now.
-                logger.info("lease request failed, asking again: %s", error)
-                self.loop.call_later(LEASE_RETRY_S, self._pump, queue)
-            return
-        queue.requests_pending -= 1
-        lease_id, worker_id, address, gpu_ids, control_address = grant
-        try:
-            conn = await self.peer(address)
-        except Exception as error:
-            logger.warning("could not reach leased worker at %s: %s", address, error)
-            node_conn.send(P.encode(P.ReturnLease(lease_id, True)))
-            self._pump(queue)
-            return
-        lease = Lease(lease_id, worker_id, address, conn, queue, gpu_ids, node_conn, node_id,
-                      control_address)
-        queue.leases.append(lease)
-        self._pump(queue)
-        self._maybe_idle(lease)
-
-    def _push(self, lease: Lease, spec: TaskSpec) -> None:
-        resolved = self.resolve_args(spec)
-        if resolved is None:
-            return
-        args, kwargs = resolved
-        if lease.idle_timer is not None:
-            lease.idle_timer.cancel()
-            lease.idle_timer = None
-        spec.lease = lease
-        lease.in_flight[spec.task_id] = spec
-        self._running[spec.task_id] = spec
-        sent = self._sent_functions.get(lease.conn)
-        if sent is None:
-            sent = self._sent_functions[lease.conn] = set()
-        blob = None
-        if spec.function_id not in sent:
-            sent.add(spec.function_id)
-            blob = spec.function_blob
-        lease.conn.send(P.encode(P.PushTask(spec.task_id, spec.function_id, blob, args, kwargs,
-                                            spec.num_returns, self.address, lease.gpu_ids,
-                                            spec.name, spec.namespace)))
-
-    def _maybe_idle(self, lease: Lease) -> None:
-        if lease.in_flight or lease.queue.tasks or lease.returned:
-            return
-        if lease.idle_timer is None:
-            lease.uses_when_idle = lease.direct_uses
-            lease.idle_timer = self.loop.call_later(LEASE_LINGER_S, self._return_lease, lease)
-
-    def _return_lease(self, lease: Lease, worker_exiting: bool = False) -> None:
-        lease.idle_timer = None
-        if lease.in_flight and not worker_exiting:
-            return
-        with self.direct.lock:
-            if not worker_exiting and (lease.direct_busy or
-                                       lease.direct_uses != lease.uses_when_idle):
-                in_use = True  # a thread calls through it directly: keep it a while longer
-            else:
-                in_use = False
-                lease.returned = True
-        if in_use:
-            self._maybe_idle(lease)
-            return
-        if lease in lease.queue.leases:
-            lease.queue.leases.remove(lease)
-        if not lease.node_conn.closed:
-            lease.node_conn.send(P.encode(P.ReturnLease(lease.lease_id, worker_exiting)))
-
-    def _on_task_done(self, conn, message: P.TaskDone) -> None:
-        spec = self._running.pop(message.task_id, None)
-        if spec is None:
-            if self.actors is not None and self.actors.on_task_done(conn, message):
-                return
-            self._discard_late_returns(message.returns)
-            return
-        lease = spec.lease
-        if lease is not None:
-            lease.in_flight.pop(message.task_id, None)
-            lease.blocked = False
-        if _retry_on_error(spec, message):
-            self._retry(spec)
-        elif message.error is not None:
-            self._finish(spec, error=message.error)
-        else:
-            self._finish(spec, returns=message.returns)
-        if lease is not None:
-            self._pump(lease.queue)
-            self._maybe_idle(lease)
-
-    def _on_worker_blocking(self, conn, message: P.WorkerBlocking) -> None:
-        """A task of ours waits in `get` on its worker: take back the tasks pipelined behind it
-        (they might be what it waits for) and run them elsewhere. The worker gives up only
-        those it has not started, so nothing runs twice."""
-        spec = self._running.get(message.task_id)
-        lease = spec.lease if spec is not None else None
-        if lease is None or lease.returned:
-            return
-        lease.blocked = True
-        behind = [task_id for task_id in lease.in_flight if task_id != message.task_id]
-        if not behind:
-            return
-
-        async def revoke():
-            try:
-                conn = await self.peer(message.control_address)
-                given_up = await self._request(conn, P.RevokeTasks, behind)
-            except Exception:  # noqa: BLE001 - the worker is gone: its connection's close
-                return  # retries what it held
-            taken_back = []
-            for task_id in given_up:
-                spec = lease.in_flight.pop(task_id, None)
-                if spec is not None:
-                    self._running.pop(task_id, None)
-                    spec.lease = None
-                    taken_back.append(spec)
-            lease.queue.tasks.extendleft(reversed(taken_back))  # first in line, in order
-            self._pump(lease.queue)
-        self.loop.create_task(revoke())
-
-    def _discard_late_returns(self, returns: list) -> None:
-        for index, ret in enumerate(returns):
-            if ret[0] == P.VALUE_IN_STORE and ret[2] == self.node_id and self.store is not None:
-                try:
-                    self.store.delete(ret[1])
-                except Exception:
-                    pass
-
     def _finish(self, spec: TaskSpec, returns: list | None = None,
                 error: bytes | None = None) -> None:
         """Resolve a task's return entries and release what it held (IO thread)."""
-        self._running.pop(spec.task_id, None)
+        self.tasks.running.pop(spec.task_id, None)
         refs = self.refs
         for index, entry in enumerate(spec.entries):
             if error is not None:
@@ -984,55 +733,16 @@ class Runtime:
                 and spec.actor is None:
             # Lineage: if the node holding a return dies, the task can run again; its
             # arguments stay alive for that while the returns do.
-            self._lineage[spec.task_id] = spec
+            self.tasks.lineage[spec.task_id] = spec
         else:
             spec.held_refs = None  # drops the argument refs
-
-    def _fail_leases_on(self, conn) -> None:
-        for queue in self._queues.values():
-            for lease in list(queue.leases):
-                if lease.conn is not conn:
-                    continue
-                queue.leases.remove(lease)
-                lease.returned = True
-                lost = list(lease.in_flight.values())
-                lease.in_flight.clear()
-                for spec in lost:
-                    self.task_lost(spec, pump=False)
-                self._pump(queue)
-
-    def task_lost(self, spec: TaskSpec, pump: bool = True) -> None:
-        """The worker running a task died, or its connection broke (IO thread): run the task
-        again, first in line, or fail it."""
-        self._running.pop(spec.task_id, None)
-        if spec.retries_left != 0 and not spec.cancelled:
-            spec.retries_left -= 1
-            spec.attempt += 1
-            self._enqueue(spec, first=True, pump=pump)
-            return
-        error = TaskCancelledError(f"task {spec.name} was cancelled") if spec.cancelled \
-            else WorkerCrashedError(f"the worker running {spec.name} died unexpectedly (killed, "
-                                    f"crashed or exited) and no retries were left")
-        self._finish(spec, error=pickle.dumps(error))
-
-    def direct_task_lost(self, spec: TaskSpec, lease: Lease) -> None:
-        """A task sent directly lost its connection: its worker died. Drop the lease now (its
-        own connection says the same, later, and must not count a second death), then run the
-        task again or fail it."""
-        lease.conn.close("a call sent directly found the worker gone")
-        self.task_lost(spec)
-
-    def _retry(self, spec: TaskSpec) -> None:
-        spec.retries_left -= 1
-        spec.attempt += 1
-        self._enqueue(spec)
 
     def task_answered(self, spec: TaskSpec, done: P.TaskDone) -> None:
         """The answer to a call sent directly (the calling thread, direct.py). The entry is
         resolved here unless that would run other waiters' callbacks or needs the IO thread
         (a retry, refs inside the value); then the IO thread does it."""
-        if spec.actor is None and _retry_on_error(spec, done):
-            self.run_in_loop(self._retry, spec)
+        if spec.actor is None and retry_on_error(spec, done):
+            self.run_in_loop(self.tasks.retry, spec)
         elif not self._finish_here(spec, done):
             self.run_in_loop(self._finish_answered, spec, done)
 
@@ -1053,7 +763,7 @@ class Runtime:
             return True
         self.refs.unpin_task(entry)
         if node_id is not None and spec.actor is None:
-            self._lineage[spec.task_id] = spec  # see _finish
+            self.tasks.lineage[spec.task_id] = spec  # see _finish
         else:
             spec.held_refs = None
         return True
@@ -1074,10 +784,7 @@ class Runtime:
 
     def owns_task(self, task_id: bytes) -> bool:
         """The task was submitted here and has not finished (IO thread)."""
-        if task_id in self._running or task_id in self._waiting_deps:
-            return True
-        return any(spec.task_id == task_id for queue in self._queues.values()
-                   for spec in queue.tasks) or (
+        return task_id in self._waiting_deps or self.tasks.owns(task_id) or (
             self.actors is not None and task_id in self.actors.by_task)
 
     def _on_cancel_task(self, conn, message: P.CancelTask) -> None:
@@ -1093,25 +800,7 @@ class Runtime:
             if spec.actor is not None and self.actors is not None:
                 self.actors.drop_blocked(spec)  # the calls queued behind it may go now
             return
-        for queue in self._queues.values():
-            for spec in queue.tasks:
-                if spec.task_id == task_id:
-                    queue.tasks.remove(spec)
-                    spec.cancelled = True
-                    self._finish(spec, error=error)
-                    return
-        spec = self._running.get(task_id)
-        if spec is not None and spec.lease is not None:
-            spec.cancelled = True
-            spec.retries_left = 0
-            # The worker's runtime takes the message even while the task runs (worker.py): it
-            # cancels the task's children first, then interrupts it (or, force, kills itself).
-            # With force the node kills the worker too, a little later, should it be wedged.
-            message = P.CancelTask(task_id, force, spec.lease.worker_id, recursive)
-            self.send_to_peer(spec.lease.control_address, message)
-            if force:
-                self.loop.call_later(FORCE_KILL_BACKSTOP_S, self.node_conn.send,
-                                     P.encode(message))
+        if self.tasks.cancel(task_id, force, recursive, error):
             return
         if self.actors is not None:
             self.actors.cancel(task_id, force)
@@ -1130,80 +819,9 @@ class Runtime:
 
     def _on_cluster_view(self, conn, message: P.ClusterView) -> None:
         for node_id in self._update_nodes(message.nodes):
-            self._leases_lost_with(node_id)
+            self.tasks.leases_lost_with(node_id)
             self.actors.on_node_dead(node_id)
-            self._objects_lost_with(node_id)
-
-    def _leases_lost_with(self, node_id: bytes) -> None:
-        """A node was declared dead: its workers may still run (a node that stopped answering
-        but whose workers did not), but their results no longer count. Dropping the connection
-        to each of them retries their tasks elsewhere (see _fail_leases_on)."""
-        for queue in list(self._queues.values()):
-            for lease in list(queue.leases):
-                if lease.node_id == node_id:
-                    lease.conn.close(f"the node {node_id.hex()[:12]} that leased this worker "
-                                     f"was declared dead")
-        self.direct.abort_where(lambda spec: spec.lease is not None and
-                                spec.lease.node_id == node_id)
-
-    def _objects_lost_with(self, node_id: bytes) -> None:
-        """A node died: rebuild the objects we own that lived only there by running their
-        task again (lineage), or mark them lost."""
-        rerun: dict[bytes, TaskSpec] = {}
-        lost = pickle.dumps(ObjectLostError(
-            f"the node {node_id.hex()[:12]} holding this object died, and the object cannot "
-            f"be rebuilt (it was made by put, or its task has no retries left)"))
-        with self.refs.lock:
-            entries = [e for e in self.refs.entries.values()
-                       if e.owned and e.state == READY and e.inline is None
-                       and e.node_id == node_id]
-        for entry in entries:
-            spec = self._lineage.get(entry.task_id) if entry.task_id else None
-            if spec is not None and spec.retries_left != 0:
-                rerun[spec.task_id] = spec
-                continue
-            with self.refs.lock:
-                entry.state, entry.inline, entry.node_id = FAILED, lost, None
-        for spec in rerun.values():
-            self._lineage.pop(spec.task_id, None)
-            spec.retries_left -= 1
-            spec.attempt += 1
-            with self.refs.lock:
-                for entry in spec.entries:
-                    entry.state, entry.inline, entry.node_id = PENDING, None, None
-                    entry.task_pins += 1
-            logger.info("rebuilding the returns of %s lost with node %s", spec.name,
-                        node_id.hex()[:12])
-            spec.route = ROUTE_LOOP  # even if it first ran directly: nobody waits on it here
-            self._submit_on_loop(spec)
-
-    def _forget_lineage(self, task_id: bytes) -> None:
-        spec = self._lineage.get(task_id)
-        if spec is None:
-            return
-        entries = self.refs.entries
-        if not any(entries.get(e.object_id) is e for e in spec.entries):
-            del self._lineage[task_id]
-            spec.held_refs = None
-
-    def _node_holding_args(self, queue: SchedulingQueue) -> bytes | None:
-        """The id of the node holding most of the next task's store arguments, when it is not
-        ours (run the task where its data is)."""
-        if not queue.tasks or len(self.nodes) < 2:
-            return None
-        counts: dict[bytes, int] = {}
-        for arg in queue.tasks[0].args:
-            if arg[0] == P.VALUE_REF:
-                entry = self.refs.get(arg[1])
-                if entry is not None and entry.inline is None and entry.node_id is not None:
-                    counts[entry.node_id] = counts.get(entry.node_id, 0) + 1
-        if not counts:
-            return None
-        best = max(counts, key=counts.get)
-        known = self.nodes.get(best)
-        if best == self.node_id or known is None or not known[1]:
-            return None
-        return best
+            self.tasks.objects_lost_with(node_id)
 
     # ------------------------------------------------------------------ node queries
     def node_request(self, kind: type, *fields, timeout_s: float | None = None):
@@ -1222,21 +840,3 @@ def _error_from_reply(error: Any) -> BaseException:
     if name in ("ValueError", "TypeError", "KeyError"):
         return {"ValueError": ValueError, "TypeError": TypeError, "KeyError": KeyError}[name](text)
     return PyActorError(f"{name}: {text}")
-
-
-def _retry_on_error(spec: TaskSpec, done: P.TaskDone) -> bool:
-    """A task failed with an error its options say to run it again for."""
-    return done.error is not None and done.retryable and spec.retries_left != 0 \
-        and not spec.cancelled and _should_retry(spec.retry_exceptions, done.error)
-
-
-def _should_retry(retry_exceptions, error_blob: bytes) -> bool:
-    """retry_exceptions is a bool, or (as in Ray) a list of the exception classes to retry."""
-    if not isinstance(retry_exceptions, (list, tuple)):
-        return bool(retry_exceptions)
-    try:
-        error = pickle.loads(error_blob)
-    except Exception:
-        return False
-    return isinstance(error, tuple(retry_exceptions))
-
