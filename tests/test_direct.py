@@ -19,6 +19,7 @@ import pyactor as pa
 from pyactor._private import api
 from pyactor.exceptions import ActorDiedError, TaskCancelledError, TaskError, WorkerCrashedError
 
+from conftest import wait_until
 from helpers import identity
 
 
@@ -34,6 +35,16 @@ def add_one(x):
 @pa.remote
 def sleep_then(seconds, value):
     time.sleep(seconds)
+    return value
+
+
+@pa.remote
+def gated(started, release, value):
+    """Says it started, then waits until the test opens the gate."""
+    open(started, "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.01)
     return value
 
 
@@ -80,6 +91,13 @@ class Log:
 
     def read(self):
         return list(self.entries)
+
+    def append_gated(self, item, started, release):
+        open(started, "w").close()
+        while not os.path.exists(release):
+            time.sleep(0.01)
+        self.entries.append(item)
+        return item
 
     def exit_the_first_time(self, marker):
         if not os.path.exists(marker):
@@ -159,15 +177,19 @@ def test_each_threads_calls_keep_their_order(pa_module):
         assert [i for n, i in entries if n == name] == list(range(60))
 
 
-def test_a_call_made_while_a_direct_call_runs_waits_behind_it(pa_module):
+def test_a_call_made_while_a_direct_call_runs_waits_behind_it(pa_module, tmp_path):
     log = Log.remote()
     pa.get(log.read.remote())
+    started, release = tmp_path / "started", tmp_path / "release"
+    before = direct_calls()
     result = {}
     slow = threading.Thread(target=lambda: result.update(slow=pa.get(
-        log.append.remote("slow", 0.5))))
+        log.append_gated.remote("slow", str(started), str(release)))))
     slow.start()
-    time.sleep(0.2)  # the slow call is running, sent directly
-    later = log.append.remote("later")
+    assert wait_until(started.exists, 20)  # the slow call runs, sent directly
+    assert direct_calls() > before
+    later = log.append.remote("later")  # held by this process until the slow one answers
+    release.touch()
     assert pa.get(later, timeout=30) == "later"
     slow.join(30)
     assert result["slow"] == "slow"
@@ -207,20 +229,24 @@ def test_an_actor_dying_under_a_direct_call(pa_module, tmp_path):
     assert pa.get(restartable.append.remote("after")) == "after"
 
 
-def test_cancel_from_another_thread_interrupts_a_direct_call(pa_module):
+def test_cancel_from_another_thread_interrupts_a_direct_call(pa_module, tmp_path):
     pa.get(sleep_then.remote(0, None))
-    ref = sleep_then.remote(30, "never")
-    outcome = []
+    started = tmp_path / "started"
+    refs, outcome = [], []
 
-    def wait():
+    def call_and_wait():
+        ref = gated.remote(str(started), str(tmp_path / "never opened"), "never")
+        refs.append(ref)
         try:
             outcome.append(pa.get(ref))
         except TaskCancelledError as error:
             outcome.append(error)
-    waiter = threading.Thread(target=wait)
+    before = direct_calls()
+    waiter = threading.Thread(target=call_and_wait)
     waiter.start()
-    time.sleep(0.3)
-    pa.cancel(ref)
+    assert wait_until(started.exists, 20)
+    assert direct_calls() > before
+    pa.cancel(refs[0])
     waiter.join(20)
     assert not waiter.is_alive()
     assert isinstance(outcome[0], TaskCancelledError)
@@ -259,15 +285,30 @@ def test_refs_and_arrays_in_results(pa_module):
     assert values.shape == (1_000_000,) and values[-1] == 999_999.0
 
 
-def test_another_thread_waiting_on_the_same_ref_is_woken_too(pa_module):
+def test_another_thread_waiting_on_the_same_ref_is_woken_too(pa_module, tmp_path):
+    """The thread that made the call reads the answer itself; when the entry has another
+    waiter by then, it is resolved on the IO thread, which wakes both."""
     pa.get(sleep_then.remote(0, None))
-    ref = sleep_then.remote(0.5, "shared")
-    seen = []
-    other = threading.Thread(target=lambda: seen.append(pa.get(ref)))
-    other.start()
-    time.sleep(0.1)
+    release = tmp_path / "release"
+    made, seen = [], []
+
+    def second_waiter_then_open():
+        wait_until(lambda: made and made[0].id[:16] in api._runtime.direct._calls, 20)
+        ref = made[0]
+        other = threading.Thread(target=lambda: seen.append(pa.get(ref)))
+        other.start()
+        entry = api._runtime.refs.get(ref.id)
+        wait_until(lambda: entry.callbacks, 20)
+        release.touch()
+        other.join(20)
+    helper = threading.Thread(target=second_waiter_then_open)
+    helper.start()
+    before = direct_calls()
+    ref = gated.remote(str(tmp_path / "started"), str(release), "shared")
+    made.append(ref)
     assert pa.get(ref) == "shared"
-    other.join(20)
+    assert direct_calls() > before
+    helper.join(30)
     assert seen == ["shared"]
 
 
