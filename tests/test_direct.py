@@ -342,3 +342,23 @@ def test_a_result_made_directly_keeps_its_lineage(pa_module):
     runtime.run_in_loop(lose)
     assert done.wait(10)
     assert pa.get(ref, timeout=30)[-1] == 99_999.0
+
+
+def test_a_call_that_cannot_be_sent_directly_goes_the_ordinary_way(pa_module, monkeypatch):
+    """A thread that takes a call but cannot reach its worker hands it back unsent: the IO
+    thread sends it, first in line, and calls keep their order."""
+    from pyactor._private.direct import DirectPath
+    log = Log.remote()
+    pa.get(log.read.remote())
+    pa.get(add_one.remote(0))
+
+    def refuse(self, address):
+        raise ConnectionRefusedError("injected")
+    monkeypatch.setattr(DirectPath, "_channel", refuse)
+    before = direct_calls()
+    assert [pa.get(log.append.remote(i)) for i in range(5)] == list(range(5))
+    assert [pa.get(add_one.remote(i)) for i in range(5)] == list(range(1, 6))
+    assert direct_calls() == before
+    monkeypatch.undo()
+    assert pa.get(log.append.remote(5)) == 5
+    assert pa.get(log.read.remote()) == list(range(6))

@@ -180,7 +180,7 @@ class ActorSubmitter:
         return True
 
     def on_connection_closed(self, conn) -> None:
-        for view in self.actors.values():
+        for view in list(self.actors.values()):  # user threads add views (count_submitted)
             if view.conn is conn:
                 self._lost(view)
 
@@ -218,27 +218,33 @@ class ActorSubmitter:
         view.queue.extendleft(reversed(retry))
 
     # ------------------------------------------------------------------ the direct path
-    def direct_call_lost(self, spec: TaskSpec, incarnation: int) -> None:
+    def direct_call_lost(self, spec: TaskSpec, incarnation: int | None) -> None:
         """A call sent directly lost its connection after it went out: the process died (or
-        will be found dead). It is settled as a call in flight on the ordinary path is."""
-        view = self.by_task.get(spec.task_id)
-        if view is None:
-            return
+        will be found dead). It is settled as a call in flight on the ordinary path is, ahead
+        of the calls held behind it."""
+        view = self.by_task.get(spec.task_id) or self.view(spec.actor)
+        self.by_task[spec.task_id] = view
+        self._end_direct_call(view)
         if view.incarnation == incarnation and view.conn is not None and not view.conn.closed:
             # The process's other connection closes too, soon: _lost then settles this call
             # with the others in flight.
             view.in_flight[spec.task_id] = spec
-            return
-        self._retry_or_fail(view, [spec])
-        self._flush(view)
+        else:
+            self._retry_or_fail(view, [spec])
+        self.after_direct_call(view)
 
     def direct_call_unsent(self, spec: TaskSpec) -> None:
         """A waiting thread could not reach the actor to send a call it took: send it here,
-        first in line (nothing was queued behind it when it was taken)."""
+        first in line, before the calls held behind it."""
         view = self.by_task.get(spec.task_id) or self.view(spec.actor)
         self.by_task[spec.task_id] = view
+        self._end_direct_call(view)
         view.queue.appendleft(spec)
-        self._flush(view)
+        self.after_direct_call(view)
+
+    def _end_direct_call(self, view: ActorView) -> None:
+        with self.runtime.direct.lock:
+            view.direct_spec = None
 
     def after_direct_call(self, view: ActorView) -> None:
         """A direct call was answered while calls queued behind it, or no handle is left."""
@@ -292,7 +298,7 @@ class ActorSubmitter:
         actors it hosted, so their calls fail over (retry on the next incarnation, or
         ActorDiedError) instead of waiting on a connection nobody answers."""
         doomed = set()
-        for view in self.actors.values():
+        for view in list(self.actors.values()):
             if view.node_id == node_id and view.conn is not None:
                 doomed.add(view.actor_id)
                 view.conn.close(f"the node {node_id.hex()[:12]} hosting this actor was declared "

@@ -152,6 +152,7 @@ class DirectPath:
     def _release_lease(self, lease) -> None:
         with self.lock:
             lease.direct_busy = False
+            lease.blocked = False  # set if the task waited in get (WorkerBlocking): it is done
             waiting = bool(lease.queue.tasks)
         if waiting:  # tasks of its shape queued meanwhile: the lease is free for them now
             self.runtime.run_in_loop(self.runtime.tasks.pump, lease.queue)
@@ -183,8 +184,7 @@ class DirectPath:
                                1, runtime.address, sequence)
         try:
             done = self._exchange(address, spec, call)
-        except _Lost as lost:
-            self._release_actor(view)
+        except _Lost as lost:  # the IO thread settles it, then lets the held calls go
             if lost.sent:
                 runtime.run_in_loop(runtime.actors.direct_call_lost, spec, incarnation)
             else:
@@ -264,14 +264,12 @@ class DirectPath:
                 runtime.run_in_loop(runtime.tasks.direct_task_lost, spec, spec.lease)
                 return
         else:
+            if done is None:
+                runtime.run_in_loop(runtime.actors.direct_call_lost, spec, None)
+                return
             view = runtime.actors.by_task.pop(spec.task_id, None)
             if view is not None:
                 self._release_actor(view)
-            if done is None:
-                if view is not None:
-                    runtime.actors.by_task[spec.task_id] = view
-                    runtime.run_in_loop(runtime.actors.direct_call_lost, spec, -1)
-                return
         runtime.task_answered(spec, done)
 
     # ------------------------------------------------------------------ connections
