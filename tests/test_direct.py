@@ -122,13 +122,40 @@ def test_waiting_for_an_actor_call_just_made_sends_it_directly(pa_module):
     assert pa.get(log.read.remote()) == list(range(30))
 
 
-def test_waits_with_a_timeout_and_multi_ref_gets_take_the_ordinary_path(pa_module):
+def test_waits_with_a_timeout_go_directly_and_multi_ref_gets_do_not(pa_module):
     pa.get(add_one.remote(0))
     before = direct_calls()
     assert pa.get(add_one.remote(1), timeout=30) == 2
+    assert direct_calls() == before + 1
     assert pa.get([add_one.remote(2)]) == [3]  # a one-ref list is still a single wait
+    assert direct_calls() == before + 2
     assert pa.get([add_one.remote(3), add_one.remote(4)]) == [4, 5]
-    assert direct_calls() - before <= 1
+    assert direct_calls() == before + 2
+
+
+def test_a_direct_wait_that_times_out_loses_nothing(pa_module, tmp_path):
+    """The timed-out caller gets GetTimeoutError; the answer still arrives (a helper thread
+    reads it) and a later get returns it, for a task and for an actor call."""
+    pa.get(sleep_then.remote(0, None))
+    release = tmp_path / "release"
+    before = direct_calls()
+    ref = gated.remote(str(tmp_path / "started"), str(release), "late")
+    with pytest.raises(pa.GetTimeoutError):
+        pa.get(ref, timeout=0.2)
+    assert direct_calls() > before
+    release.touch()
+    assert pa.get(ref, timeout=30) == "late"
+
+    log = Log.remote()
+    pa.get(log.read.remote())
+    gate = tmp_path / "actor gate"
+    call = log.append_gated.remote("late", str(tmp_path / "actor started"), str(gate))
+    with pytest.raises(pa.GetTimeoutError):
+        pa.get(call, timeout=0.2)
+    after = log.append.remote("after")  # held behind the unanswered direct call
+    gate.touch()
+    assert pa.get([call, after], timeout=30) == ["late", "after"]
+    assert pa.get(log.read.remote()) == ["late", "after"]
 
 
 @settings(max_examples=12, deadline=None,
@@ -362,3 +389,19 @@ def test_a_call_that_cannot_be_sent_directly_goes_the_ordinary_way(pa_module, mo
     monkeypatch.undo()
     assert pa.get(log.append.remote(5)) == 5
     assert pa.get(log.read.remote()) == list(range(6))
+
+
+def test_a_call_cancelled_before_the_wait_is_not_sent(pa_module, tmp_path):
+    """cancel() then get() in one thread: get must not send the call itself (the cancel is
+    still on its way to the IO thread)."""
+    gate, marker = tmp_path / "gate", tmp_path / "ran"
+    pa.get(add_one.remote(0))  # an idle lease a direct call could take
+    before = direct_calls()
+    blockers = [gated.remote(str(tmp_path / f"b{i}"), str(gate), i) for i in range(2)]
+    ref = exit_the_first_time.remote(str(marker))  # it would leave a marker if it ran
+    pa.cancel(ref)
+    with pytest.raises(TaskCancelledError):
+        pa.get(ref)
+    gate.touch()
+    assert pa.get(blockers) == [0, 1]
+    assert direct_calls() == before and not marker.exists()

@@ -14,7 +14,8 @@ a wake-up of 25-50 us, as much as the rest of a round trip. A program that calls
                  resolve the entry here, return the value
 
 A call is claimed only where taking it off the ordinary path cannot be seen:
-- it has no ref arguments and one return value, and the wait has no timeout;
+- it has no ref arguments and one return value (a wait with a timeout that runs out hands the
+  answer to a helper thread, so the call still completes);
 - a task: an idle lease of its shape is held; it is marked busy, so the IO thread neither
   pipelines onto it nor hands it back meanwhile;
 - an actor call: no other call of this process to that actor is queued, in flight or on its way
@@ -28,11 +29,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 
 from pyactor._private import protocol as P
 from pyactor._private import transport
-from pyactor.exceptions import ProtocolError
+from pyactor.exceptions import GetTimeoutError, ProtocolError
 
 logger = logging.getLogger("pyactor.direct")
 
@@ -85,23 +87,32 @@ class DirectPath:
         """The calling thread submitted `spec`: the one call `get` may take over next."""
         self._local.last = spec
 
-    def try_run(self, entry) -> None:
+    def note_cancelled(self, task_id: bytes) -> None:
+        """This thread cancels a call: a later `get` of it must not send it (the cancel is on
+        its way to the IO thread, which drops the call)."""
+        spec = getattr(self._local, "last", None)
+        if spec is not None and spec.task_id == task_id:
+            self._local.last = None
+
+    def try_run(self, entry, timeout_s: float | None = None) -> None:
         """Run the call that makes `entry` on this thread, if it may be. On return the entry is
-        resolved, or pending on the ordinary path (the caller then waits as usual)."""
+        resolved, or pending on the ordinary path (the caller then waits as usual); raises
+        GetTimeoutError after timeout_s, the answer then going to the ordinary path."""
         spec = getattr(self._local, "last", None)
         if spec is None or spec.num_returns != 1 or spec.entries[0] is not entry:
             return
         self._local.last = None
         if self.closed or spec.has_ref_args:
             return
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if spec.actor is None:
             lease = self._claim_task(spec)
             if lease is not None:
-                self._run_task(spec, lease)
+                self._run_task(spec, lease, deadline, timeout_s)
         else:
             claim = self._claim_actor_call(spec)
             if claim is not None:
-                self._run_actor_call(spec, *claim)
+                self._run_actor_call(spec, *claim, deadline, timeout_s)
 
     # ------------------------------------------------------------------ tasks
     def _claim_task(self, spec):
@@ -124,7 +135,7 @@ class DirectPath:
         self.runtime.tasks.running[spec.task_id] = spec  # so cancel finds it, as a running task
         return lease
 
-    def _run_task(self, spec, lease) -> None:
+    def _run_task(self, spec, lease, deadline, timeout_s) -> None:
         runtime = self.runtime
 
         def push(channel: _Channel) -> P.PushTask:
@@ -135,7 +146,7 @@ class DirectPath:
             return P.PushTask(spec.task_id, spec.function_id, blob, spec.args, spec.kwargs, 1,
                               runtime.address, lease.gpu_ids, spec.name, spec.namespace)
         try:
-            done = self._exchange(lease.address, spec, push)
+            done = self._exchange(lease.address, spec, push, deadline, timeout_s)
         except _Lost as lost:
             runtime.tasks.running.pop(spec.task_id, None)
             self._release_lease(lease)
@@ -176,14 +187,15 @@ class DirectPath:
         self.runtime.actors.by_task[spec.task_id] = view
         return claim
 
-    def _run_actor_call(self, spec, view, address, incarnation, sequence) -> None:
+    def _run_actor_call(self, spec, view, address, incarnation, sequence, deadline,
+                        timeout_s) -> None:
         runtime = self.runtime
 
         def call(_channel: _Channel) -> P.ActorCall:
             return P.ActorCall(spec.task_id, view.actor_id, spec.method, spec.args, spec.kwargs,
                                1, runtime.address, sequence)
         try:
-            done = self._exchange(address, spec, call)
+            done = self._exchange(address, spec, call, deadline, timeout_s)
         except _Lost as lost:  # the IO thread settles it, then lets the held calls go
             if lost.sent:
                 runtime.run_in_loop(runtime.actors.direct_call_lost, spec, incarnation)
@@ -202,7 +214,7 @@ class DirectPath:
             self.runtime.run_in_loop(self.runtime.actors.after_direct_call, view)
 
     # ------------------------------------------------------------------ the exchange
-    def _exchange(self, address, spec, build) -> P.TaskDone:
+    def _exchange(self, address, spec, build, deadline, timeout_s) -> P.TaskDone:
         """Send build(channel) to the worker at `address` and wait for its TaskDone."""
         try:
             channel = self._channel(address)
@@ -218,26 +230,27 @@ class DirectPath:
             except OSError:
                 self._drop(channel, address)
                 raise _Lost(sent=True) from None  # some of it may have gone out
-            return self._await_answer(channel, address, spec)
+            return self._await_answer(channel, address, spec, deadline, timeout_s)
         finally:
             channel.busy = False
             self._calls.pop(spec.task_id, None)
 
-    def _await_answer(self, channel: _Channel, address, spec) -> P.TaskDone:
+    def _await_answer(self, channel: _Channel, address, spec, deadline,
+                      timeout_s) -> P.TaskDone:
         on_blocked = self.runtime.on_blocked
         if on_blocked is not None:
             on_blocked(True)
         try:
-            raw = channel.conn.receive(SPIN_BEFORE_SLEEP_NS)
+            raw = channel.conn.receive(SPIN_BEFORE_SLEEP_NS, deadline)
+        except TimeoutError:
+            self._hand_off(channel, address, spec)
+            raise GetTimeoutError(f"get timed out after {timeout_s} s (1 of 1 objects not "
+                                  f"ready)") from None
         except (OSError, ProtocolError):
             self._drop(channel, address)
             raise _Lost(sent=True) from None
-        except BaseException:
-            # Interrupted (KeyboardInterrupt, a signal handler's exception): the answer is still
-            # coming on this connection. A helper thread takes it, so nothing is lost.
-            self._forget(address)
-            threading.Thread(target=self._finish_later, args=(channel, spec),
-                             name="pyactor-direct-finish", daemon=True).start()
+        except BaseException:  # interrupted: KeyboardInterrupt, a signal handler's exception
+            self._hand_off(channel, address, spec)
             raise
         finally:
             if on_blocked is not None:
@@ -248,6 +261,13 @@ class DirectPath:
             self._drop(channel, address)
             raise _Lost(sent=True)
         return done
+
+    def _hand_off(self, channel: _Channel, address, spec) -> None:
+        """This thread stops waiting, but the answer is still coming on this connection: a
+        helper thread takes it, so nothing is lost."""
+        self._forget(address)
+        threading.Thread(target=self._finish_later, args=(channel, spec),
+                         name="pyactor-direct-finish", daemon=True).start()
 
     def _finish_later(self, channel: _Channel, spec) -> None:
         """Complete an interrupted call from a helper thread, then close its connection."""

@@ -482,9 +482,8 @@ class Runtime:
 
     def get(self, refs: list[ObjectRef], timeout_s: float | None) -> list[Any]:
         entries = self._entries_of(refs)
-        if len(entries) == 1 and timeout_s is None and entries[0].state == PENDING \
-                and not self.in_io_thread():
-            self.direct.try_run(entries[0])  # pa.get(f.remote()): no hand-off (direct.py)
+        if len(entries) == 1 and entries[0].state == PENDING and not self.in_io_thread():
+            self.direct.try_run(entries[0], timeout_s)  # pa.get(f.remote()): direct.py
         pending = [e for e in entries if e.state == PENDING]
         if pending:
             self._wait_for(pending, len(pending), timeout_s)
@@ -780,6 +779,7 @@ class Runtime:
             self.run_in_loop(self.send_to_peer, ref.owner_address,
                              P.CancelTask(ref.id[:16], force, b"", recursive))
             return
+        self.direct.note_cancelled(ref.id[:16])
         self.run_in_loop(self._cancel_on_loop, ref.id[:16], force, recursive)
 
     def owns_task(self, task_id: bytes) -> bool:

@@ -54,6 +54,7 @@ import secrets
 import socket
 import struct
 import threading
+import time
 from typing import Any, Callable
 
 import msgpack
@@ -780,13 +781,15 @@ class BlockingConnection:
         body = self._packer.pack(message)
         self._socket.sendall(_frame_header(len(body), self._decoder.max_frame_bytes) + body)
 
-    def receive(self, spin_ns: int = 0) -> Any:
+    def receive(self, spin_ns: int = 0, deadline: float | None = None) -> Any:
         """Block for the next message; ConnectionError when the peer closed, ProtocolError when
-        it broke the format. With `spin_ns`, poll that long before sleeping in the kernel: an
-        answer that comes within it costs no wake-up of this thread."""
-        return self._receive_one(handshake=False, spin_ns=spin_ns)
+        it broke the format, TimeoutError at `deadline` (time.monotonic(); a message cut short
+        is kept for the next call). With `spin_ns`, poll that long before sleeping in the
+        kernel: an answer that comes within it costs no wake-up of this thread."""
+        return self._receive_one(handshake=False, spin_ns=spin_ns, deadline=deadline)
 
-    def _receive_one(self, handshake: bool, spin_ns: int = 0) -> Any:
+    def _receive_one(self, handshake: bool, spin_ns: int = 0,
+                     deadline: float | None = None) -> Any:
         messages = self._messages
         limit = 1 if handshake else None  # the frame size limit changes after the handshake
         while not messages:
@@ -795,7 +798,7 @@ class BlockingConnection:
                 continue
             data = self._poll(spin_ns) if spin_ns else None
             if data is None:
-                data = self._socket.recv(1 << 16)
+                data = self._recv_until(deadline)
             if not data:
                 raise ConnectionError(f"{self.address} closed the connection")
             messages.extend(self._decoder.feed(data, max_messages=limit))
@@ -803,6 +806,18 @@ class BlockingConnection:
         if message is PAYLOAD_RECEIVED:
             raise ProtocolError(f"{self.address} sent a raw payload nobody asked for")
         return message
+
+    def _recv_until(self, deadline: float | None) -> bytes:
+        if deadline is None:
+            return self._socket.recv(1 << 16)
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0:
+            raise TimeoutError("no message before the deadline")
+        self._socket.settimeout(remaining_s)
+        try:
+            return self._socket.recv(1 << 16)  # socket.timeout is TimeoutError
+        finally:
+            self._socket.settimeout(None)
 
     def _poll(self, spin_ns: int) -> bytes | None:
         """What arrives within spin_ns, read without sleeping; None if nothing did. The polling
