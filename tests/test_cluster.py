@@ -7,6 +7,7 @@ send garbage, and several drivers share the cluster. Every cluster is stopped wi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -238,6 +239,21 @@ def test_big_array_made_on_one_node_is_read_on_another_and_by_driver(driver):
     assert total == 3 * (BIG_BYTES // 8)
     value = pa.get(array, timeout=GUARD_S)
     assert value.shape == (BIG_BYTES // 8,) and int(value[0]) == 3 and int(value[-1]) == 3
+
+
+def test_awaiting_an_array_held_by_another_node(driver):
+    """ref.future() and `await ref`, taken before the task ends, fetch the value from the
+    node that holds it (a completion on the IO thread once fetched the value forever)."""
+    _, first = make_array.options(num_returns=2, resources={"x": 1}).remote(BIG_BYTES, 4)
+    _, second = make_array.options(num_returns=2, resources={"x": 1}).remote(BIG_BYTES, 5)
+    future = first.future()
+
+    async def await_it():
+        return await asyncio.wait_for(second, GUARD_S)
+    via_await = asyncio.run(await_it())
+    via_future = future.result(timeout=GUARD_S)
+    assert int(via_future[0]) == 4 and via_future.nbytes == BIG_BYTES
+    assert int(via_await[-1]) == 5 and via_await.nbytes == BIG_BYTES
 
 
 def test_status_lists_nodes_resources_actors_and_store(driver):

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 
+import numpy as np
 import pytest
 
 import pyactor as pa
@@ -508,6 +509,50 @@ async def test_await_ref_raises_the_task_error(pa_module):
     with pytest.raises(ZeroDivisionError) as info:
         await fails.remote()
     assert isinstance(info.value, TaskError)
+
+
+async def test_await_ready_refs_arrays_and_one_ref_twice(pa_module):
+    """A ref that is already resolved, a value in the store, and one ref awaited by two
+    coroutines at once all give their values."""
+    ready = pa.put(7)
+    assert await ready == 7
+    big = pa.put(np.arange(100_000))
+    assert int((await big)[-1]) == 99_999
+    ref = add_one.remote(41)
+    assert await asyncio.gather(ref, ref) == [42, 42]
+
+
+async def test_cancelling_an_await_leaves_the_ref_usable(pa_module, tmp_path):
+    """asyncio cancellation of a coroutine awaiting a ref cancels the wait, not the task."""
+    gate = tmp_path / "gate"
+    ref = wait_for_file.remote(str(gate))
+    waiter = asyncio.ensure_future(_await(ref))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    gate.touch()
+    assert await ref == "gate"
+
+
+async def _await(ref):
+    return await ref
+
+
+def test_await_from_a_loop_in_another_thread(pa_module):
+    """Each awaiting loop gets its own completions, also loops in other threads."""
+    results = []
+
+    def run_loop(offset):
+        async def main():
+            return await asyncio.gather(*[add_one.remote(offset + i) for i in range(50)])
+        results.append(asyncio.run(main()))
+    threads = [threading.Thread(target=run_loop, args=(100 * t,)) for t in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(results) == [[100 * t + i + 1 for i in range(50)] for t in range(3)]
 
 
 async def test_sync_api_works_inside_a_running_loop(pa_module):

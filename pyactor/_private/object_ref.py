@@ -75,7 +75,8 @@ class ObjectRef:
         return _require_runtime().future_of(self)
 
     def __await__(self):
-        return asyncio.wrap_future(self.future()).__await__()
+        return _require_runtime().asyncio_future_of(
+            self, asyncio.get_running_loop()).__await__()
 
 
 def _rebuild(object_id: bytes, owner_address: list) -> ObjectRef:
