@@ -405,3 +405,67 @@ def test_a_call_cancelled_before_the_wait_is_not_sent(pa_module, tmp_path):
     gate.touch()
     assert pa.get(blockers) == [0, 1]
     assert direct_calls() == before and not marker.exists()
+
+
+@pa.remote
+def add_after(x, delay_s):
+    time.sleep(delay_s)
+    return x + 1
+
+
+def test_threads_mixing_calls_waits_timeouts_and_cancels(pa_module):
+    """Four threads, each a random mix of direct and ordinary calls, waits that time out and
+    cancels: every value is right, nothing hangs, and each thread's actor calls run in the
+    order it made them."""
+    import random
+    log = Log.remote()
+    pa.get(log.read.remote())
+    made: dict = {}
+    errors = []
+
+    def caller(name, seed):
+        rng = random.Random(seed)
+        mine = made[name] = []
+        try:
+            for i in range(150):
+                op = rng.random()
+                if op < 0.4:
+                    assert pa.get(add_one.remote(i)) == i + 1
+                elif op < 0.7:
+                    ref = log.append.remote((name, i))
+                    mine.append(i)
+                    if rng.random() < 0.7:
+                        assert pa.get(ref) == (name, i)
+                elif op < 0.8:
+                    ref = add_after.remote(i, 0.02)
+                    try:
+                        value = pa.get(ref, timeout=0.005)
+                    except pa.GetTimeoutError:
+                        value = pa.get(ref, timeout=30)
+                    assert value == i + 1
+                elif op < 0.9:
+                    ref = add_after.remote(i, 0.05)
+                    pa.cancel(ref)
+                    try:  # cancelled, unless a slow machine let it finish first
+                        assert pa.get(ref, timeout=30) == i + 1
+                    except TaskCancelledError:
+                        pass
+                else:
+                    ref = log.append.remote((name, i), 0.01)
+                    mine.append(i)
+                    try:
+                        pa.get(ref, timeout=0.002)
+                    except pa.GetTimeoutError:
+                        pass
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+    threads = [threading.Thread(target=caller, args=(n, 1000 + n)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not errors, errors[0]
+    entries = pa.get(log.read.remote(), timeout=30)
+    for name, mine in made.items():
+        assert [i for n, i in entries if n == name] == mine
