@@ -145,20 +145,21 @@ class DirectPath:
                 blob = spec.function_blob
             return P.PushTask(spec.task_id, spec.function_id, blob, spec.args, spec.kwargs, 1,
                               runtime.address, lease.gpu_ids, spec.name, spec.namespace)
-        try:
-            done = self._exchange(lease.address, spec, push, deadline, timeout_s)
-        except _Lost as lost:
-            runtime.tasks.running.pop(spec.task_id, None)
-            self._release_lease(lease)
-            if lost.sent:
-                runtime.run_in_loop(runtime.tasks.direct_task_lost, spec, lease)
-            else:  # nothing went out: the ordinary path sends it
-                spec.lease = None
-                runtime.run_in_loop(runtime.tasks.enqueue, spec)
-            return
+        self._exchange(lease.address, spec, push, deadline, timeout_s,
+                       lambda done, lost: self._settle_task(spec, lease, done, lost))
+
+    def _settle_task(self, spec, lease, done: P.TaskDone | None, lost: _Lost | None) -> None:
+        """The direct task ended: answered, or its connection broke (`lost`)."""
+        runtime = self.runtime
         runtime.tasks.running.pop(spec.task_id, None)
         self._release_lease(lease)
-        runtime.task_answered(spec, done)
+        if done is not None:
+            runtime.task_answered(spec, done)
+        elif lost.sent:
+            runtime.run_in_loop(runtime.tasks.direct_task_lost, spec, lease)
+        else:  # nothing went out: the ordinary path sends it
+            spec.lease = None
+            runtime.run_in_loop(runtime.tasks.enqueue, spec)
 
     def _release_lease(self, lease) -> None:
         with self.lock:
@@ -194,17 +195,21 @@ class DirectPath:
         def call(_channel: _Channel) -> P.ActorCall:
             return P.ActorCall(spec.task_id, view.actor_id, spec.method, spec.args, spec.kwargs,
                                1, runtime.address, sequence)
-        try:
-            done = self._exchange(address, spec, call, deadline, timeout_s)
-        except _Lost as lost:  # the IO thread settles it, then lets the held calls go
-            if lost.sent:
-                runtime.run_in_loop(runtime.actors.direct_call_lost, spec, incarnation)
-            else:
-                runtime.run_in_loop(runtime.actors.direct_call_unsent, spec)
-            return
-        runtime.actors.by_task.pop(spec.task_id, None)
-        self._release_actor(view)
-        runtime.task_answered(spec, done)
+        self._exchange(address, spec, call, deadline, timeout_s,
+                       lambda done, lost: self._settle_actor_call(spec, view, incarnation, done,
+                                                                  lost))
+
+    def _settle_actor_call(self, spec, view, incarnation, done: P.TaskDone | None,
+                           lost: _Lost | None) -> None:
+        runtime = self.runtime
+        if done is not None:
+            runtime.actors.by_task.pop(spec.task_id, None)
+            self._release_actor(view)
+            runtime.task_answered(spec, done)
+        elif lost.sent:  # the IO thread settles it, then lets the held calls go
+            runtime.run_in_loop(runtime.actors.direct_call_lost, spec, incarnation)
+        else:
+            runtime.run_in_loop(runtime.actors.direct_call_unsent, spec)
 
     def _release_actor(self, view) -> None:
         with self.lock:
@@ -214,13 +219,15 @@ class DirectPath:
             self.runtime.run_in_loop(self.runtime.actors.after_direct_call, view)
 
     # ------------------------------------------------------------------ the exchange
-    def _exchange(self, address, spec, build, deadline, timeout_s) -> P.TaskDone:
-        """Send build(channel) to the worker at `address` and wait for its TaskDone."""
+    def _exchange(self, address, spec, build, deadline, timeout_s, settle) -> None:
+        """Send build(channel) to the worker at `address`, wait for its TaskDone, then call
+        settle(done, None), or settle(None, lost) when the connection broke."""
         try:
             channel = self._channel(address)
         except Exception as error:  # noqa: BLE001 - refused, reset, timed out, bad handshake
             logger.debug("direct connection to %s failed: %s", address, error)
-            raise _Lost(sent=False) from None
+            settle(None, _Lost(sent=False))
+            return
         channel.busy = True
         self._calls[spec.task_id] = (channel, spec)
         self.calls_sent += 1
@@ -230,27 +237,31 @@ class DirectPath:
             except OSError:
                 self._drop(channel, address)
                 raise _Lost(sent=True) from None  # some of it may have gone out
-            return self._await_answer(channel, address, spec, deadline, timeout_s)
+            done = self._await_answer(channel, address, spec, deadline, timeout_s, settle)
+        except _Lost as lost:
+            settle(None, lost)
+            return
         finally:
             channel.busy = False
             self._calls.pop(spec.task_id, None)
+        settle(done, None)
 
-    def _await_answer(self, channel: _Channel, address, spec, deadline,
-                      timeout_s) -> P.TaskDone:
+    def _await_answer(self, channel: _Channel, address, spec, deadline, timeout_s,
+                      settle) -> P.TaskDone:
         on_blocked = self.runtime.on_blocked
         if on_blocked is not None:
             on_blocked(True)
         try:
             raw = channel.conn.receive(SPIN_BEFORE_SLEEP_NS, deadline)
         except TimeoutError:
-            self._hand_off(channel, address, spec)
+            self._hand_off(channel, address, settle)
             raise GetTimeoutError(f"get timed out after {timeout_s} s (1 of 1 objects not "
                                   f"ready)") from None
         except (OSError, ProtocolError):
             self._drop(channel, address)
             raise _Lost(sent=True) from None
         except BaseException:  # interrupted: KeyboardInterrupt, a signal handler's exception
-            self._hand_off(channel, address, spec)
+            self._hand_off(channel, address, settle)
             raise
         finally:
             if on_blocked is not None:
@@ -262,35 +273,23 @@ class DirectPath:
             raise _Lost(sent=True)
         return done
 
-    def _hand_off(self, channel: _Channel, address, spec) -> None:
+    def _hand_off(self, channel: _Channel, address, settle) -> None:
         """This thread stops waiting, but the answer is still coming on this connection: a
         helper thread takes it, so nothing is lost."""
         self._forget(address)
-        threading.Thread(target=self._finish_later, args=(channel, spec),
+        threading.Thread(target=self._finish_later, args=(channel, settle),
                          name="pyactor-direct-finish", daemon=True).start()
 
-    def _finish_later(self, channel: _Channel, spec) -> None:
-        """Complete an interrupted call from a helper thread, then close its connection."""
+    def _finish_later(self, channel: _Channel, settle) -> None:
+        """Take an abandoned wait's answer (a helper thread), then close its connection."""
         try:
             done = P.decode(channel.conn.receive())
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - the connection broke: the call is lost
+            done = None
+        if type(done) is not P.TaskDone:
             done = None
         self._close(channel)
-        runtime = self.runtime
-        if spec.actor is None:
-            runtime.tasks.running.pop(spec.task_id, None)
-            self._release_lease(spec.lease)
-            if done is None:
-                runtime.run_in_loop(runtime.tasks.direct_task_lost, spec, spec.lease)
-                return
-        else:
-            if done is None:
-                runtime.run_in_loop(runtime.actors.direct_call_lost, spec, None)
-                return
-            view = runtime.actors.by_task.pop(spec.task_id, None)
-            if view is not None:
-                self._release_actor(view)
-        runtime.task_answered(spec, done)
+        settle(done, None if done is not None else _Lost(sent=True))
 
     # ------------------------------------------------------------------ connections
     def _channel(self, address) -> _Channel:
