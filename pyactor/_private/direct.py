@@ -20,9 +20,12 @@ A call is claimed only where taking it off the ordinary path cannot be seen:
   pipelines onto it nor hands it back meanwhile;
 - an actor call: no other call of this process to that actor is queued, in flight or on its way
   to the IO thread; calls made meanwhile (by other threads) are held until it answers, so calls
-  still run in the order they were made.
+  still run in the order they were made;
+- the thread has not cancelled it (the cancel is on its way to the IO thread).
 Everything else, and every failure (the worker dies, a connection breaks, the wait is
 interrupted), goes back to the IO thread, which retries or fails the call as it would have.
+While it waits, the thread polls the socket for up to SPIN_BEFORE_SLEEP_NS without the GIL
+(csrc/net.c) before it sleeps in the kernel.
 """
 
 from __future__ import annotations
