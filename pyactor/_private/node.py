@@ -9,10 +9,10 @@ talks to the worker directly (see runtime.py for the picture).
                                      |                                     |
                                      +-- creates/destroys the store <------+ (every process maps it)
 
-Start-up: the driver runs `python -m pyactor._private.node`, writes the config (with the session
-token) on its stdin and keeps that pipe open. The node prints one JSON line with its port when it
-is ready. When the pipe closes (the driver exited, even by SIGKILL) the node stops everything and
-removes the store's segment.
+The process around it (start-up, the lifeline pipe to the driver, exit) is node_main.py: the
+driver runs `python -m pyactor._private.node_main`, writes the config (with the session token)
+on its stdin and keeps that pipe open; when the pipe closes (the driver exited, even by
+SIGKILL) the node stops everything and removes the store's segment.
 """
 
 from __future__ import annotations
@@ -20,11 +20,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
-import json
 import logging
 import os
 import signal
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -726,75 +724,3 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def remove_stale_segments() -> None:
-    """Remove store segments left by nodes that died without cleaning up (SIGKILL)."""
-    try:
-        names = os.listdir("/dev/shm")
-    except OSError:
-        return
-    for name in names:
-        parts = name.split("-")
-        if len(parts) >= 3 and parts[0] == "pyactor" and parts[1].isdigit():
-            try:
-                os.kill(int(parts[1]), 0)
-            except ProcessLookupError:
-                try:
-                    os.unlink(os.path.join("/dev/shm", name))
-                except OSError:
-                    pass
-            except PermissionError:
-                pass
-
-
-def serve(config: NodeConfig, fork_server: ForkServer) -> None:
-    """Run the node until it is stopped (called by node_main once the fork server exists)."""
-    logging.basicConfig(level=os.environ.get("PYACTOR_LOG_LEVEL", "WARNING"),
-                        format="[pyactor node %(process)d] %(levelname)s %(message)s")
-    remove_stale_segments()
-
-    import uvloop
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    node = Node(config, fork_server)
-
-    async def run():
-        try:
-            await node.start()
-        except BaseException:
-            node.stop()
-            raise
-        sys.stdout.write(json.dumps({"port": node.server.port, "node_id": node.node_id.hex(),
-                                     "store_name": node.store_name}) + "\n")
-        sys.stdout.flush()
-        os.dup2(2, 1)  # later prints must not fill the pipe nobody reads
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, node.stop)
-        if config.embedded:
-            watch_lifeline(loop, node)
-        await node.stopped.wait()
-
-    try:
-        loop.run_until_complete(run())
-    finally:
-        node.stop()
-    # Everything is cleaned up (workers killed, store removed): skip the interpreter's
-    # teardown, which would make every pa.shutdown() wait tens of milliseconds more.
-    logging.shutdown()
-    sys.stderr.flush()
-    os._exit(0)
-
-
-def watch_lifeline(loop, node: Node) -> None:
-    """Stop when stdin (the driver's end of the pipe) closes."""
-    def readable():
-        try:
-            data = os.read(0, 4096)
-        except OSError:
-            data = b""
-        if not data:
-            loop.remove_reader(0)
-            node.stop()
-    loop.add_reader(0, readable)
-
