@@ -327,7 +327,7 @@ class TaskSubmitter:
     def leases_lost_with(self, node_id: bytes) -> None:
         """A node was declared dead: its workers may still run (a node that stopped answering
         but whose workers did not), but their results no longer count. Dropping the connection
-        to each of them retries their tasks elsewhere (see _fail_leases_on)."""
+        to each of them retries their tasks elsewhere (see fail_leases_on)."""
         for queue in list(self.queues.values()):
             for lease in list(queue.leases):
                 if lease.node_id == node_id:
