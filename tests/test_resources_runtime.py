@@ -180,7 +180,10 @@ def test_worker_output_reaches_the_driver_with_its_pid():
             os.write(1, b"raw fd write\\n")
             return os.getpid()
 
-        print("WORKER", pa.get(talk.remote()), flush=True)
+        # One write: print("WORKER", pid) writes its parts separately, and a worker's line
+        # (written by the IO thread) may land between them.
+        sys.stdout.write(f"WORKER {pa.get(talk.remote())}\\n")
+        sys.stdout.flush()
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (
                 "raw fd write" in sys.stdout.seen and "oops" in sys.stderr.seen):
