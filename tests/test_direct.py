@@ -469,3 +469,15 @@ def test_threads_mixing_calls_waits_timeouts_and_cancels(pa_module):
     entries = pa.get(log.read.remote(), timeout=30)
     for name, mine in made.items():
         assert [i for n, i in entries if n == name] == mine
+
+
+def test_a_call_right_after_kill_goes_to_the_next_incarnation(pa_module):
+    """kill(no_restart=False), then a call at once from the same thread: it must go to the
+    restarted process, not directly to the dead one (the kill is still on its way to the IO
+    thread when the call is made)."""
+    log = Log.options(max_restarts=5).remote()
+    pa.get(log.read.remote())
+    for round_ in range(5):
+        pa.kill(log, no_restart=False)
+        assert pa.get(log.append.remote(round_)) == round_
+        assert pa.get(log.read.remote()) == [round_]  # a fresh process each time

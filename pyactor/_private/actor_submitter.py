@@ -28,7 +28,7 @@ class ActorView:
     __slots__ = ("actor_id", "state", "address", "conn", "incarnation", "death_cause", "queue",
                  "in_flight", "max_task_retries", "asking", "sequence", "blocked", "node_id",
                  "end_when_idle", "control_address", "submitted", "accepted", "claimed",
-                 "direct_spec")
+                 "direct_spec", "kills_pending")
 
     def __init__(self, actor_id: bytes, max_task_retries: int):
         self.actor_id = actor_id
@@ -53,6 +53,7 @@ class ActorView:
         self.accepted = 0
         self.claimed = 0
         self.direct_spec: TaskSpec | None = None
+        self.kills_pending = 0  # pa.kill() returned; the IO thread has not dropped the process
 
 
 class ActorSubmitter:
@@ -184,12 +185,22 @@ class ActorSubmitter:
             if view.conn is conn:
                 self._lost(view)
 
+    def note_killed(self, actor_id: bytes) -> None:
+        """The killing thread, as pa.kill() returns: no call may be sent directly to the dead
+        process before on_killed (queued for the IO thread) has dropped it."""
+        view = self.view(actor_id)
+        with self.runtime.direct.lock:
+            view.kills_pending += 1
+
     def on_killed(self, actor_id: bytes) -> None:
         """pa.kill() from this process returned: the process is gone, even if its connection
         has not closed yet. Calls made after kill() must not go out on that connection."""
         view = self.actors.get(actor_id)
         if view is not None and view.conn is not None:
             self._lost(view)
+        if view is not None:
+            with self.runtime.direct.lock:
+                view.kills_pending -= 1
 
     def _lost(self, view: ActorView) -> None:
         """The actor's process died: retry or fail the calls in flight, ask for the next one."""

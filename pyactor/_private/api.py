@@ -300,6 +300,7 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     # Wait for the node's answer: the process is dead once it comes, so a call made after
     # kill() returns cannot be run by it (it fails with ActorDiedError).
     runtime.node_request(P.KillActor, actor._actor_id, no_restart)
+    runtime.actors.note_killed(actor._actor_id)  # before any later call can go out directly
     runtime.run_in_loop(runtime.actors.on_killed, actor._actor_id)
 
 

@@ -21,7 +21,7 @@ A call is claimed only where taking it off the ordinary path cannot be seen:
 - an actor call: no other call of this process to that actor is queued, in flight or on its way
   to the IO thread; calls made meanwhile (by other threads) are held until it answers, so calls
   still run in the order they were made;
-- the thread has not cancelled it (the cancel is on its way to the IO thread).
+- the thread has not cancelled it, nor killed the actor (the IO thread has yet to hear of it).
 Everything else, and every failure (the worker dies, a connection breaks, the wait is
 interrupted), goes back to the IO thread, which retries or fails the call as it would have.
 While it waits, the thread polls the socket for up to SPIN_BEFORE_SLEEP_NS without the GIL
@@ -181,7 +181,7 @@ class DirectPath:
             if spec.route != ROUTE_OPEN or view.direct_spec is not None or \
                     view.submitted - view.accepted - view.claimed != 1 or view.queue or \
                     view.in_flight or view.state != "alive" or view.conn is None or \
-                    view.conn.closed:
+                    view.conn.closed or view.kills_pending:
                 return None  # (the one call on its way to the IO thread is this one)
             spec.route = ROUTE_DIRECT
             view.claimed += 1
