@@ -171,10 +171,7 @@ class ActorSubmitter:
         spec = view.in_flight.pop(message.task_id, None)
         if spec is None:
             return False
-        if message.error is not None:
-            self.runtime._finish(spec, error=message.error)
-        else:
-            self.runtime._finish(spec, returns=message.returns)
+        self.runtime.finish_answered(spec, message)
         if view.end_when_idle and not view.queue and not view.in_flight and \
                 view.direct_spec is None:
             self._end(view.actor_id)

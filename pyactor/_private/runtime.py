@@ -771,20 +771,25 @@ class Runtime:
                 refs.resolve(entry, FAILED, error, None)
             else:
                 ret = returns[index]
-                if ret[0] == P.VALUE_INLINE:
-                    refs.resolve(entry, READY, ret[1], None)
-                else:
-                    refs.resolve(entry, READY, None, ret[2])
+                refs.resolve(entry, *_resolution(ret))
                 if len(ret) > 3 and ret[3]:
                     entry.contained = self.adopt_refs(ret[3])
             refs.unpin_task(entry)
-        if error is None and any(ret[0] == P.VALUE_IN_STORE for ret in returns) \
-                and spec.actor is None:
-            # Lineage: if the node holding a return dies, the task can run again; its
-            # arguments stay alive for that while the returns do.
+        self._keep_lineage(spec, error is None and any(
+            ret[0] == P.VALUE_IN_STORE for ret in returns))
+
+    def _keep_lineage(self, spec: TaskSpec, returns_in_store: bool) -> None:
+        """A finished task: keep it as lineage if a return lives in a store (when that node
+        dies, it can run again, so its argument refs stay alive with the returns), else drop
+        its argument refs."""
+        if returns_in_store and spec.actor is None:
             self.tasks.lineage[spec.task_id] = spec
         else:
-            spec.held_refs = None  # drops the argument refs
+            spec.held_refs = None
+
+    def finish_answered(self, spec: TaskSpec, done: P.TaskDone) -> None:
+        """Resolve a call's returns from its TaskDone: the values, or its error (IO thread)."""
+        self._finish(spec, returns=done.returns, error=done.error)
 
     def task_answered(self, spec: TaskSpec, done: P.TaskDone) -> None:
         """The answer to a call sent directly (the calling thread, direct.py). The entry is
@@ -793,7 +798,7 @@ class Runtime:
         if spec.actor is None and retry_on_error(spec, done):
             self.run_in_loop(self.tasks.retry, spec)
         elif not self._finish_here(spec, done):
-            self.run_in_loop(self._finish_answered, spec, done)
+            self.run_in_loop(self.finish_answered, spec, done)
 
     def _finish_here(self, spec: TaskSpec, done: P.TaskDone) -> bool:
         entry = spec.entries[0]
@@ -803,25 +808,15 @@ class Runtime:
             ret = done.returns[0]
             if len(ret) > 3 and ret[3]:  # refs inside the value: adopt them on the IO thread
                 return False
-            state = READY
-            inline, node_id = (ret[1], None) if ret[0] == P.VALUE_INLINE else (None, ret[2])
+            state, inline, node_id = _resolution(ret)
         resolved = self.refs.resolve_unwatched(entry, state, inline, node_id)
         if resolved is False:
             return False
         if resolved is None:  # already settled elsewhere, pin included
             return True
         self.refs.unpin_task(entry)
-        if node_id is not None and spec.actor is None:
-            self.tasks.lineage[spec.task_id] = spec  # see _finish
-        else:
-            spec.held_refs = None
+        self._keep_lineage(spec, node_id is not None)
         return True
-
-    def _finish_answered(self, spec: TaskSpec, done: P.TaskDone) -> None:
-        if done.error is not None:
-            self._finish(spec, error=done.error)
-        else:
-            self._finish(spec, returns=done.returns)
 
     # ------------------------------------------------------------------ cancel
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool = True) -> None:
@@ -878,6 +873,13 @@ class Runtime:
         async def ask():
             return await self._request(self.node_conn, kind, *fields)
         return self.call(ask(), timeout_s)
+
+
+def _resolution(ret: list) -> tuple[int, bytes | None, bytes | None]:
+    """(state, inline value, node id) of a return as a TaskDone carries it."""
+    if ret[0] == P.VALUE_INLINE:
+        return READY, ret[1], None
+    return READY, None, ret[2]
 
 
 def _error_from_reply(error: Any) -> BaseException:

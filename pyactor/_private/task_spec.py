@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from pyactor._private import serialization
+from pyactor._private.direct import ROUTE_OPEN
 from pyactor._private.protocol import VALUE_INLINE, VALUE_REF
 
 
@@ -29,7 +30,7 @@ class TaskSpec:
         self.attempt = 0
         self.actor = None
         self.method = ""
-        self.route = 0  # which path sends it: direct.ROUTE_*
+        self.route = ROUTE_OPEN  # which path sends it (direct.py)
 
     def encode_call(self, runtime, args: tuple, kwargs: dict) -> None:
         """Encode the call's arguments (in the submitting thread), noting whether any must be

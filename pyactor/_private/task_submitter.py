@@ -239,10 +239,8 @@ class TaskSubmitter:
             lease.blocked = False
         if retry_on_error(spec, message):
             self.retry(spec)
-        elif message.error is not None:
-            self.runtime._finish(spec, error=message.error)
         else:
-            self.runtime._finish(spec, returns=message.returns)
+            self.runtime.finish_answered(spec, message)
         if lease is not None:
             self.pump(lease.queue)
             self._maybe_idle(lease)
