@@ -192,7 +192,9 @@ class ThreadedServer:
     def __init__(self, **serve_kwargs):
         self.token = transport.new_token()
         self.received: list = []
-        self._serve_kwargs = serve_kwargs
+        self.rejected: list[tuple[str, str]] = []  # (peer, reason) of failed handshakes
+        self._serve_kwargs = {"on_reject": lambda peer, reason: self.rejected.append(
+            (peer, reason)), **serve_kwargs}
         self._ready = threading.Event()
         self._thread = threading.Thread(target=uvloop.run, args=(self._main(),), daemon=True)
         self._thread.start()
@@ -278,8 +280,18 @@ def test_an_invalid_frame_body_closes_the_connection_at_once(threaded_server, au
             read_frame(sock)
         sock.sendall(b"\x00\x00\x00\x01\xc1")
         assert read_until_eof(sock) == b""
-    assert "not one msgpack value" in caplog.text
+    assert_reported(threaded_server, authenticated, caplog, "not one msgpack value")
     threaded_server.assert_serving()
+
+
+def assert_reported(server: ThreadedServer, authenticated: bool, caplog, reason: str) -> None:
+    """After the handshake a violation is logged; before it, it goes to on_reject only (a
+    stranger must not be able to write to the log once per connection)."""
+    if authenticated:
+        assert reason in caplog.text
+    else:
+        assert reason in server.rejected[-1][1]
+        assert reason not in caplog.text
 
 
 @given(cut_bytes=st.integers(min_value=1, max_value=40))
@@ -311,19 +323,22 @@ def test_an_oversized_header_closes_without_waiting_for_the_body(threaded_server
         limit = (1 << 16) if authenticated else transport.HANDSHAKE_MAX_FRAME_BYTES
         sock.sendall(struct.pack(">I", limit + 1))
         assert read_until_eof(sock) == b""
-    assert "over the limit" in caplog.text
+    assert_reported(threaded_server, authenticated, caplog, "over the limit")
     threaded_server.assert_serving()
 
 
-async def test_a_silent_peer_is_dropped_after_the_handshake_timeout(caplog):
-    """A connection that never answers the challenge is closed by the server."""
+async def test_a_silent_peer_is_dropped_after_the_handshake_timeout():
+    """A connection that never answers the challenge is closed by the server, and reported."""
+    rejected = []
     async with await transport.serve(HOST, 0, transport.new_token(), echo,
-                                     handshake_timeout_s=0.05) as server:
+                                     handshake_timeout_s=0.05,
+                                     on_reject=lambda *args: rejected.append(args)) as server:
         reader, writer = await asyncio.open_connection(HOST, server.port)
         assert await reader.read() != b""  # the challenge, then EOF: read() returns both
         assert reader.at_eof()
         writer.close()
-    assert "no handshake within" in caplog.text
+    ((peer, reason),) = rejected
+    assert peer.startswith(HOST) and "no handshake within" in reason
 
 
 # -- authentication ----------------------------------------------------------------------------
@@ -345,8 +360,23 @@ async def test_wrong_token_raises_authentication_error_and_the_server_logs_and_s
             await transport.connect(HOST, server.port, transport.new_token(), echo)
         assert f"{HOST}:{server.port}" in str(raised.value)
         assert await round_trip(server.port, token) == ["ping", b"\x00\x01"]
-    (record,) = [r for r in caplog.records if "rejected a connection" in r.getMessage()]
+    (record,) = [r for r in caplog.records if "failed the handshake" in r.getMessage()]
     assert record.levelno == logging.WARNING and HOST in record.getMessage()
+    assert "does not hold the cluster token" in record.getMessage()
+
+
+async def test_many_failed_handshakes_are_logged_as_one_line(caplog):
+    """A server without on_reject logs the first failed handshake at once and aggregates the
+    ones after it: a stranger cannot write a log line per connection."""
+    token = transport.new_token()
+    caplog.set_level(logging.WARNING, logger="pyactor.transport")
+    async with await transport.serve(HOST, 0, token, echo) as server:
+        for _ in range(20):
+            with pytest.raises(AuthenticationError):
+                await transport.connect(HOST, server.port, transport.new_token(), echo)
+        assert await round_trip(server.port, token) == ["ping", b"\x00\x01"]
+    lines = [r.getMessage() for r in caplog.records if "failed the handshake" in r.getMessage()]
+    assert len(lines) == 1 and "refused 1 connection" in lines[0], lines
 
 
 async def test_a_server_that_cannot_prove_the_token_is_rejected_by_the_client():
@@ -529,15 +559,38 @@ async def test_server_close_closes_its_connections_and_waits_for_them():
     assert connection.closed and server_side.closed and server.connections == set()
 
 
-async def test_send_after_close_is_dropped_and_drain_raises():
-    """A closed connection drops sends silently; drain reports the closure."""
+async def test_send_after_close_raises_and_drain_raises():
+    """A send on a closed connection never vanishes silently: send, send_threadsafe and
+    send_with_payload raise ConnectionClosedError, try_send says False, drain raises."""
     token = transport.new_token()
     async with await transport.serve(HOST, 0, token, echo) as server:
         connection = await transport.connect(HOST, server.port, token, echo)
         connection.close()
-        connection.send("dropped")
+        with pytest.raises(transport.ConnectionClosedError, match="closed"):
+            connection.send("refused")
+        with pytest.raises(transport.ConnectionClosedError):
+            connection.send_threadsafe("refused")
+        with pytest.raises(transport.ConnectionClosedError):
+            connection.send_with_payload("refused", memoryview(b"payload"))
+        assert connection.try_send("refused") is False
         with pytest.raises(ConnectionError):
             await connection.drain()
+
+
+async def test_a_connection_closed_by_the_peer_refuses_sends_after_on_close():
+    """Once on_close has run, sends raise: a message can never be accepted after the one
+    signal of its loss was given."""
+    token = transport.new_token()
+    closed = asyncio.get_running_loop().create_future()
+    async with await transport.serve(HOST, 0, token, echo) as server:
+        connection = await transport.connect(
+            HOST, server.port, token, echo,
+            on_close=lambda conn, reason: closed.set_result(conn.try_send("late")))
+        (server_side,) = server.connections
+        server_side.close()
+        assert await closed is False
+        with pytest.raises(transport.ConnectionClosedError):
+            connection.send("late")
 
 
 async def test_an_unencodable_message_raises_and_the_connection_stays_usable():

@@ -17,6 +17,7 @@ import pickle
 from collections import deque
 
 from pyactor._private import protocol as P
+from pyactor._private import transport
 from pyactor._private.direct import ROUTE_DIRECT, ROUTE_LOOP
 from pyactor._private.task_spec import TaskSpec
 from pyactor.exceptions import ActorDiedError, TaskCancelledError
@@ -118,9 +119,20 @@ class ActorSubmitter:
             # while a call is on its way.
             view.in_flight[spec.task_id] = spec
             view.queue.popleft()
-            view.conn.send(P.encode(P.ActorCall(spec.task_id, view.actor_id, spec.method, args,
-                                                kwargs, spec.num_returns, runtime.address,
-                                                view.sequence)))
+            try:
+                view.conn.send(P.encode(P.ActorCall(spec.task_id, view.actor_id, spec.method,
+                                                    args, kwargs, spec.num_returns,
+                                                    runtime.address, view.sequence)))
+            except transport.ConnectionClosedError:
+                # Closed, and its on_close did not reach this view (peer() and _lost make
+                # that unexpected): the call never left, so it goes back first in line.
+                logger.warning("actor %s: its connection closed unnoticed; reconnecting",
+                               view.actor_id.hex())
+                del view.in_flight[spec.task_id]
+                view.queue.appendleft(spec)
+                view.sequence -= 1
+                self._lost(view)
+                return
 
     def _unblock(self, view: ActorView) -> None:
         view.blocked = False

@@ -34,6 +34,7 @@ from pyactor._private.actor_directory import ActorDirectory
 from pyactor._private.cluster import Membership, NodeInfo
 from pyactor._private.ids import new_node_id, new_worker_id
 from pyactor._private.object_transfer import ObjectTransfers
+from pyactor._private.rejections import RejectionReporter, RejectionTally, log_rejections
 from pyactor._private.resources import ResourceSet
 from pyactor._private.scheduler import (ClusterScheduler, LeaseRequest, LocalScheduler,
                                         NodeView, Outcome, Placement)
@@ -41,6 +42,9 @@ from pyactor._private.worker_pool import ForkServer
 from pyactor.exceptions import ObjectLostError, ObjectStoreFullError
 
 logger = logging.getLogger("pyactor.node")
+# How often the node's log gets a line about connections that failed the handshake (on its own
+# ports and those of its workers and drivers), at most.
+REJECTION_LOG_INTERVAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -155,8 +159,11 @@ class Node:
             P.Shutdown: self._on_shutdown, P.Fetch: self._on_fetch,
             P.PullObject: self._on_pull, P.ObjectChunk: self._on_chunk,
             P.JoinCluster: self._on_join, P.Heartbeat: self._on_heartbeat,
-            P.ClusterView: self._on_view,
+            P.ClusterView: self._on_view, P.ConnectionsRejected: self._on_connections_rejected,
         }
+        # A node of `pyactor start` logs to its own file; one started by pa.init() shares the
+        # program's stderr, the user's output: there the summary needs PYACTOR_LOG_LEVEL=INFO.
+        self.rejections: RejectionReporter | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -165,8 +172,12 @@ class Node:
         self.store_name = f"pyactor-{os.getpid()}-{self.node_id[:4].hex()}"
         self.store = ObjectStore.create(self.store_name, capacity)
         self.transfers = ObjectTransfers(self.store, self._connect_node)
+        self.rejections = RejectionReporter(
+            asyncio.get_running_loop(), REJECTION_LOG_INTERVAL_S,
+            log_rejections(logger, logging.INFO if self.config.embedded else logging.WARNING))
         self.server = await transport.serve(self.config.host, self.config.port, self.token,
-                                            self._on_message, on_close=self._on_closed)
+                                            self._on_message, on_close=self._on_closed,
+                                            on_reject=self.rejections.add)
         self.address = [self.config.host, self.server.port]
         if self.is_head:
             self.directory = ActorDirectory(nodes=self._node_views, host=self._host_on,
@@ -185,6 +196,8 @@ class Node:
         if self.stopped.is_set():
             return
         self.stopped.set()
+        if self.rejections is not None:
+            self.rejections.flush()  # what was counted since the last line
         if self.membership is not None:
             self.membership.stop()
         for worker in self.workers.values():
@@ -695,6 +708,13 @@ class Node:
         for driver in self.drivers:
             if not driver.closed:
                 driver.send(encoded)
+
+    def _on_connections_rejected(self, conn, message: P.ConnectionsRejected) -> None:
+        try:
+            tally = RejectionTally.from_wire(message.reasons, message.peers)
+        except ValueError as error:
+            raise P.ProtocolError(str(error)) from None
+        self.rejections.merge(tally)
 
     def _on_shutdown(self, conn, message: P.Shutdown) -> None:
         self._reply(conn, message.request_id, True)

@@ -62,7 +62,8 @@ class ObjectTransfers:
     async def _stream(self, conn, message: P.PullObject) -> None:
         view = self.store.get(message.object_id)
         if view is None:
-            conn.send(P.encode(P.ObjectChunk(message.request_id, 0, -1, 0)))
+            if not conn.closed:  # else the puller already failed its request
+                conn.send(P.encode(P.ObjectChunk(message.request_id, 0, -1, 0)))
             return
         try:
             total = view.nbytes

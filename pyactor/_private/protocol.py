@@ -10,7 +10,7 @@ Who sends what:
 
     runtime -> its node            Register, RequestLease, ReturnLease, WorkerBlocked, CreateActor,
                                    GetActor, WaitActor, KillActor, CancelTask (force), Fetch,
-                                   FreeObjects, ClusterInfo, Shutdown
+                                   FreeObjects, ClusterInfo, Shutdown, ConnectionsRejected
     node -> runtime                Reply (to any request), ClusterView, Log
     owner -> worker task endpoint  PushTask, ActorCall (answered by TaskDone)
     owner -> worker runtime        CancelTask, RevokeTasks
@@ -287,12 +287,19 @@ class OwnerExited(NamedTuple):
     owner: list
 
 
+class ConnectionsRejected(NamedTuple):
+    """Runtime to its node: connections to this process's ports that failed the handshake
+    since its last report (the node logs them, aggregated: see rejections.py)."""
+    reasons: dict  # why -> how many
+    peers: list  # a few of the addresses they came from
+
+
 _KINDS: list[type] = [
     Register, Reply, RequestLease, ReturnLease, WorkerBlocked, PushTask, ActorCall, TaskDone,
     CancelTask, CreateActor, StartActor, GetActor, KillActor, WaitActor, FreeObjects, GetObject,
     AddBorrower, RemoveBorrower, ClusterInfo, Log, Shutdown, WorkerBlocking, RevokeTasks, ActorReady,
     PullObject, ObjectChunk, Fetch, JoinCluster, Heartbeat, ClusterView, HostActor, ActorHosted,
-    ActorProcessDied, KillActorProcess, OwnerExited,
+    ActorProcessDied, KillActorProcess, OwnerExited, ConnectionsRejected,
 ]
 KIND_OF: dict[type, int] = {cls: i for i, cls in enumerate(_KINDS)}
 _ARITY = [len(cls._fields) for cls in _KINDS]

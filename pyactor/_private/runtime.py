@@ -33,7 +33,6 @@ import itertools
 import logging
 import os
 import pickle
-import sys
 import threading
 from collections import deque
 from typing import Any, Callable
@@ -44,8 +43,10 @@ from pyactor._private import object_ref as object_ref_module
 from pyactor._private import protocol as P
 from pyactor._private import serialization, transport
 from pyactor._private.direct import DirectPath
+from pyactor._private.forwarded_output import ForwardedOutput
 from pyactor._private.ids import new_put_id, object_id_for
 from pyactor._private.object_ref import ObjectRef
+from pyactor._private.rejections import RejectionReporter, RejectionTally
 from pyactor._private.references import (FAILED, PENDING, READY, CountdownWaiter, ObjectEntry,
                                          ReferenceTable)
 from pyactor._private.task_spec import TaskSpec
@@ -54,6 +55,10 @@ from pyactor.exceptions import (GetTimeoutError, ObjectLostError, PyActorError,
                                 TaskCancelledError, WorkerCrashedError)
 
 logger = logging.getLogger("pyactor.runtime")
+# How often a process tells its node about connections to its ports that failed the handshake.
+REJECTIONS_TO_NODE_S = 1.0
+# How long shutdown waits for workers' output to be written (a stream nobody reads never is).
+SHUTDOWN_OUTPUT_FLUSH_S = 2.0
 
 class Runtime:
     def __init__(self, *, node_host: str, node_port: int, token: bytes, kind: str,
@@ -104,6 +109,11 @@ class Runtime:
         self.closed = False
         self.node_lost = threading.Event()
         self.direct = DirectPath(self)
+        self.output = ForwardedOutput()  # workers' output, written off the IO thread
+        # Failed handshakes on this process's ports go to the node's log, never to this
+        # process's stderr (a worker's is forwarded to drivers: see rejections.py).
+        self.rejections = RejectionReporter(self.loop, REJECTIONS_TO_NODE_S,
+                                            self._report_rejections)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout_s: float = 30.0) -> dict:
@@ -128,7 +138,8 @@ class Runtime:
         bind_host = self.bind_host or (sockname[0] if isinstance(sockname, tuple)
                                        else "127.0.0.1")
         self.server = await transport.serve(bind_host, 0, self.token, self._on_message,
-                                            on_close=self._on_connection_closed)
+                                            on_close=self._on_connection_closed,
+                                            on_reject=self.rejections.add)
         self.address = [bind_host, self.server.port]
         info = await self._request(self.node_conn, P.Register, self.kind, os.getpid(),
                                    self.worker_id, self.address, self.namespace,
@@ -164,6 +175,7 @@ class Runtime:
             pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+        self.output.flush(SHUTDOWN_OUTPUT_FLUSH_S)
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -251,6 +263,10 @@ class Runtime:
             for queue in self.tasks.queues.values():
                 self.tasks.fail_queued(queue)
 
+    def _report_rejections(self, tally: RejectionTally) -> None:
+        if self.node_conn is not None:
+            self.node_conn.try_send(P.encode(P.ConnectionsRejected(*tally.to_wire())))
+
     def _node_lost_error(self) -> WorkerCrashedError:
         return WorkerCrashedError(
             "the pyactor node this process was connected to is gone (it crashed or was "
@@ -261,22 +277,10 @@ class Runtime:
         if self.log_handler is not None:
             self.log_handler(message)
             return
-        stream = sys.stderr if message.stream == "stderr" else sys.stdout
         prefix = f"({message.source}) "
         text = "".join(prefix + line + "\n" for line in message.lines)
-        original = sys.__stderr__ if message.stream == "stderr" else sys.__stdout__
-        if stream is original and stream is not None:
-            # This is the IO thread: text streams are not thread-safe, and the user's thread
-            # may be printing into the same one. Whole lines straight to the descriptor (after
-            # what the user already buffered) cannot tear or lose anyone's output.
-            try:
-                stream.flush()
-                os.write(stream.fileno(), text.encode(stream.encoding or "utf-8", "replace"))
-                return
-            except (OSError, ValueError, AttributeError):
-                pass
-        stream.write(text)
-        stream.flush()
+        # Written by another thread: a stream nobody reads must not stop this one.
+        self.output.put(message.stream, text, len(message.lines))
 
     async def peer(self, address) -> transport.Connection:
         """A connection to another process's runtime (owner service or worker), shared."""
@@ -295,13 +299,18 @@ class Runtime:
                     self._peers.pop(key, None)
                     future.set_exception(error)
             self.loop.create_task(open_connection())
-        return await asyncio.shield(future)
+        conn = await asyncio.shield(future)
+        if conn.closed:  # it closed while this waited: its on_close has run, and it is no
+            raise transport.ConnectionClosedError(  # longer cached (see _on_connection_closed)
+                f"the connection to {key[0]}:{key[1]} closed as it opened")
+        return conn
 
     def send_to_peer(self, address, message) -> None:
         """Send a message to another runtime, connecting first if needed (IO thread)."""
         key = (address[0], address[1])
         future = self._peers.get(key)
-        if future is not None and future.done() and not future.exception():
+        if future is not None and future.done() and not future.exception() and \
+                not future.result().closed:
             future.result().send(P.encode(message))
             return
 

@@ -23,6 +23,7 @@ import pickle
 from collections import deque
 
 from pyactor._private import protocol as P
+from pyactor._private import transport
 from pyactor._private.direct import ROUTE_DIRECT, ROUTE_LOOP
 from pyactor._private.references import FAILED, PENDING, READY
 from pyactor._private.task_spec import TaskSpec
@@ -112,8 +113,9 @@ class TaskSubmitter:
 
     def pump(self, queue: SchedulingQueue) -> None:
         tasks = queue.tasks
-        for lease in queue.leases:  # idle workers first
-            while tasks and not lease.in_flight and not lease.direct_busy:
+        for lease in list(queue.leases):  # idle workers first (a push may drop a lease)
+            while tasks and not lease.in_flight and not lease.direct_busy and \
+                    not lease.returned:
                 self._push(lease, tasks.popleft())
         backlog = len(tasks)
         while backlog > queue.requests_pending and queue.requests_pending < \
@@ -167,16 +169,34 @@ class TaskSubmitter:
         lease_id, worker_id, address, gpu_ids, control_address = grant
         try:
             conn = await self.runtime.peer(address)
-        except Exception as error:
-            logger.warning("could not reach leased worker at %s: %s", address, error)
-            node_conn.send(P.encode(P.ReturnLease(lease_id, True)))
-            self.pump(queue)
+        except Exception as error:  # noqa: BLE001 - refused, reset, closed as it opened
+            self._lease_unusable(queue, node_conn, lease_id, address, error)
             return
-        lease = Lease(lease_id, worker_id, address, conn, queue, gpu_ids, node_conn, node_id,
-                      control_address)
-        queue.leases.append(lease)
-        self.pump(queue)
+        self.record_lease(Lease(lease_id, worker_id, address, conn, queue, gpu_ids, node_conn,
+                                node_id, control_address))
+
+    def record_lease(self, lease: Lease) -> None:
+        """Start using a granted lease, or give it back if its worker's connection closed
+        already. Three events race: connected, closed, recorded. A close before the connection
+        was handed over makes peer() raise; a close after the lease is recorded fails it (see
+        fail_leases_on); a close in between ran on_close before there was a lease to fail,
+        so it is caught here. There is no await between this check and the recording."""
+        if lease.conn.closed:
+            self._lease_unusable(lease.queue, lease.node_conn, lease.lease_id, lease.address,
+                                 "its connection closed before the lease was recorded")
+            return
+        lease.queue.leases.append(lease)
+        self.pump(lease.queue)
         self._maybe_idle(lease)
+
+    def _lease_unusable(self, queue: SchedulingQueue, node_conn, lease_id: int, address,
+                        error) -> None:
+        """The leased worker cannot be used (it died, most likely): hand the lease back as
+        one whose worker is gone, and ask for another for the tasks still queued."""
+        logger.info("leased worker at %s is unusable: %s", address, error)
+        if not node_conn.closed:
+            node_conn.send(P.encode(P.ReturnLease(lease_id, True)))
+        self.pump(queue)
 
     def _push(self, lease: Lease, spec: TaskSpec) -> None:
         resolved = self.runtime.resolve_args(spec)
@@ -196,9 +216,26 @@ class TaskSubmitter:
         if spec.function_id not in sent:
             sent.add(spec.function_id)
             blob = spec.function_blob
-        lease.conn.send(P.encode(P.PushTask(spec.task_id, spec.function_id, blob, args, kwargs,
-                                            spec.num_returns, self.runtime.address, lease.gpu_ids,
-                                            spec.name, spec.namespace)))
+        try:
+            lease.conn.send(P.encode(P.PushTask(spec.task_id, spec.function_id, blob, args,
+                                                kwargs, spec.num_returns, self.runtime.address,
+                                                lease.gpu_ids, spec.name, spec.namespace)))
+        except transport.ConnectionClosedError:
+            self._push_refused(lease, spec)
+
+    def _push_refused(self, lease: Lease, spec: TaskSpec) -> None:
+        """The lease's connection closed and nobody failed the lease yet (record_lease and
+        fail_leases_on make this unexpected): the task never left, so it goes back first in
+        line without spending a retry, and the lease fails as on_close would fail it."""
+        logger.warning("a lease outlived its worker's connection (%s); failing it now",
+                       lease.address)
+        lease.in_flight.pop(spec.task_id, None)
+        self.running.pop(spec.task_id, None)
+        self.sent_functions.pop(lease.conn, None)
+        spec.lease = None
+        lease.queue.tasks.appendleft(spec)
+        self.fail_leases_on(lease.conn, pump=False)
+        self.runtime.loop.call_soon(self.pump, lease.queue)  # after the pump that pushed
 
     def _maybe_idle(self, lease: Lease) -> None:
         if lease.in_flight or lease.queue.tasks or lease.returned:
@@ -283,7 +320,9 @@ class TaskSubmitter:
                 except Exception:
                     pass
 
-    def fail_leases_on(self, conn) -> None:
+    def fail_leases_on(self, conn, pump: bool = True) -> None:
+        """The connection to a leased worker closed: its leases end, and the tasks they held
+        run again (or fail)."""
         for queue in self.queues.values():
             for lease in list(queue.leases):
                 if lease.conn is not conn:
@@ -294,7 +333,8 @@ class TaskSubmitter:
                 lease.in_flight.clear()
                 for spec in lost:
                     self.task_lost(spec, pump=False)
-                self.pump(queue)
+                if pump:
+                    self.pump(queue)
 
     def task_lost(self, spec: TaskSpec, pump: bool = True) -> None:
         """The worker running a task died, or its connection broke (IO thread): run the task
@@ -425,7 +465,7 @@ class TaskSubmitter:
         message = P.CancelTask(task_id, force, spec.lease.worker_id, recursive)
         self.runtime.send_to_peer(spec.lease.control_address, message)
         if force:
-            self.runtime.loop.call_later(FORCE_KILL_BACKSTOP_S, self.runtime.node_conn.send,
+            self.runtime.loop.call_later(FORCE_KILL_BACKSTOP_S, self.runtime.node_conn.try_send,
                                          P.encode(message))
         return True
 

@@ -37,8 +37,15 @@ Design notes
   `send_threadsafe`, which packs in the calling thread and wakes the loop only when no wake-up is
   already on its way. Frames from one thread keep their order; frames from different threads, or
   from `send` and `send_threadsafe`, are interleaved in no promised order.
-- `send` never blocks and never raises for a closed connection (the message is dropped; `on_close`
-  is the one signal of loss). Bulk senders call `await drain()` to respect TCP back-pressure.
+- `send` never blocks. A message is never lost without a signal: `send` on a closed connection
+  raises ConnectionClosedError (its `on_close` has already run), and a message it accepted is
+  written unless the connection closes first, in which case `on_close` follows. So whoever
+  records state about a connection after an `await` checks `closed` first (on_close will not
+  come again), and a caller that may race with a close catches ConnectionClosedError. Bulk
+  senders call `await drain()` to respect TCP back-pressure.
+- A connection that fails its handshake never reaches the owner's code, and is not logged one
+  line each (anyone who can reach a port could fill a log that way): servers report it to
+  `on_reject(peer, reason)`, which the runtime and the node aggregate (rejections.py).
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ from typing import Any, Callable
 
 import msgpack
 
+from pyactor._private.rejections import RejectionReporter, log_rejections
 from pyactor.exceptions import AuthenticationError, ProtocolError
 
 logger = logging.getLogger("pyactor.transport")
@@ -83,12 +91,19 @@ _LARGEST_FRAME_BYTES = (1 << 32) - 1  # what a 4-byte length can say
 _RAW_FLAG = 1 << 31
 _LARGE_BODY_BYTES = 1 << 18  # bodies from here up are written on their own, not copied in a batch
 _SMALL_BODY_BYTES = 1 << 12  # bodies up to here are sliced (a small copy beats a memoryview)
+DEFAULT_REJECTION_REPORT_S = 60.0  # servers without on_reject log failed handshakes this often
 _TOKEN_HINT = ("pass the token printed by `pyactor start --head` as token=... "
                "or set PYACTOR_TOKEN")
 
 OnMessage = Callable[["Connection", Any], None]
 OnClose = Callable[["Connection", "str | None"], None]
 OnConnect = Callable[["Connection"], None]
+OnReject = Callable[[str, str], None]  # (peer "host:port", why): a handshake that failed
+
+
+class ConnectionClosedError(ConnectionError):
+    """`send` on a connection that is already closed: the message did not go out. The
+    connection's `on_close` has already run (it does not run again)."""
 
 
 def new_token() -> bytes:
@@ -332,6 +347,7 @@ class _Endpoint:
     max_frame_bytes: int
     handshake_timeout_s: float
     is_server: bool
+    on_reject: OnReject | None = None  # servers: where failed handshakes are reported
 
 
 _thread_state = threading.local()
@@ -399,11 +415,11 @@ class Connection(asyncio.Protocol):
     def send(self, message: Any) -> None:
         """Queue `message`; it is written with the others queued in this loop turn.
 
-        Loop thread only. Raises TypeError for a value msgpack cannot encode and ValueError for
-        one over `max_frame_bytes`; a closed connection drops the message silently.
+        Loop thread only. Raises TypeError for a value msgpack cannot encode, ValueError for
+        one over `max_frame_bytes`, and ConnectionClosedError once the connection is closed.
         """
         if self.closed:
-            return
+            raise self._closed_error()
         body = self._packer.pack(message)
         body_bytes = len(body)
         if body_bytes > self._endpoint.max_frame_bytes:
@@ -423,11 +439,19 @@ class Connection(asyncio.Protocol):
             if not self._delivering:  # else data_received flushes when its batch ends
                 self._loop.call_soon(self._flush)
 
+    def try_send(self, message: Any) -> bool:
+        """`send`, or False when the connection is closed: for a message whose loss needs no
+        handling of its own because the close is already handled (its on_close ran)."""
+        if self.closed:
+            return False
+        self.send(message)
+        return True
+
     def send_with_payload(self, message: Any, payload: memoryview) -> None:
         """Send `message`, then `payload` as raw bytes (no msgpack, no copy here). The receiver's
         handler for `message` must call `expect_payload` with a buffer of exactly that size."""
         if self.closed:
-            return
+            raise self._closed_error()
         if payload.nbytes > self._endpoint.max_frame_bytes:
             _frame_header(payload.nbytes, self._endpoint.max_frame_bytes)  # raises
         self.send(message)
@@ -442,9 +466,12 @@ class Connection(asyncio.Protocol):
         self._payload_done = on_done
 
     def send_threadsafe(self, message: Any) -> None:
-        """`send` for any thread: packs here, and wakes the loop only if no wake-up is pending."""
+        """`send` for any thread: packs here, and wakes the loop only if no wake-up is pending.
+        Raises ConnectionClosedError once the connection is closed; a frame sent while the
+        loop thread closes it is dropped with the other unwritten frames (on_close is then
+        running or has run on the loop thread)."""
         if self.closed:
-            return
+            raise self._closed_error()
         body = _thread_packer().pack(message)
         header = _frame_header(len(body), self._endpoint.max_frame_bytes)
         self._threadsafe_frames.append((header, body))  # one append: atomic under the GIL
@@ -454,6 +481,9 @@ class Connection(asyncio.Protocol):
                 self._loop.call_soon_threadsafe(self._take_threadsafe_frames)
             except RuntimeError:  # the loop is closed, and the connection with it
                 pass
+
+    def _closed_error(self) -> ConnectionClosedError:
+        return ConnectionClosedError(f"the connection with {self._address} is closed")
 
     def _take_threadsafe_frames(self) -> None:
         # Clear the flag before taking: a frame appended after the last popleft then sees the
@@ -603,8 +633,22 @@ class Connection(asyncio.Protocol):
         self._finish(reason or None)
 
     def _close_for_violation(self, reason: str) -> None:
-        logger.warning("closing the connection with %s: %s", self._address, reason)
+        if self._endpoint.is_server and not self._authenticated:
+            self._reject(reason)
+        else:
+            logger.warning("closing the connection with %s: %s", self._address, reason)
         self.close(reason)
+
+    def _reject(self, reason: str) -> None:
+        """A peer failed the handshake: tell the server's owner (who aggregates), not the log
+        once per connection."""
+        on_reject = self._endpoint.on_reject
+        if on_reject is None:
+            return
+        try:
+            on_reject(self._address, reason)
+        except Exception:
+            logger.exception("on_reject for the connection with %s raised", self._address)
 
     def _finish(self, reason: str | None) -> None:
         """Settle everything that waits on this connection; runs once, when it becomes closed."""
@@ -653,8 +697,7 @@ class Connection(asyncio.Protocol):
         token = self._endpoint.token
         expected = _proof(token, b"client", self._server_nonce, client_nonce)
         if not hmac.compare_digest(client_proof, expected):
-            logger.warning("rejected a connection from %s: it does not hold the cluster token",
-                           self._address)
+            self._reject("it does not hold the cluster token")
             self._transport.write(encode_frame([False, "token rejected"]))
             self.close("token rejected")
             return
@@ -695,8 +738,7 @@ class Connection(asyncio.Protocol):
 
     def _fail_handshake(self, error: Exception) -> None:
         if self._endpoint.is_server:
-            logger.warning("closing the connection from %s during the handshake: %s",
-                           self._address, error)
+            self._reject(str(error))
         elif self._handshake_done is not None and not self._handshake_done.done():
             self._handshake_done.set_exception(error)
         self.close(str(error))
@@ -729,6 +771,9 @@ async def connect(host: str, port: int, token: bytes, on_message: OnMessage, *,
             _, connection = await loop.create_connection(
                 lambda: Connection(endpoint, address, handshake_done=handshake_done), host, port)
             await handshake_done
+        if connection.closed:  # after the handshake, before this resumed: nobody heard
+            raise ConnectionClosedError(f"the connection with {address} closed right after "
+                                        f"its handshake")
     except TimeoutError:
         if connection is not None:
             connection.close("handshake timed out")
@@ -900,13 +945,19 @@ class Server:
 async def serve(host: str, port: int, token: bytes, on_message: OnMessage, *,
                 on_connect: OnConnect | None = None, on_close: OnClose | None = None,
                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                handshake_timeout_s: float = 10.0) -> Server:
-    """Listen on host:port; `on_connect(conn)` runs for each connection once it authenticated."""
+                handshake_timeout_s: float = 10.0, on_reject: OnReject | None = None) -> Server:
+    """Listen on host:port; `on_connect(conn)` runs for each connection once it authenticated.
+    `on_reject(peer, reason)` (any thread's code may be behind it) hears of each connection that
+    failed the handshake; by default they are logged here, aggregated, once a minute at most."""
+    loop = asyncio.get_running_loop()
+    if on_reject is None:
+        on_reject = RejectionReporter(loop, DEFAULT_REJECTION_REPORT_S,
+                                      log_rejections(logger, logging.WARNING)).add
     endpoint = _Endpoint(token=_check_token(token), on_message=on_message, on_connect=on_connect,
                          on_close=on_close, max_frame_bytes=_check_max_frame_bytes(max_frame_bytes),
-                         handshake_timeout_s=handshake_timeout_s, is_server=True)
+                         handshake_timeout_s=handshake_timeout_s, is_server=True,
+                         on_reject=on_reject)
     server = Server(host)
-    loop = asyncio.get_running_loop()
     server._listener = await loop.create_server(lambda: Connection(endpoint, server=server),
                                                 host, port)
     server.port = server._listener.sockets[0].getsockname()[1]
@@ -914,6 +965,7 @@ async def serve(host: str, port: int, token: bytes, on_message: OnMessage, *,
 
 
 __all__ = [
-    "DEFAULT_MAX_FRAME_BYTES", "BlockingConnection", "Connection", "FrameDecoder", "Server", "connect", "encode_frame",
+    "DEFAULT_MAX_FRAME_BYTES", "BlockingConnection", "Connection", "ConnectionClosedError",
+    "FrameDecoder", "Server", "connect", "encode_frame",
     "new_token", "serve",
 ]

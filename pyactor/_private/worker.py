@@ -29,6 +29,7 @@ import signal
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+import logging
 from typing import Any
 
 import cloudpickle
@@ -39,6 +40,8 @@ from pyactor._private import protocol as P
 from pyactor._private import serialization, transport
 from pyactor._private.ids import object_id_for
 from pyactor.exceptions import ObjectLostError, ProtocolError, TaskCancelledError, TaskError
+
+logger = logging.getLogger("pyactor.worker")
 
 # Ids of recently started tasks, for RevokeTasks: an owner only revokes tasks it pipelined to us
 # and has no answer for yet, a handful at most.
@@ -79,7 +82,8 @@ class Executor:
         self.children: dict[bytes, list[bytes]] = {}  # task -> tasks it submitted (cancel)
         signal.signal(signal.SIGUSR1, self._interrupt)
         self.server = self.loop.run_until_complete(
-            transport.serve(host, 0, runtime.token, self._on_task_message))
+            transport.serve(host, 0, runtime.token, self._on_task_message,
+                            on_reject=runtime.rejections.add))
         self.task_address = [host, self.server.port]
 
     def run_forever(self) -> None:
@@ -198,11 +202,16 @@ class Executor:
                 await asyncio.gather(*list(runtime.pending_registrations),
                                      return_exceptions=True)
             asyncio.run_coroutine_threadsafe(settled(), runtime.loop).result()
-        if threading.get_ident() == self.main_thread_id:
-            conn.send(P.encode(done))
-            conn.flush()  # the next call may run long: do not hold this answer behind it
-        else:  # a threaded actor's pool thread
-            conn.send_threadsafe(P.encode(done))
+        try:
+            if threading.get_ident() == self.main_thread_id:
+                conn.send(P.encode(done))
+                conn.flush()  # the next call may run long: do not hold this answer behind it
+            else:  # a threaded actor's pool thread
+                conn.send_threadsafe(P.encode(done))
+        except transport.ConnectionClosedError:
+            # The caller went away while this ran: nobody is left to take the answer (its
+            # owner's side already counted the call as lost when the connection closed).
+            logger.debug("the caller of %s is gone; its answer is dropped", done.task_id.hex())
 
     def _encode_return(self, object_id: bytes, value: Any, owner: list) -> list:
         serialized = serialization.serialize(value)
@@ -294,7 +303,7 @@ class Executor:
                                 P.WorkerBlocking(runtime.worker_id, self.current_task,
                                                  runtime.address))
         if self._blocked_depth == (1 if blocked else 0):
-            runtime.run_in_loop(runtime.node_conn.send,
+            runtime.run_in_loop(runtime.node_conn.try_send,  # (no node: this worker ends)
                                 P.encode(P.WorkerBlocked(runtime.worker_id, blocked)))
 
     # ------------------------------------------------------------------ actors
@@ -315,7 +324,8 @@ class Executor:
             self.actor = cls(*args, **kwargs)
         except BaseException as error:  # noqa: BLE001
             text = f"{type(error).__name__}: {error}\n{traceback.format_exc()}"
-            self.runtime.run_in_loop(conn.send, P.encode(P.ActorReady(message.actor_id, text)))
+            self.runtime.run_in_loop(conn.try_send,  # (no node: this worker ends)
+                                     P.encode(P.ActorReady(message.actor_id, text)))
             return
         self.runtime.worker_label = f"{cls.__name__} pid={os.getpid()}"
         max_concurrency = spec.get("max_concurrency")
@@ -326,7 +336,7 @@ class Executor:
         elif max_concurrency and max_concurrency > 1:
             self.actor_pool = ThreadPoolExecutor(max_concurrency,
                                                  thread_name_prefix="pyactor-actor")
-        self.runtime.run_in_loop(conn.send, P.encode(P.ActorReady(message.actor_id, None)))
+        self.runtime.run_in_loop(conn.try_send, P.encode(P.ActorReady(message.actor_id, None)))
 
     async def _async_call(self, conn, message: P.ActorCall) -> None:
         async with self.actor_semaphore:

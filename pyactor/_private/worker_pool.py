@@ -186,7 +186,10 @@ class OutputForwarder:
                 *lines, partial[fd] = data.split(b"\n")
                 if lines:
                     conn = self.runtime.node_conn
-                    if conn is not None and not conn.closed:
-                        conn.send_threadsafe(P.encode(P.Log(
-                            self.runtime.worker_label, self.pipes[fd],
-                            [line.decode("utf-8", "replace") for line in lines])))
+                    try:
+                        if conn is not None:
+                            conn.send_threadsafe(P.encode(P.Log(
+                                self.runtime.worker_label, self.pipes[fd],
+                                [line.decode("utf-8", "replace") for line in lines])))
+                    except ConnectionError:  # the node is gone (this worker ends with it):
+                        pass  # keep reading, so a task that prints never blocks
