@@ -29,7 +29,7 @@ class ActorView:
     __slots__ = ("actor_id", "state", "address", "conn", "incarnation", "death_cause", "queue",
                  "in_flight", "max_task_retries", "asking", "sequence", "blocked", "node_id",
                  "end_when_idle", "control_address", "submitted", "accepted", "claimed",
-                 "direct_spec", "kills_pending")
+                 "direct_spec", "kills_pending", "max_restarts")
 
     def __init__(self, actor_id: bytes, max_task_retries: int):
         self.actor_id = actor_id
@@ -41,6 +41,7 @@ class ActorView:
         self.queue: deque[TaskSpec] = deque()
         self.in_flight: dict[bytes, TaskSpec] = {}
         self.max_task_retries = max_task_retries
+        self.max_restarts: int | None = None  # from the actor's spec, once the node answered
         self.asking = False
         self.sequence = 0
         self.blocked = False  # the head of the queue waits for its arguments
@@ -147,7 +148,7 @@ class ActorSubmitter:
             try:
                 state = await self.runtime._request(self.runtime.node_conn, P.WaitActor,
                                                     view.actor_id, view.incarnation)
-                (actor_id, status, address, incarnation, cause, _spec, node_id,
+                (actor_id, status, address, incarnation, cause, spec_blob, node_id,
                  control_address) = state
             except Exception as error:
                 status, address, incarnation, cause = "dead", None, view.incarnation, (
@@ -171,6 +172,8 @@ class ActorSubmitter:
             view.address = address
             view.conn = conn
             view.incarnation = incarnation
+            if view.max_restarts is None:
+                view.max_restarts = _max_restarts_of(spec_blob)
             view.node_id = node_id
             view.control_address = control_address
             self._flush(view)
@@ -231,9 +234,7 @@ class ActorSubmitter:
             else:
                 self.by_task.pop(spec.task_id, None)
                 error = TaskCancelledError("actor task was cancelled") if spec.cancelled \
-                    else ActorDiedError(
-                        f"the actor {view.actor_id.hex()} died while running {spec.method}; "
-                        f"the call was not retried (max_task_retries)")
+                    else ActorDiedError(_lost_call_cause(view, spec.method))
                 self.runtime._finish(spec, error=pickle.dumps(error))
         view.queue.extendleft(reversed(retry))
 
@@ -343,3 +344,24 @@ class ActorSubmitter:
         node = self.runtime.node_conn
         if node is not None and not node.closed:
             node.send(P.encode(P.KillActor(0, actor_id, True)))  # 0: nobody waits for the reply
+
+
+def _max_restarts_of(spec_blob: bytes) -> int | None:
+    """The actor's max_restarts, from the creation spec the node sends with its state."""
+    try:
+        return int(pickle.loads(spec_blob)["options"]["max_restarts"])
+    except Exception:  # noqa: BLE001 - an actor made elsewhere, an older spec: unknown
+        return None
+
+
+def _lost_call_cause(view: ActorView, method: str) -> str:
+    """Why a call that was sent to an actor whose process died fails (it is not retried).
+    The incarnation that died tells whether the actor had restarts left: incarnation n is the
+    actor after n - 1 restarts."""
+    name = f"the actor {view.actor_id.hex()} died before {method} finished"
+    restarts = view.incarnation - 1
+    if view.max_restarts is not None and view.max_restarts != -1 and \
+            restarts >= view.max_restarts:
+        return (f"{name}, and it will not be restarted: it was restarted {restarts} time(s) "
+                f"already (max_restarts={view.max_restarts})")
+    return f"{name}; the call was not retried (max_task_retries={view.max_task_retries})"

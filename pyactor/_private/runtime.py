@@ -59,6 +59,7 @@ logger = logging.getLogger("pyactor.runtime")
 REJECTIONS_TO_NODE_S = 1.0
 # How long shutdown waits for workers' output to be written (a stream nobody reads never is).
 SHUTDOWN_OUTPUT_FLUSH_S = 2.0
+NODE_GONE = "the pyactor node this process was connected to is gone (it crashed or was killed)"
 
 class Runtime:
     def __init__(self, *, node_host: str, node_port: int, token: bytes, kind: str,
@@ -269,9 +270,8 @@ class Runtime:
 
     def _node_lost_error(self) -> WorkerCrashedError:
         return WorkerCrashedError(
-            "the pyactor node this process was connected to is gone (it crashed or was "
-            "killed), so tasks can no longer be scheduled; call pyactor.shutdown() and "
-            "pyactor.init() again")
+            f"{NODE_GONE}, so tasks can no longer be scheduled; call pyactor.shutdown() and "
+            f"pyactor.init() again")
 
     def _on_log(self, conn, message: P.Log) -> None:
         if self.log_handler is not None:
@@ -469,6 +469,9 @@ class Runtime:
         return self.put_serialized(serialization.serialize(value))
 
     def put_serialized(self, serialized: serialization.SerializedValue) -> ObjectRef:
+        if self.node_lost.is_set():  # a ref no task could ever read: refuse it here
+            raise PyActorError(f"cannot put: {NODE_GONE}; call pyactor.shutdown() and "
+                               f"pyactor.init() again")
         object_id = new_put_id()
         entry = self.refs.add_owned(object_id)
         if serialized.total_bytes < serialization.INLINE_THRESHOLD_BYTES or self.store is None:

@@ -498,6 +498,13 @@ class ObjectStore:
             return _error(code, f"create {object_id.hex()} ({size_bytes} bytes)")
         stats = self.stats()
         need = lib.pa_alloc_bytes_for(size_bytes)
+        if need > stats.capacity_bytes:  # no eviction could ever make room: say so
+            return ObjectStoreFullError(
+                f"a value of {size_bytes} bytes ({need} with its header) exceeds the capacity "
+                f"of object store {self.name}, {stats.capacity_bytes} bytes, however empty it "
+                f"is; give the node a larger store (object_store_memory=, or "
+                f"--object-store-memory) or split the value",
+                size_bytes, stats.used_bytes, stats.capacity_bytes)
         return ObjectStoreFullError(
             f"object store {self.name} is full: cannot create {object_id.hex()} of {size_bytes} "
             f"bytes ({need} with its header); {stats.used_bytes} of {stats.capacity_bytes} bytes in "
