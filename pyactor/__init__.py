@@ -8,9 +8,9 @@
 
     print(pa.get([square.remote(i) for i in range(4)]))   # [0, 1, 4, 9]
 
-The names mirror Ray's core API (see API.md). They are loaded on first use (PEP 562), so that
-processes which only need the internals (the node daemon) start without importing the whole API:
-that keeps `pa.init()` fast.
+The names mirror Ray's core API; docs/guide.md (in the repository) shows each of them with an
+example. They are loaded on first use (PEP 562), so that processes which only need the internals
+(the node daemon) start without importing the whole API: that keeps `pa.init()` fast.
 """
 
 from __future__ import annotations

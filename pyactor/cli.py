@@ -2,6 +2,7 @@
 
     pyactor start --head [--port 6380] [--num-cpus N] [--resources '{"x": 2}']
     pyactor start --address HOST:PORT [--token T]
+    pyactor --version; pyactor COMMAND --help
     pyactor status [--address HOST:PORT] [--token T]
     pyactor stop
     pyactor microbenchmark [--quick] [--json]
@@ -16,43 +17,75 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from pyactor._private import session
+from pyactor.exceptions import AuthenticationError
 
 DEFAULT_PORT = 6380
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pyactor", description="pyactor command line")
-    commands = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    from pyactor import __version__
+    parser = argparse.ArgumentParser(prog="pyactor", description="pyactor command line: start "
+                                     "and stop the nodes of a cluster, show it, time it.")
+    parser.add_argument("--version", action="version", version=f"pyactor {__version__}",
+                        help="print pyactor's version and exit")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
 
-    start = commands.add_parser("start", help="start a node in the background")
+    start = commands.add_parser("start", help="start a node in the background",
+                                description="Start a node in the background: the head of a "
+                                "new cluster (--head) or a node joining one (--address).")
     role = start.add_mutually_exclusive_group(required=True)
-    role.add_argument("--head", action="store_true", help="start the head of a new cluster")
-    role.add_argument("--address", help="HOST:PORT of the head to join")
+    role.add_argument("--head", action="store_true",
+                      help="start the head of a new cluster (prints its address and token)")
+    role.add_argument("--address", metavar="HOST:PORT", help="address of the head to join")
     start.add_argument("--port", type=int, default=None,
                        help=f"port to listen on (head default {DEFAULT_PORT}; others: any free)")
-    start.add_argument("--num-cpus", type=float, default=None)
-    start.add_argument("--num-gpus", type=float, default=None)
-    start.add_argument("--resources", default="{}", help='custom resources as JSON: {"x": 2}')
-    start.add_argument("--object-store-memory", type=int, default=None, help="bytes")
-    start.add_argument("--node-ip-address", default="127.0.0.1",
+    start.add_argument("--num-cpus", type=float, default=None, metavar="N",
+                       help="CPUs this node offers to tasks (default: the host's CPU count)")
+    start.add_argument("--num-gpus", type=float, default=None, metavar="N",
+                       help="GPUs this node offers (default: those found on the host)")
+    start.add_argument("--resources", default="{}", metavar="JSON",
+                       help='custom resources as a JSON object, e.g. \'{"x": 2}\'')
+    start.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES",
+                       help="size of this node's shared-memory object store in bytes "
+                       "(default: a share of the host's memory)")
+    start.add_argument("--node-ip-address", default="127.0.0.1", metavar="IP",
                        help="address to bind and advertise (default: loopback only)")
     start.add_argument("--token", default=None,
-                       help="cluster token when joining (default: $PYACTOR_TOKEN)")
+                       help="cluster token when joining (default: $PYACTOR_TOKEN, or the one "
+                       "recorded on this host by `pyactor start --head`)")
+    start.add_argument("--logging-level", default=None, metavar="LEVEL",
+                       help="level of the node's and its workers' log lines (DEBUG, INFO, "
+                       "WARNING...; default WARNING)")
 
-    status = commands.add_parser("status", help="show nodes, resources, actors, store use")
-    status.add_argument("--address", default=None)
-    status.add_argument("--token", default=None)
+    status = commands.add_parser("status", help="show nodes, resources, actors, store use",
+                                 description="Show the nodes of a cluster, their resources, "
+                                 "actors, workers and object store use.")
+    status.add_argument("--address", default=None, metavar="HOST:PORT",
+                        help="the cluster's head (default: the cluster started on this host)")
+    status.add_argument("--token", default=None,
+                        help="cluster token (default: $PYACTOR_TOKEN, or the one recorded on "
+                        "this host)")
 
-    commands.add_parser("stop", help="stop the nodes started on this host")
+    commands.add_parser("stop", help="stop the nodes started on this host",
+                        description="Stop every node `pyactor start` started on this host.")
 
     bench = commands.add_parser("microbenchmark", help="time the hot paths (prints a table)",
                                 add_help=False)
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.add_argument("rest", nargs=argparse.REMAINDER,
+                       help="options of the benchmark: see `pyactor microbenchmark --help`")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command is None:  # a bare `pyactor`: say what it can do
+        parser.print_help()
+        return 0
     if args.command == "microbenchmark":
         from pyactor import microbenchmark
         return microbenchmark.main(extra + args.rest)
@@ -69,18 +102,34 @@ def cmd_start(args) -> int:
     except ValueError:
         print(f"--resources must be a JSON object, got {args.resources!r}", file=sys.stderr)
         return 2
+    env = dict(os.environ)
+    if args.logging_level is not None:
+        from pyactor._private.api import logging_level_number
+        try:
+            env["PYACTOR_LOG_LEVEL"] = str(logging_level_number(args.logging_level))
+        except ValueError as error:
+            print(f"--logging-level: {error}", file=sys.stderr)
+            return 2
     if args.head:
         token_hex = os.urandom(32).hex()
         head_address = None
         port = args.port if args.port is not None else DEFAULT_PORT
     else:
-        token_hex = args.token or os.environ.get("PYACTOR_TOKEN")
-        if not token_hex:
+        token, source = args.token, "--token"
+        if not token:
+            token, source = os.environ.get("PYACTOR_TOKEN"), "$PYACTOR_TOKEN"
+        if not token:
             saved = session.read_cluster_address()
-            token_hex = saved["token"] if saved and saved["address"] == args.address else None
-        if not token_hex:
+            if saved and saved["address"] == args.address:
+                token, source = saved["token"], f"the token file in {session.session_dir()}"
+        if not token:
             print("joining a cluster needs its token: --token T or $PYACTOR_TOKEN (printed by "
                   "`pyactor start --head`)", file=sys.stderr)
+            return 2
+        try:
+            token_hex = session.parse_token(token, source).hex()
+        except AuthenticationError as error:
+            print(error, file=sys.stderr)
             return 2
         head_address = args.address
         port = args.port if args.port is not None else 0
@@ -88,21 +137,27 @@ def cmd_start(args) -> int:
               "num_cpus": args.num_cpus, "num_gpus": args.num_gpus, "resources": resources,
               "object_store_memory": args.object_store_memory, "embedded": False,
               "head_address": head_address}
-    log = session.log_path(port or int(time.time() * 1000) % 100000)
-    with open(log, "ab") as log_file:
+    # A log of its own from the first line: a node that fails to start (its port is taken by a
+    # running head, say) must not write into the running node's log.
+    log_fd, starting_log = tempfile.mkstemp(prefix=f"node-{port}-", suffix=".starting.log",
+                                            dir=session.session_dir())
+    with os.fdopen(log_fd, "ab") as log_file:
         process = subprocess.Popen([sys.executable, "-m", "pyactor._private.node_main"],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=log_file, start_new_session=True)
+                                   stderr=log_file, start_new_session=True, env=env)
     process.stdin.write((json.dumps(config) + "\n").encode())
     process.stdin.close()  # a CLI node has no lifeline: it runs until `pyactor stop`
     line = process.stdout.readline()
     process.stdout.close()
     if not line:
         process.wait(10)
-        print(f"the node failed to start (exit code {process.returncode}); see {log}",
-              file=sys.stderr)
+        print(f"the node failed to start (exit code {process.returncode}): "
+              f"{_start_failure(starting_log, port)}", file=sys.stderr)
+        os.unlink(starting_log)
         return 1
     ready = json.loads(line)
+    log = session.log_path(f"{ready['port']}-{process.pid}")
+    os.replace(starting_log, log)
     address = f"{args.node_ip_address}:{ready['port']}"
     session.record_node(process.pid, address, args.head, log, ready.get("node_id", ""),
                         ready.get("store_name", ""))
@@ -114,14 +169,30 @@ def cmd_start(args) -> int:
               f"  connect a driver:   pa.init(address=\"{address}\") with "
               f"PYACTOR_TOKEN={token_hex}\n"
               f"                      (or pa.init(address=\"auto\") on this host)\n"
+              f"  log:    {log}\n"
               f"  stop:   pyactor stop")
     else:
-        print(f"Started a node at {address} (pid {process.pid}), joined {head_address}.")
+        print(f"Started a node at {address} (pid {process.pid}), joined {head_address}.\n"
+              f"  log:    {log}")
     return 0
 
 
+def _start_failure(log_path: str, port: int) -> str:
+    """What made a node fail to start, from the last line of its error output."""
+    with open(log_path, errors="replace") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    cause = lines[-1] if lines else "it printed nothing"
+    if "address already in use" in cause.lower():
+        return (f"port {port} is already in use (is a pyactor head already running? "
+                f"`pyactor status` shows it; `--port` picks another)\n  {cause}")
+    return cause
+
+
 def cmd_status(args) -> int:
-    address, token_hex = args.address, args.token or os.environ.get("PYACTOR_TOKEN")
+    address, token = args.address, args.token
+    source = "--token"
+    if not token:
+        token, source = os.environ.get("PYACTOR_TOKEN"), "$PYACTOR_TOKEN"
     saved = session.read_cluster_address()
     if address is None:
         if saved is None:
@@ -129,13 +200,21 @@ def cmd_status(args) -> int:
                   file=sys.stderr)
             return 1
         address = saved["address"]
-    if token_hex is None and saved is not None and saved["address"] == address:
-        token_hex = saved["token"]
-    if not token_hex:
+    if not token and saved is not None and saved["address"] == address:
+        token, source = saved["token"], f"the token file in {session.session_dir()}"
+    if not token:
         print("pass the cluster token with --token or $PYACTOR_TOKEN", file=sys.stderr)
         return 2
     try:
-        nodes = asyncio.run(_ask_status(address, bytes.fromhex(token_hex)))
+        token_bytes = session.parse_token(token, source)
+    except AuthenticationError as error:
+        print(error, file=sys.stderr)
+        return 2
+    try:
+        nodes = asyncio.run(_ask_status(address, token_bytes))
+    except ConnectionRefusedError:
+        print(f"nothing is listening at {address}: check the address", file=sys.stderr)
+        return 1
     except Exception as error:  # noqa: BLE001 - report any failure to reach the cluster
         print(f"could not reach the cluster at {address}: {error}", file=sys.stderr)
         return 1

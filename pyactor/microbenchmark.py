@@ -22,14 +22,49 @@ import numpy as np
 import pyactor as pa
 
 
+# Every row this benchmark prints, and what it times. The README's table names its rows by these
+# names, so a figure there can be found here (tests/test_cli.py checks both).
+ROWS = {
+    "startup_init_task_shutdown": "start-up: fresh process, init + one task + shutdown",
+    "single_client_get_calls": "get of a small value",
+    "single_client_put_calls": "put of a small value",
+    "single_client_put_100MB": "put of 100 MB, vs numpy.copyto",
+    "single_client_get_100MB": "get of 100 MB (zero-copy)",
+    "single_client_put_1GB": "put of 1 GB, vs numpy.copyto",
+    "single_client_get_1GB": "get of 1 GB (zero-copy)",
+    "single_client_tasks_sync": "tasks one at a time (submit, then get)",
+    "single_client_task_roundtrip": "task round trip, one at a time",
+    "single_client_tasks_and_get_batch": "no-op tasks submitted, then gathered",
+    "single_client_tasks_async": "tasks awaited with asyncio.gather",
+    "single_client_task_chain_1000": "chain of 1,000 dependent tasks",
+    "1_1_actor_calls_sync": "actor calls one at a time",
+    "1_1_actor_call_roundtrip": "actor call round trip",
+    "1_1_actor_calls_async": "calls to one actor, submitted then gathered",
+    "1_1_actor_calls_concurrent": "calls to one threaded actor (max_concurrency=16)",
+    "1_1_async_actor_calls_sync": "async actor calls one at a time",
+    "1_1_async_actor_calls_async": "async actor calls, submitted then gathered",
+    "1_1_async_actor_calls_with_args_async": "async actor calls with a 64-byte argument",
+    "1_n_actor_calls_async": "one driver calling 4 actors",
+    "1_n_async_actor_calls_async": "one driver calling 4 async actors",
+    "n_n_actor_calls_async": "2 actors each calling its own actor",
+    "n_n_actor_calls_with_arg_async": "2 actors each calling its own actor, with an argument",
+    "n_n_async_actor_calls_async": "2 actors each calling its own async actor",
+    "client_wait_1k_refs": "wait on 1,000 refs",
+}
+
+
 @dataclass(frozen=True)
 class Row:
-    name: str
+    name: str  # one of ROWS
     value: float
     unit: str
     baseline: float | None = None
     ratio: float | None = None
     note: str = ""
+
+    def __post_init__(self):
+        if self.name not in ROWS:
+            raise ValueError(f"benchmark row {self.name!r} is not in ROWS")
 
 
 def median_rate(body: Callable[[], int], repeats: int) -> float:

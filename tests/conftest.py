@@ -8,8 +8,10 @@ session, no pyactor process and no shared-memory segment may remain.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -21,6 +23,31 @@ import pyactor as pa
 # marker, so the leak checks below ignore pyactor processes of other runs on the same host.
 TEST_RUN_MARKER = f"PYACTOR_TEST_RUN={os.getpid()}-{time.monotonic_ns()}"
 os.environ["PYACTOR_TEST_RUN"] = TEST_RUN_MARKER.split("=", 1)[1]
+
+# Every temporary file of this run (ours, pytest's tmp_path, those of the processes we start)
+# goes under one folder, so that what a test leaves behind is seen (see no_leftovers) and the
+# folder is removed when the run passes.
+# Processes that import this file again (workers unpickling a test's function) inherit it.
+_OWNS_RUN_TMP = "PYACTOR_TEST_RUN_TMP" not in os.environ
+if _OWNS_RUN_TMP:
+    os.environ["PYACTOR_TEST_RUN_TMP"] = tempfile.mkdtemp(prefix="pyactor-test-run-")
+RUN_TMP = os.environ["PYACTOR_TEST_RUN_TMP"]
+tempfile.tempdir = RUN_TMP
+os.environ["TMPDIR"] = RUN_TMP
+
+
+def leftover_files() -> list[str]:
+    """What tests left in this run's temporary folder (pytest's own tmp_path folders aside)."""
+    return sorted(name for name in os.listdir(RUN_TMP) if not name.startswith("pytest-of-"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not _OWNS_RUN_TMP:
+        return
+    if exitstatus == 0:
+        shutil.rmtree(RUN_TMP, ignore_errors=True)
+    else:
+        print(f"\nthis run's temporary files are kept in {RUN_TMP}", file=sys.stderr)
 
 
 def _proc_stat(pid: int) -> tuple[str, int, int] | None:
@@ -145,6 +172,7 @@ def no_leftovers():
         f"shared-memory segments left behind: {leftover_segments(before_segments)}"
     assert wait_until(lambda: not pyactor_processes(), 10), \
         f"pyactor processes left behind: {pyactor_processes()}"
+    assert not leftover_files(), f"temporary files left behind in {RUN_TMP}: {leftover_files()}"
 
 
 def run_python(code: str, timeout_s: float = 60, **kwargs) -> subprocess.CompletedProcess:

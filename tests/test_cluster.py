@@ -2,7 +2,8 @@
 as if they were separate machines: work spreads over them and follows custom resources, objects
 move between stores, nodes die (SIGKILL) or stop answering (SIGSTOP) mid-workload, strangers
 send garbage, and several drivers share the cluster. Every cluster is stopped with
-`pyactor stop`, which must leave no process and no shared-memory segment behind.
+`pyactor stop`, which must leave no process and no shared-memory segment behind, and its
+session folder (address, token, node logs) is removed.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -101,7 +103,10 @@ class CliCluster:
                 os.kill(pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-        self.cli("stop")
+        try:
+            self.cli("stop")
+        finally:
+            shutil.rmtree(self.session_dir, ignore_errors=True)  # the nodes' logs
         segments_of = {f"pyactor-{pid}-" for pid in self.pids}
         ours = lambda: [s for s in pyactor_segments() if any(s.startswith(p)  # noqa: E731
                                                                for p in segments_of)]

@@ -6,6 +6,7 @@ import inspect
 import pickle
 
 from pyactor._private import protocol as P
+from pyactor._private import signatures
 from pyactor._private.ids import new_actor_id, new_task_id
 from pyactor._private.references import FAILED, PENDING
 from pyactor._private.remote_function import demand_of, validate_options
@@ -49,6 +50,10 @@ class ActorClass:
         self._methods = {name: getattr(member, "__pyactor_num_returns__", 1)
                          for name, member in inspect.getmembers(cls, callable)
                          if not name.startswith("__")}
+        # Checked at .remote() (signatures.py); text, so that handles carry them anywhere.
+        self._signatures = {name: signatures.method_signature_text(cls, name)
+                            for name in self._methods}
+        self._init_check = signatures.stub(cls.__name__, signatures.signature_text(cls))
         self._blob: bytes | None = None
 
     def __call__(self, *args, **kwargs):
@@ -63,11 +68,20 @@ class ActorClass:
 
     def remote(self, *args, **kwargs) -> "ActorHandle":
         from pyactor._private.api import get_namespace, runtime_for_call
+        if self._init_check is not None:
+            try:
+                self._init_check(*args, **kwargs)
+            except TypeError as error:
+                raise signatures.wrong_arguments(self.__qualname__, error) from None
         runtime = runtime_for_call()
         options = self._options
         if self._blob is None:
             from pyactor._private.serialization import dumps_function  # with sys.path
-            self._blob = dumps_function(self._cls)
+            try:
+                self._blob = dumps_function(self._cls)
+            except Exception as error:
+                from pyactor._private.pickling_errors import describe_code_failure
+                raise TypeError(describe_code_failure(self._cls, error)) from error
         held: list = []
         wire_args, wire_kwargs = encode_args(runtime, args, kwargs, held)
         wire_args = [_resolve_now(runtime, a) for a in wire_args]
@@ -77,6 +91,7 @@ class ActorClass:
             "class_name": self.__name__,
             "namespace": get_namespace(),  # the actor's code runs in its creator's namespace
             "methods": self._methods,  # for get_actor(), which need not import the class
+            "signatures": self._signatures,
             "options": {"max_restarts": options["max_restarts"],
                         "max_task_retries": options["max_task_retries"],
                         "max_concurrency": options["max_concurrency"]},
@@ -98,7 +113,7 @@ class ActorClass:
                 # Like Ray: an unnamed, non-detached actor ends when no handle to it is left.
                 token = runtime.actor_token(actor_id)
         return ActorHandle(actor_id, self.__name__, self._methods, options["max_task_retries"],
-                           token)
+                           token, self._signatures)
 
 
 def _resolve_now(runtime, arg: list) -> list:
@@ -126,12 +141,13 @@ class ActorHandle:
     """
 
     def __init__(self, actor_id: bytes, class_name: str, methods: dict, max_task_retries: int,
-                 token=None):
+                 token=None, signatures: dict | None = None):
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = methods
         self._max_task_retries = max_task_retries
         self._token = token
+        self._signatures = signatures or {}  # method name -> parameters as text
 
     def __getattr__(self, name: str) -> "ActorMethod":
         # Not cached on the handle: a handle -> method -> handle cycle would keep the handle
@@ -144,7 +160,7 @@ class ActorHandle:
 
     def __reduce__(self):
         return (ActorHandle, (self._actor_id, self._class_name, self._methods,
-                              self._max_task_retries, self._token))
+                              self._max_task_retries, self._token, self._signatures))
 
     def __repr__(self) -> str:
         return f"Actor({self._class_name}, {self._actor_id.hex()})"
@@ -175,8 +191,15 @@ class ActorMethod:
 
     def remote(self, *args, **kwargs):
         from pyactor._private.api import runtime_for_call
-        runtime = runtime_for_call()
         handle = self._handle
+        check = signatures.stub(self._name, handle._signatures.get(self._name))
+        if check is not None:
+            try:
+                check(*args, **kwargs)
+            except TypeError as error:
+                raise signatures.wrong_arguments(f"{handle._class_name}.{self._name}",
+                                                 error) from None
+        runtime = runtime_for_call()
         spec = TaskSpec()
         spec.task_id = new_task_id()
         spec.actor = handle._actor_id

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import pickle
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import threading
 from typing import Any
 
 from pyactor._private import protocol as P
+from pyactor._private import serialization
 from pyactor._private.actor import ActorClass, ActorHandle
 from pyactor._private.object_ref import ObjectRef
 from pyactor._private.remote_function import RemoteFunction
@@ -30,11 +32,15 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict | None = None,
          object_store_memory: int | None = None, namespace: str | None = None,
          log_to_driver: bool = True, ignore_reinit_error: bool = False,
-         token: str | None = None, **unsupported) -> dict:
+         token: str | bytes | None = None, logging_level: int | str | None = None,
+         **unsupported) -> dict:
     """Start pyactor in this process.
 
     With no address, a node (daemon, store and workers) starts in the background and stops with
     this process. With "host:port" or "auto", this process joins a running cluster.
+    `logging_level` (logging.INFO, "DEBUG"...) is the level of pyactor's log lines in this
+    process and, for the node started here, of the node's and its workers' log lines (user
+    code's `logging` calls in tasks included), which reach this process's stderr.
     """
     global _runtime, _namespace
     if unsupported:
@@ -46,10 +52,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             raise RuntimeError("pyactor.init() was already called; call pyactor.shutdown() "
                                "first or pass ignore_reinit_error=True")
         _validate_init(num_cpus, num_gpus, resources, object_store_memory)
+        level = logging_level_number(logging_level) if logging_level is not None else None
         _namespace = namespace if namespace is not None else f"anonymous-{os.getpid()}"
         if address is None:
             host, port, token_bytes = _start_local_node(num_cpus, num_gpus, resources,
-                                                        object_store_memory)
+                                                        object_store_memory, level)
             # Import the runtime while the node starts on the other core, not before.
             from pyactor._private.runtime import Runtime
             port = _wait_for_node()
@@ -65,10 +72,16 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             runtime.log_handler = lambda message: None
         try:
             runtime.start()
-        except BaseException:
+        except BaseException as error:
+            runtime.shutdown()
             _stop_local_node()
+            if address is not None and isinstance(error, OSError) and not isinstance(
+                    error, (TimeoutError, PermissionError)):
+                raise _not_listening(host, port, error) from None
             raise
         _runtime = runtime
+        if level is not None:
+            _configure_driver_logging(level)
         atexit.register(shutdown)
         return _context_info()
 
@@ -96,7 +109,29 @@ def _validate_init(num_cpus, num_gpus, resources, object_store_memory) -> None:
                          f"got {object_store_memory!r}")
 
 
-def _start_local_node(num_cpus, num_gpus, resources, object_store_memory):
+def logging_level_number(level) -> int:
+    """A logging level given as a number or a name ("info", "DEBUG"), as a number."""
+    if isinstance(level, str):
+        name = level.strip().upper()
+        number = int(name) if name.isdigit() else logging.getLevelName(name)
+    else:
+        number = level
+    if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+        raise ValueError(f"logging_level must be a logging level (logging.INFO, 'DEBUG', ...), "
+                         f"got {level!r}")
+    return number
+
+
+def _configure_driver_logging(level: int) -> None:
+    logger = logging.getLogger("pyactor")
+    logger.setLevel(level)
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[pyactor] %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
+def _start_local_node(num_cpus, num_gpus, resources, object_store_memory, logging_level=None):
     global _node_process
     token = os.urandom(32)
     config = {"token_hex": token.hex(), "num_cpus": num_cpus, "num_gpus": num_gpus,
@@ -104,9 +139,12 @@ def _start_local_node(num_cpus, num_gpus, resources, object_store_memory):
               "embedded": True}
     # The token goes through the pipe, never on a command line; the pipe stays open as the
     # node's lifeline (it stops when this process exits, however it exits).
+    env = None
+    if logging_level is not None:  # the node passes its environment on to its workers
+        env = {**os.environ, "PYACTOR_LOG_LEVEL": str(logging_level)}
     process = subprocess.Popen([sys.executable, "-m", "pyactor._private.node_main"],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               start_new_session=True)
+                               start_new_session=True, env=env)
     process.stdin.write((json.dumps(config) + "\n").encode())
     process.stdin.flush()
     _node_process = process
@@ -128,25 +166,52 @@ def _wait_for_node() -> int:
     return ready["port"]
 
 
-def _resolve_address(address: str, token: str | None):
+def _resolve_address(address: str, token) -> tuple[str, int, bytes]:
+    """(host, port, token bytes) of the cluster to join; every way of getting it wrong raises
+    an error that names what was tried."""
+    from pyactor._private import session
+    source = "token="
     if address == "auto":
         address = os.environ.get("PYACTOR_ADDRESS", "")
         if not address:
-            from pyactor._private import session
             saved = session.read_cluster_address()
             if saved is None:
                 raise ConnectionError("address='auto' found no cluster: start one with "
                                       "`pyactor start --head` or set PYACTOR_ADDRESS")
             address = saved["address"]
-            token = token or saved["token"]
-    token = token or os.environ.get("PYACTOR_TOKEN")
-    if not token:
-        raise ValueError(f"joining {address} needs the cluster token: pass token=... or set "
-                         f"PYACTOR_TOKEN (printed by `pyactor start --head`)")
+            if not token:
+                token, source = saved.get("token"), f"the token file in {session.session_dir()}"
+    if not isinstance(address, str):
+        raise TypeError(f"address must be a str 'host:port', got {type(address).__name__}")
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"address must be 'host:port', got {address!r}")
-    return host, int(port), bytes.fromhex(token)
+    if not token:
+        token, source = os.environ.get("PYACTOR_TOKEN"), "$PYACTOR_TOKEN"
+    if not token:
+        # Say first whether anything is there at all: a missing token is not the problem when
+        # the address is wrong.
+        _check_listening(host, int(port))
+        from pyactor._private.transport import _TOKEN_HINT
+        from pyactor.exceptions import AuthenticationError
+        raise AuthenticationError(f"joining {address} needs the cluster token; {_TOKEN_HINT}")
+    return host, int(port), session.parse_token(token, source)
+
+
+def _check_listening(host: str, port: int) -> None:
+    import socket
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as error:
+        raise _not_listening(host, port, error) from None
+
+
+def _not_listening(host: str, port: int, error: OSError) -> OSError:
+    if isinstance(error, ConnectionRefusedError):
+        return ConnectionRefusedError(
+            f"nothing is listening at {host}:{port}: check the address (`pyactor start --head` "
+            f"prints it; `pyactor status` shows the cluster on this host)")
+    return ConnectionError(f"could not reach {host}:{port}: {error}")
 
 
 def shutdown() -> None:
@@ -261,7 +326,13 @@ def put(value: Any) -> ObjectRef:
     """Store a value once; pass the ref to tasks instead of the value."""
     if type(value) is ObjectRef:
         raise TypeError("put() of an ObjectRef is not allowed; pass the ref itself")
-    return runtime_for_call().put(value)
+    runtime = runtime_for_call()
+    try:
+        serialized = serialization.serialize(value)
+    except Exception as error:  # PicklingError is no TypeError: give callers one clear type
+        from pyactor._private.pickling_errors import describe_failure
+        raise TypeError(describe_failure(value, "the value passed to put()", error)) from error
+    return runtime.put_serialized(serialized)
 
 
 def wait(refs, *, num_returns: int = 1, timeout: float | None = None,
@@ -312,7 +383,8 @@ def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
     state = runtime.node_request(P.GetActor, name, namespace)
     spec = pickle.loads(state[5])
     return ActorHandle(state[0], spec["class_name"], spec["methods"],
-                       spec["options"].get("max_task_retries", 0))
+                       spec["options"].get("max_task_retries", 0),
+                       signatures=spec.get("signatures"))
 
 
 # ---------------------------------------------------------------------- cluster

@@ -52,7 +52,8 @@ def serve(config, fork_server) -> None:
     import asyncio
     import logging
     import signal
-    logging.basicConfig(level=os.environ.get("PYACTOR_LOG_LEVEL", "WARNING"),
+    level = os.environ.get("PYACTOR_LOG_LEVEL", "WARNING")  # pa.init(logging_level=...)
+    logging.basicConfig(level=int(level) if level.isdigit() else level,
                         format="[pyactor node %(process)d] %(levelname)s %(message)s")
     remove_stale_segments()
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from pyactor._private import serialization
+import inspect
+
+from pyactor._private import serialization, signatures
 from pyactor._private.resources import ResourceSet, check_gpu_demand
 from pyactor._private.ids import new_task_id
 from pyactor._private.task_spec import TaskSpec
@@ -63,10 +65,14 @@ class RemoteFunction:
 
     def __init__(self, function, options: dict):
         validate_options(options, TASK_OPTIONS, "task")
+        if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
+            raise TypeError(f"remote function {function.__qualname__} is a generator (it "
+                            f"yields): generator tasks are not supported yet; return a list")
         self._function = function
         self._options = {**DEFAULT_TASK_OPTIONS, **options}
         self._blob: bytes | None = None
         self._function_id: bytes | None = None
+        self._check_args = None  # a stub with the function's parameters: see signatures.py
         self._demand = demand_of(self._options)
         self._scheduling_key = repr(sorted(self._demand.items())).encode()
         self.__name__ = getattr(function, "__name__", "remote_function")
@@ -82,20 +88,32 @@ class RemoteFunction:
         validate_options(options, TASK_OPTIONS, "task")
         merged = RemoteFunction(self._function, {**self._options, **options})
         merged._blob, merged._function_id = self._blob, self._function_id
+        merged._check_args = self._check_args
         return merged
 
     def _export(self) -> None:
         # Pickled once per RemoteFunction (at first call: the function's globals may be defined
         # after the decorator ran); workers cache it by id.
-        blob = serialization.dumps_function(self._function)
+        try:
+            blob = serialization.dumps_function(self._function)
+        except Exception as error:
+            from pyactor._private.pickling_errors import describe_code_failure
+            raise TypeError(describe_code_failure(self._function, error)) from error
         self._function_id = hashlib.blake2b(blob, digest_size=16).digest()
         self._blob = blob
+        self._check_args = signatures.stub(self.__name__, signatures.signature_text(
+            self._function))
 
     def remote(self, *args, **kwargs):
         from pyactor._private.api import get_namespace, runtime_for_call
         runtime = runtime_for_call()
         if self._blob is None:
             self._export()
+        if self._check_args is not None:
+            try:
+                self._check_args(*args, **kwargs)
+            except TypeError as error:
+                raise signatures.wrong_arguments(self.__qualname__, error) from None
         options = self._options
         spec = TaskSpec()
         spec.task_id = new_task_id()

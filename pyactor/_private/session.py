@@ -69,3 +69,33 @@ def forget_nodes() -> None:
 
 def log_path(port: int) -> str:
     return _path(f"node-{port}.log")
+
+
+def parse_token(token, source: str) -> bytes:
+    """The cluster token as the bytes the handshake uses, from the hex text `pyactor start
+    --head` prints (a str, or those characters as bytes) or from the raw token bytes.
+
+    `source` says where it came from (token=..., $PYACTOR_TOKEN, the token file), so that a
+    missing, empty or garbled token raises AuthenticationError naming it, with the advice a
+    wrong token gets.
+    """
+    from pyactor._private.transport import _TOKEN_HINT
+    from pyactor.exceptions import AuthenticationError
+    if isinstance(token, (bytes, bytearray, memoryview)):
+        raw = bytes(token)
+        try:
+            return bytes.fromhex(raw.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            if raw:
+                return raw  # the token itself (transport.new_token()), not its hex text
+    elif not isinstance(token, str) and token is not None:
+        raise TypeError(f"the cluster token must be a str (its hex text) or bytes, "
+                        f"got {type(token).__name__}")
+    if not token:
+        raise AuthenticationError(f"no cluster token was given ({source} is empty); "
+                                  f"{_TOKEN_HINT}")
+    try:
+        return bytes.fromhex(token)
+    except ValueError:
+        raise AuthenticationError(f"the cluster token from {source} is not the hex text "
+                                  f"`pyactor start --head` printed; {_TOKEN_HINT}") from None

@@ -139,6 +139,7 @@ def run_worker(node_host: str, node_port: int, token: bytes, worker_id: bytes) -
                       worker_id=worker_id)
     runtime.worker_label = f"pid={os.getpid()}"
     forwarder = OutputForwarder(runtime)
+    configure_worker_logging()
     # The task endpoint listens where the node does: on its host, reachable by every owner
     # that can reach the node.
     executor = Executor(runtime, node_host)
@@ -148,6 +149,17 @@ def run_worker(node_host: str, node_port: int, token: bytes, worker_id: bytes) -
     import pyactor._private.api as api
     api.attach_worker_runtime(runtime)
     executor.run_forever()
+
+
+def configure_worker_logging() -> None:
+    """With pa.init(logging_level=...), log records at that level (pyactor's and the user's)
+    go to the worker's stderr, which the driver shows; otherwise logging stays as Python sets
+    it up."""
+    level = os.environ.get("PYACTOR_LOG_LEVEL")
+    if level:
+        import logging
+        logging.basicConfig(level=int(level) if level.isdigit() else level,
+                            format="%(levelname)s %(name)s: %(message)s")
 
 
 class OutputForwarder:
