@@ -16,14 +16,20 @@ Layout of a serialized value (the same for inline bytes and for store objects):
                buffer 0 at a 64-byte aligned offset, buffer 1 aligned, ...
 
 Functions, lambdas and classes defined in `__main__` must travel by value, so anything that is not
-a plain built-in value goes through cloudpickle; plain values take the faster C pickler.
+a plain built-in value goes through cloudpickle; plain values take the faster C pickler. Code
+shipped by value keeps its file name (cloudpickle 3 writes "<dynamic-code>" instead), so a remote
+traceback names the user's file and line, and shows the line where that file exists.
 """
 
 from __future__ import annotations
 
+import collections
+import copyreg
+import io
 import pickle
 import struct
 import threading
+import types
 from typing import Any, Callable
 
 import cloudpickle
@@ -43,6 +49,36 @@ INLINE_THRESHOLD_BYTES = 32 * 1024
 _PLAIN_TYPES = frozenset({int, float, bool, str, bytes, type(None), complex})
 
 _context = threading.local()
+
+
+def _code_with_filename(constructor, args, filename: str) -> types.CodeType:
+    return constructor(*args).replace(co_filename=filename)
+
+
+_cloudpickle_reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _reduce_code(code: types.CodeType):
+    """cloudpickle's reduction of a code object, with the file name put back: it is what
+    tracebacks print and what linecache reads the source line from."""
+    constructor, args = _cloudpickle_reduce_code(code)
+    return _code_with_filename, (constructor, args, code.co_filename)
+
+
+class Pickler(cloudpickle.Pickler):
+    """cloudpickle's Pickler, except that code shipped by value keeps its file name."""
+
+    # As flat as cloudpickle's own table (a ChainMap over copyreg's, so later copyreg
+    # registrations still count): every non-builtin object pickled looks a reducer up here.
+    _dispatch_table = {**cloudpickle.Pickler._dispatch_table, types.CodeType: _reduce_code}
+    dispatch_table = collections.ChainMap(_dispatch_table, copyreg.dispatch_table)
+
+
+def dumps(value: Any, buffer_callback: Callable | None = None, pickler: type = Pickler) -> bytes:
+    """`cloudpickle.dumps(value, protocol=5)`, keeping code objects' file names."""
+    file = io.BytesIO()
+    pickler(file, protocol=5, buffer_callback=buffer_callback).dump(value)
+    return file.getvalue()
 
 
 def _align(n: int) -> int:
@@ -103,7 +139,7 @@ def serialize(value: Any) -> SerializedValue:
         if type(value) in _PLAIN_TYPES:
             pickled = pickle.dumps(value, protocol=5)
         else:
-            pickled = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+            pickled = dumps(value, buffer_callback=buffers.append)
     finally:
         _context.refs = previous
     views = []
@@ -120,7 +156,7 @@ def _serialize_in_band(value: Any) -> SerializedValue:
     previous = getattr(_context, "refs", None)
     _context.refs = refs
     try:
-        pickled = cloudpickle.dumps(value, protocol=5)
+        pickled = dumps(value)
     finally:
         _context.refs = previous
     return SerializedValue(pickled, [], refs)
@@ -162,7 +198,7 @@ def dumps_function(function: Any) -> bytes:
     caller's sys.path: what they import by name (a helper module next to the script, a test
     module) must be importable in the worker too, as Ray does with the driver's sys.path."""
     import sys
-    return pickle.dumps((list(sys.path), cloudpickle.dumps(function, protocol=5)), protocol=5)
+    return pickle.dumps((list(sys.path), dumps(function)), protocol=5)
 
 
 def loads_function(blob: bytes) -> Any:

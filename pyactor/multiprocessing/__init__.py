@@ -4,17 +4,18 @@ replacement whose worker processes are pyactor actors, so a pool spans a cluster
 
 Also exported, for code that imports them from `multiprocessing.pool`: `AsyncResult`
 (= `ApplyResult`), `MapResult`, `IMapIterator`, `IMapUnorderedIterator`, `MaybeEncodingError`,
-`RemoteTraceback`, and `TimeoutError` (the standard `multiprocessing.TimeoutError`, raised by
-`AsyncResult.get(timeout)`).
+`RemoteTraceback`, and `TimeoutError`; the last three are the standard library's own classes
+(`multiprocessing.pool.MaybeEncodingError`, `multiprocessing.pool.RemoteTraceback`,
+`multiprocessing.TimeoutError`), so code that checks for them works unchanged.
 """
 
 from __future__ import annotations
 
 from multiprocessing import TimeoutError, cpu_count
+from multiprocessing.pool import MaybeEncodingError, RemoteTraceback
 
 from pyactor.multiprocessing._results import (ApplyResult, AsyncResult, IMapIterator,
-                                              IMapUnorderedIterator, MapResult, RemoteTraceback)
-from pyactor.multiprocessing._worker import MaybeEncodingError
+                                              IMapUnorderedIterator, MapResult)
 from pyactor.multiprocessing.pool import Pool
 
 __all__ = ["Pool", "ApplyResult", "AsyncResult", "MapResult", "IMapIterator",

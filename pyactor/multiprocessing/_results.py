@@ -14,21 +14,14 @@ import sys
 import threading
 import types
 from multiprocessing import TimeoutError
+from multiprocessing.pool import RemoteTraceback
 
 job_counter = itertools.count()
 
 
-class RemoteTraceback(Exception):
-    """The `__cause__` of an exception re-raised from a worker: the worker's traceback."""
-
-    def __init__(self, tb: str):
-        self.tb = tb
-
-    def __str__(self):
-        return self.tb
-
-
 def with_remote_traceback(error: BaseException, tb: str | None) -> BaseException:
+    """The standard Pool's form: the worker's traceback text as a RemoteTraceback cause (the
+    standard library's own class, which code in the wild checks for)."""
     if tb:
         error.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
     return error
@@ -134,9 +127,15 @@ class MapResult(ApplyResult):
 
 
 class IMapIterator:
-    """The iterator `imap` returns: results in order; `next(timeout)` raises TimeoutError."""
+    """The iterator `imap` returns: results in order; `next(timeout)` raises TimeoutError.
 
-    def __init__(self, cache: dict):
+    With chunksize > 1 a chunk that raised is one error in place of its items, and the iteration
+    ends after it, as the standard Pool's does (it flattens chunks with a generator, which a
+    raise ends): the results after it would otherwise pair with the wrong inputs."""
+
+    def __init__(self, cache: dict, chunksize: int = 1):
+        self._chunked = chunksize > 1
+        self._ended = False  # a chunk's error was raised: only StopIteration from here
         self._cond = threading.Condition(threading.Lock())
         self._job = next(job_counter)
         self._cache = cache
@@ -151,6 +150,8 @@ class IMapIterator:
 
     def next(self, timeout: float | None = None):
         with self._cond:
+            if self._ended:
+                raise StopIteration
             if not self._items:
                 if self._index == self._length:
                     raise StopIteration
@@ -161,6 +162,9 @@ class IMapIterator:
                         raise StopIteration
                     raise TimeoutError
             ok, value = self._items.popleft()
+            if not ok and self._chunked:
+                self._ended = True
+                self._items.clear()
         if ok:
             return value
         raise value
@@ -168,7 +172,9 @@ class IMapIterator:
     __next__ = next
 
     def _push(self, ok: bool, value) -> None:  # holding _cond
-        if ok:
+        if self._ended:
+            pass  # nobody will read it
+        elif ok:
             self._items.extend((True, v) for v in value)
         else:
             self._items.append((False, value))

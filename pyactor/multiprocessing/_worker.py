@@ -17,12 +17,17 @@ script, a test module) unpickles there too.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import sys
 import traceback
+import types
+from multiprocessing.pool import MaybeEncodingError
 
 import cloudpickle
+
+from pyactor._private import serialization
 
 # Buffers smaller than this are pickled in band: they are cheap to copy, and out-of-band buffers
 # come back read-only, which a function mutating a small array in place would not expect.
@@ -31,25 +36,21 @@ OUT_OF_BAND_MIN_BYTES = 64 * 1024
 APPLY, MAP, STARMAP = 0, 1, 2
 
 
-class MaybeEncodingError(Exception):
-    """A result (or the exception a task raised) could not be pickled to go back to the parent;
-    `exc` and `value` hold the reprs of the pickling error and of the value."""
+class _ResultPickler(serialization.Pickler):
+    """What a worker sends back: cloudpickle, for the classes and functions of the parent's
+    __main__ that came by value, but nothing the standard Pool could not send either. A lambda
+    or a function or class defined inside a function is not reachable by name in the parent:
+    it fails with the standard pickler's own error (and so as a MaybeEncodingError)."""
 
-    def __init__(self, exc, value):
-        self.exc = repr(exc)
-        self.value = repr(value)
-        super().__init__(self.exc, self.value)
-
-    def __str__(self):
-        return f"Error sending result: '{self.value}'. Reason: '{self.exc}'"
-
-    def __repr__(self):
-        return f"<{type(self).__name__}: {self}>"
+    def reducer_override(self, obj):
+        if isinstance(obj, (types.FunctionType, type)) and "<" in obj.__qualname__:
+            pickle.dumps(obj, protocol=5)  # raises the error the standard Pool reports
+        return super().reducer_override(obj)
 
 
-def dumps_out_of_band(value) -> tuple[bytes, list]:
+def dumps_out_of_band(value, pickler=serialization.Pickler) -> tuple[bytes, list]:
     """Pickle `value` with its large buffers left out (as PickleBuffers, zero-copy); plain pickle
-    first (fast), cloudpickle for what it cannot do (lambdas, __main__ classes)."""
+    first (fast), `pickler` (cloudpickle) for what it cannot do (lambdas, __main__ classes)."""
     buffers: list = []
 
     def keep_large(buffer: pickle.PickleBuffer):
@@ -62,7 +63,7 @@ def dumps_out_of_band(value) -> tuple[bytes, list]:
     except Exception as error:  # noqa: BLE001 - retry with the pickler that handles more
         buffers.clear()
         try:
-            return cloudpickle.dumps(value, protocol=5, buffer_callback=keep_large), buffers
+            return serialization.dumps(value, keep_large, pickler), buffers
         except Exception:
             raise error from None
 
@@ -79,18 +80,22 @@ def run_chunk(function, kind: int, payload):
 def encode_outcome(ok: bool, value, tb: str | None) -> tuple[bytes, list]:
     """(blob, buffers) of a chunk's outcome: (True, value) or (False, exception, traceback)."""
     try:
-        return dumps_out_of_band((True, value) if ok else (False, value, tb))
+        return dumps_out_of_band((True, value) if ok else (False, value, tb), _ResultPickler)
     except Exception as error:  # noqa: BLE001
         return pickle.dumps((False, MaybeEncodingError(error, value), None)), []
 
 
 class PoolWorker:
-    """One pool process. Its initializer's effects (module globals) stay for its whole life."""
+    """One pool process. Its initializer's effects (module globals) stay for its whole life.
 
-    def __init__(self, parent_path: list, initializer_blob: bytes | None):
+    It takes the parent's `multiprocessing` authkey, as a worker the standard Pool spawns does,
+    so Manager proxies passed to the initializer or to tasks can connect to their manager."""
+
+    def __init__(self, parent_path: list, authkey: bytes, initializer_blob: bytes | None):
         for entry in parent_path:
             if entry not in sys.path:
                 sys.path.append(entry)
+        multiprocessing.current_process().authkey = authkey
         if initializer_blob is not None:
             initializer, initargs = cloudpickle.loads(initializer_blob)
             initializer(*initargs)

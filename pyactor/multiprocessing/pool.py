@@ -30,17 +30,18 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import multiprocessing
 import os
 import pickle
 import queue
+import signal
 import sys
 import threading
 import time
 import warnings
 
-import cloudpickle
-
 import pyactor as pa
+from pyactor._private import serialization
 from pyactor.exceptions import ActorDiedError, WorkerCrashedError
 from pyactor.multiprocessing import _results
 from pyactor.multiprocessing._results import (ApplyResult, IMapIterator, IMapUnorderedIterator,
@@ -85,15 +86,55 @@ class _Chunk:
 
 
 class _Worker:
-    __slots__ = ("handle", "in_flight", "assigned", "functions", "dead", "sent_at")
+    """One worker actor, and what `pool._pool` shows of it: `pid`, `is_alive()` and `exitcode`,
+    as the standard Pool's Process objects (libraries read them)."""
 
-    def __init__(self, handle):
+    __slots__ = ("handle", "started", "in_flight", "assigned", "functions", "dead", "sent_at",
+                 "_exitcode")
+
+    def __init__(self, handle, on_started):
         self.handle = handle
+        # Its first call answers once __init__ (the initializer) has run: the pool does not
+        # stop a worker before that, and it carries the pid.
+        self.started = handle.pid.remote().future()
+        self.started.add_done_callback(on_started)
         self.in_flight = 0  # calls sent, not answered
         self.sent_at: collections.deque = collections.deque()  # their send times, in order
         self.assigned = 0  # chunks given to it, for maxtasksperchild
         self.functions: set = set()  # function ids it holds
         self.dead = False  # killed (retired, or its process died)
+        self._exitcode = None
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process's id (on its node's host); waits for the process to start. None
+        if it could not start (its initializer raised)."""
+        try:
+            return self.started.result()
+        except Exception:  # noqa: BLE001 - ActorDiedError: __init__ failed
+            return None
+
+    def is_alive(self) -> bool:
+        """True until the pool stops it or finds its process dead (or it failed to start)."""
+        return not self.dead and not (self.started.done() and
+                                      self.started.exception() is not None)
+
+    @property
+    def exitcode(self) -> int | None:
+        """None while alive; -SIGKILL once the pool stopped it (actors end by SIGKILL); 1 if it
+        died by itself or could not start (its own exit status does not reach the pool)."""
+        if self.is_alive():
+            return None
+        return self._exitcode if self._exitcode is not None else 1
+
+    def stopped_by_pool(self) -> None:
+        self.dead = True
+        if self._exitcode is None:
+            self._exitcode = -signal.SIGKILL
+
+    def __repr__(self):
+        return f"<pool worker pid={self.pid if self.started.done() else '?'} " \
+               f"{'alive' if self.is_alive() else f'exitcode={self.exitcode}'}>"
 
 
 class _Feeder:
@@ -171,6 +212,8 @@ class Pool:
             self._release_runtime()
             raise
         self._state = RUN
+        self._handler_lock = threading.Lock()
+        self._handler_done = False
         self._handler = threading.Thread(target=self._handle, name="pyactor-pool", daemon=True)
         self._handler.start()
 
@@ -262,7 +305,7 @@ class Pool:
         """Ship each function once per worker: it is known by the hash of its pickle."""
         entry = self._functions.get(id(func))
         if entry is None or entry[0] is not func:
-            blob = cloudpickle.dumps(func, protocol=5)
+            blob = serialization.dumps(func)
             fid = hashlib.blake2b(blob, digest_size=12).digest()
             self._blobs.setdefault(fid, blob)
             if len(self._functions) >= 1024:
@@ -315,7 +358,7 @@ class Pool:
         self._check_running()
         if not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
-        result = result_class(self._cache)
+        result = result_class(self._cache, chunksize)
         self._feeders.append(_Feeder(result, _chunks_of(iterable, chunksize),
                                      self._function_id(func), MAP))
         self._wake()
@@ -324,6 +367,7 @@ class Pool:
     # ------------------------------------------------------------------ handler thread
     def _handle(self) -> None:
         inbox = self._inbox
+        barriers: list[threading.Event] = []  # _repopulate_pool() callers, set after dispatching
         try:
             while True:
                 event = inbox.get()
@@ -333,6 +377,8 @@ class Pool:
                         return
                     if event is _WAKE:
                         self._wake_posted = False
+                    elif isinstance(event, threading.Event):
+                        barriers.append(event)
                     else:
                         self._on_done(*event)
                     try:
@@ -341,13 +387,34 @@ class Pool:
                         event = None  # holds results (and the user's values) alive otherwise
                         break
                 self._dispatch()
-                if self._state == CLOSE and self._idle():
+                for barrier in barriers:
+                    barrier.set()
+                barriers.clear()
+                if self._state == CLOSE and self._idle() and self._all_started():
                     self._kill_workers()
                     return
         except BaseException:  # pragma: no cover - a bug here must not hang every caller
             self._fail_outstanding(RuntimeError("the pool's handler thread failed"))
             self._kill_workers()
             raise
+        finally:
+            with self._handler_lock:  # no _repopulate_pool() caller is left waiting
+                self._handler_done = True
+            for barrier in barriers:
+                barrier.set()
+            while True:
+                try:
+                    event = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(event, threading.Event):
+                    event.set()
+
+    def _all_started(self) -> bool:
+        """Every worker has run its initializer (or failed to): the standard Pool's workers run
+        it even when the pool is closed before any task, so this one stops none before. A
+        worker that starts posts a wake-up."""
+        return all(worker.started.done() for worker in self._pool if not worker.dead)
 
     def _idle(self) -> bool:
         return not (self._pending or self._feeders or self._cache or
@@ -495,21 +562,26 @@ class Pool:
             for chunk in reversed(batch):
                 chunk.alone = True
                 self._pending.appendleft(chunk)
+        worker.dead = True
+        if worker._exitcode is None:
+            worker._exitcode = 1  # its own exit status does not reach the pool
         if worker in self._pool:
             self._replace(self._pool.index(worker))
-        worker.dead = True
 
     def _new_worker(self) -> _Worker:
         if self._initializer_blob is None and self._initializer is not None:
-            self._initializer_blob = cloudpickle.dumps((self._initializer, self._initargs),
-                                                       protocol=5)
-        return _Worker(self._actor_class.remote(list(sys.path), self._initializer_blob))
+            self._initializer_blob = serialization.dumps((self._initializer, self._initargs))
+        handle = self._actor_class.remote(list(sys.path),
+                                          bytes(multiprocessing.current_process().authkey),
+                                          self._initializer_blob)
+        inbox = self._inbox
+        return _Worker(handle, lambda _future: inbox.put(_WAKE))
 
     def _replace(self, index: int) -> None:
         """Kill a worker (retired, or dead already) and start a fresh one in its place, unless
         the pool is closing with nothing left to run."""
         old = self._pool[index]
-        old.dead = True
+        old.stopped_by_pool()
         try:
             pa.kill(old.handle)
         except Exception:  # noqa: BLE001 - already dead
@@ -540,10 +612,25 @@ class Pool:
 
     def _kill_workers(self) -> None:
         for worker in self._pool:
+            worker.stopped_by_pool()
             try:
                 pa.kill(worker.handle)
             except Exception:  # noqa: BLE001 - already dead, or the runtime is gone
                 pass
+
+    def _repopulate_pool(self) -> None:
+        """The standard Pool's hook to bring the pool back to `processes` live workers. The
+        handler replaces retired and dead workers as it goes; this returns once it has done so
+        for everything that happened before the call."""
+        if threading.current_thread() is self._handler:  # from a callback
+            self._dispatch()
+            return
+        barrier = threading.Event()
+        with self._handler_lock:
+            if self._handler_done:
+                return
+            self._inbox.put(barrier)
+        barrier.wait()
 
     def _release_runtime(self) -> None:
         global _owned_pools
