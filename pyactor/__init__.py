@@ -29,6 +29,7 @@ _EXPORTS = {
     "nodes": "pyactor._private.api", "get_runtime_context": "pyactor._private.api",
     "method": "pyactor._private.actor", "ActorClass": "pyactor._private.actor",
     "ActorHandle": "pyactor._private.actor", "ObjectRef": "pyactor._private.object_ref",
+    "ObjectRefGenerator": "pyactor._private.streaming",
     "TaskError": "pyactor.exceptions", "GetTimeoutError": "pyactor.exceptions",
     "TaskCancelledError": "pyactor.exceptions", "WorkerCrashedError": "pyactor.exceptions",
     "ActorDiedError": "pyactor.exceptions", "ObjectLostError": "pyactor.exceptions",

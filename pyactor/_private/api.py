@@ -288,6 +288,10 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     killed if force=True; with recursive=True (the default) the tasks it submitted are
     cancelled too. `get` on it then raises TaskCancelledError."""
     if type(ref) is not ObjectRef:
+        from pyactor._private.streaming import ObjectRefGenerator
+        if isinstance(ref, ObjectRefGenerator):  # stops the producer (streaming.py)
+            ref.cancel()
+            return
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
     runtime_for_call().cancel(ref, force, recursive)
 

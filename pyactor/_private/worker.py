@@ -28,6 +28,7 @@ import pickle
 import signal
 import threading
 import traceback
+import types
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,6 +39,7 @@ from pyactor._private import api
 from pyactor._private import protocol as P
 from pyactor._private import serialization, transport
 from pyactor._private.ids import object_id_for
+from pyactor._private.streaming import StreamSender
 from pyactor.exceptions import ObjectLostError, ProtocolError, TaskCancelledError, TaskError
 
 # Ids of recently started tasks, for RevokeTasks: an owner only revokes tasks it pipelined to us
@@ -145,6 +147,8 @@ class Executor:
             function = get_function()
             result = function(*[self._decode_arg(a) for a in args],
                               **{k: self._decode_arg(v) for k, v in kwargs.items()})
+            if type(result) is types.GeneratorType:  # a streaming call: items go one by one
+                result = StreamSender(self, task_id, owner, name).run(result)
             if in_main:
                 self.current_task = None
                 self.children.pop(task_id, None)
@@ -319,7 +323,8 @@ class Executor:
             return
         self.runtime.worker_label = f"{cls.__name__} pid={os.getpid()}"
         max_concurrency = spec.get("max_concurrency")
-        if any(inspect.iscoroutinefunction(getattr(cls, name, None))
+        if any(inspect.iscoroutinefunction(getattr(cls, name, None)) or
+               inspect.isasyncgenfunction(getattr(cls, name, None))
                for name in dir(cls) if not name.startswith("__")):
             self.actor_is_async = True
             self.actor_semaphore = asyncio.Semaphore(max_concurrency or 1000)
@@ -337,6 +342,12 @@ class Executor:
                 result = method(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
+                elif type(result) is types.AsyncGeneratorType:
+                    result = await StreamSender(self, message.task_id, message.owner,
+                                                message.method).run_async(result)
+                elif type(result) is types.GeneratorType:
+                    result = StreamSender(self, message.task_id, message.owner,
+                                          message.method).run(result)
             except BaseException as error:  # noqa: BLE001
                 self._reply_error(conn, message.task_id, error, traceback.format_exc(),
                                   message.method)
