@@ -44,7 +44,7 @@ from pyactor._private import object_ref as object_ref_module
 from pyactor._private import protocol as P
 from pyactor._private import serialization, transport
 from pyactor._private.direct import DirectPath
-from pyactor._private.ids import new_put_id, object_id_for
+from pyactor._private.ids import PUT_INDEX, new_put_id, object_id_for
 from pyactor._private.object_ref import ObjectRef
 from pyactor._private.references import (FAILED, PENDING, READY, CountdownWaiter, ObjectEntry,
                                          ReferenceTable)
@@ -54,6 +54,7 @@ from pyactor.exceptions import (GetTimeoutError, ObjectLostError, PyActorError,
                                 TaskCancelledError, WorkerCrashedError)
 
 logger = logging.getLogger("pyactor.runtime")
+PUT_SUFFIX = PUT_INDEX.to_bytes(4, "big")  # the index part of a put object's id
 
 class Runtime:
     def __init__(self, *, node_host: str, node_port: int, token: bytes, kind: str,
@@ -639,9 +640,17 @@ class Runtime:
                 pass
         if self.refs.when_resolved(entry, resolved):
             self._fetch_if_borrowed(entry)
+            # Cancelling the awaiting asyncio task (task.cancel(), wait_for's timeout, a
+            # TaskGroup sibling's failure) cancels the remote work it waited for.
+            future.add_done_callback(lambda f, ref=ref: f.cancelled() and self._cancel_awaited(
+                ref, entry))
         else:
             self._settle(future, entry)
         return future
+
+    def _cancel_awaited(self, ref: ObjectRef, entry: ObjectEntry) -> None:
+        if entry.state == PENDING and ref.id[16:] != PUT_SUFFIX:
+            self.cancel(ref, False, True)
 
     def _settle(self, future: asyncio.Future, entry: ObjectEntry) -> None:
         """On the awaiting loop: give `future` the entry's value or error."""

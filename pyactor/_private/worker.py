@@ -66,6 +66,7 @@ class Executor:
         self.actor_id: bytes | None = None
         self.actor_is_async = False
         self.actor_semaphore: asyncio.Semaphore | None = None
+        self.async_calls: dict[bytes, asyncio.Task] = {}  # an async actor's running calls
         self.actor_pool: ThreadPoolExecutor | None = None
         self.gpu_ids: list | None = None
         self.main_thread_id = threading.get_ident()
@@ -95,7 +96,9 @@ class Executor:
             self._run_task(conn, message)
         elif kind is P.ActorCall:
             if self.actor_is_async:
-                self.loop.create_task(self._async_call(conn, message))
+                call = self.loop.create_task(self._async_call(conn, message))
+                self.async_calls[message.task_id] = call  # for CancelTask
+                call.add_done_callback(lambda _t, i=message.task_id: self.async_calls.pop(i, None))
             elif self.actor_pool is not None:
                 self.actor_pool.submit(self._run_actor_call, conn, message)
             else:
@@ -263,6 +266,10 @@ class Executor:
         if message.force:  # after the children's cancels are written
             self.runtime.loop.call_later(0.05, os.kill, os.getpid(), signal.SIGKILL)
             return
+        call = self.async_calls.get(message.task_id)
+        if call is not None:  # an async actor's call: cancel its coroutine (its awaits of
+            self.loop.call_soon_threadsafe(call.cancel)  # other refs cancel those in turn)
+            return
         if self.current_task == message.task_id:
             self.cancel_target = message.task_id
             signal.pthread_kill(self.main_thread_id, signal.SIGUSR1)
@@ -349,6 +356,8 @@ class Executor:
                     result = StreamSender(self, message.task_id, message.owner,
                                           message.method).run(result)
             except BaseException as error:  # noqa: BLE001
+                if isinstance(error, asyncio.CancelledError):
+                    error = TaskCancelledError(f"actor call {message.method} was cancelled")
                 self._reply_error(conn, message.task_id, error, traceback.format_exc(),
                                   message.method)
                 return
