@@ -23,6 +23,7 @@ _EXPORTS = {
     "init": "pyactor._private.api", "shutdown": "pyactor._private.api",
     "is_initialized": "pyactor._private.api", "remote": "pyactor._private.api",
     "get": "pyactor._private.api", "put": "pyactor._private.api",
+    "put_async": "pyactor._private.api",
     "wait": "pyactor._private.api", "cancel": "pyactor._private.api",
     "kill": "pyactor._private.api", "get_actor": "pyactor._private.api",
     "cluster_resources": "pyactor._private.api", "available_resources": "pyactor._private.api",

@@ -257,11 +257,26 @@ def _check_timeout(timeout):
     return timeout
 
 
-def put(value: Any) -> ObjectRef:
-    """Store a value once; pass the ref to tasks instead of the value."""
+def put(value: Any, *, timeout: float | None = 0) -> ObjectRef:
+    """Store a value once; pass the ref to tasks instead of the value.
+
+    When the store is full of referenced objects, a put fails at once with
+    ObjectStoreFullError (timeout=0, the default, as in Ray); with timeout=S it waits up to S
+    seconds for room, with timeout=None as long as it takes."""
     if type(value) is ObjectRef:
         raise TypeError("put() of an ObjectRef is not allowed; pass the ref itself")
+    if timeout != 0:
+        from pyactor._private.put_wait import check_put_timeout
+        return runtime_for_call().put(value, check_put_timeout(timeout))
     return runtime_for_call().put(value)
+
+
+async def put_async(value: Any, *, timeout: float | None = 0) -> ObjectRef:
+    """`put` for asyncio code: waiting for room in a full store does not block the loop."""
+    if type(value) is ObjectRef:
+        raise TypeError("put_async() of an ObjectRef is not allowed; pass the ref itself")
+    from pyactor._private.put_wait import check_put_timeout
+    return await runtime_for_call().put_async(value, check_put_timeout(timeout))
 
 
 def wait(refs, *, num_returns: int = 1, timeout: float | None = None,

@@ -457,16 +457,39 @@ class Runtime:
         entry.state = READY
         return ObjectRef(object_id, self.address)
 
-    def put(self, value: Any) -> ObjectRef:
-        return self.put_serialized(serialization.serialize(value))
+    def put(self, value: Any, timeout_s: float | None = 0.0) -> ObjectRef:
+        return self.put_serialized(serialization.serialize(value), timeout_s)
 
-    def put_serialized(self, serialized: serialization.SerializedValue) -> ObjectRef:
-        object_id = new_put_id()
+    async def put_async(self, value: Any, timeout_s: float | None) -> ObjectRef:
+        """put, waiting for room on the caller's loop (put_wait.py) rather than blocking it."""
+        serialized = serialization.serialize(value)
+        if serialized.total_bytes >= serialization.INLINE_THRESHOLD_BYTES and \
+                self.store is not None:
+            from pyactor._private.put_wait import create_waiting_async
+            object_id = new_put_id()
+            view = await create_waiting_async(self.store, object_id, serialized.total_bytes,
+                                              timeout_s)
+            return self.put_serialized(serialized, object_id=object_id, view=view)
+        return self.put_serialized(serialized)
+
+    def put_serialized(self, serialized: serialization.SerializedValue,
+                       timeout_s: float | None = 0.0, *, object_id: bytes | None = None,
+                       view=None) -> ObjectRef:
+        """Store a serialized value; `timeout_s` (0: none) waits for room in a full store;
+        `view` is an object put_async already created as `object_id`."""
+        object_id = object_id or new_put_id()
         entry = self.refs.add_owned(object_id)
         if serialized.total_bytes < serialization.INLINE_THRESHOLD_BYTES or self.store is None:
             entry.inline = serialized.to_bytes()
         else:
-            view = self.store.create_object(object_id, serialized.total_bytes, evictable=False)
+            if view is None:
+                if timeout_s == 0:
+                    view = self.store.create_object(object_id, serialized.total_bytes,
+                                                    evictable=False)
+                else:
+                    from pyactor._private.put_wait import create_waiting
+                    view = create_waiting(self.store, object_id, serialized.total_bytes,
+                                          timeout_s)
             try:
                 serialized.write_to(view, self.store.copy_into)
             except BaseException:
