@@ -227,3 +227,55 @@ def test_ordinary_call_returning_a_generator_is_an_error(pa_module):
 
     with pytest.raises(TypeError, match="generator"):
         pa.get(returns_generator.remote(), timeout=GET_TIMEOUT_S)
+
+
+@pa.remote
+def crash_after(n):
+    for i in range(n):
+        yield i
+    os._exit(1)
+
+
+@pa.remote
+def yield_refs(n):
+    for i in range(n):
+        yield [pa.put(np.full(100_000, i))]
+
+
+def test_worker_crash_arrives_after_the_items(pa_module):
+    """Items received before the worker died stay intact; the crash comes at the next
+    position. (Backpressure 1 makes the producer crash only after both items arrived.)"""
+    gen = crash_after.options(_generator_backpressure_num_objects=1).remote(2)
+    refs = list(gen)
+    assert len(refs) == 3
+    assert pa.get(refs[:2]) == [0, 1]
+    with pytest.raises(pa.WorkerCrashedError):
+        pa.get(refs[2])
+
+
+def test_yielded_values_may_hold_refs(pa_module):
+    """Refs inside yielded values stay alive after the producer ends."""
+    outer = [pa.get(ref) for ref in yield_refs.remote(3)]
+    assert [int(pa.get(inner[0])[0]) for inner in outer] == [0, 1, 2]
+
+
+def test_dropped_stream_frees_its_objects(pa_module):
+    """Items of a dropped stream, received or still in flight, leave the store."""
+    from pyactor._private import api
+    store = api._runtime.store
+    used_before = store.stats().used_bytes
+    gen = produce_arrays.remote(5, 200_000)
+    first = next(gen)
+    assert pa.get(first).shape == (200_000,)
+    ref0 = gen.completed()
+    del gen, first
+    gc.collect()
+    pa.wait([ref0], timeout=GET_TIMEOUT_S)
+    assert wait_until(lambda: store.stats().used_bytes <= used_before)
+
+
+def test_generator_cannot_be_passed_to_a_task(pa_module):
+    gen = produce.remote(1)
+    with pytest.raises(TypeError, match="ObjectRefGenerator"):
+        consume_stream.remote(gen)
+    assert pa.get(list(gen)) == [0]

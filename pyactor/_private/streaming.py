@@ -277,6 +277,10 @@ class ObjectRefGenerator:
     def __repr__(self) -> str:
         return f"ObjectRefGenerator({self._ref.id[:16].hex()})"
 
+    def __reduce__(self):
+        raise TypeError("an ObjectRefGenerator cannot be passed to another process (its "
+                        "caller consumes the stream); pass the refs it yields instead")
+
 
 # ---------------------------------------------------------------------- producer side
 
