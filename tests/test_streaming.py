@@ -97,6 +97,16 @@ class AsyncStreamer:
     async def ping(self):
         return "pong"
 
+    async def slow(self, log_dir):
+        """Waits long between two yields: a stop must interrupt the wait."""
+        yield 0
+        try:
+            await asyncio.sleep(60)
+            open(os.path.join(log_dir, "late"), "w").close()
+            yield 1
+        finally:
+            open(os.path.join(log_dir, "closed"), "w").close()
+
 
 def test_generator_task_returns_refs_in_order(pa_module):
     gen = produce.remote(5)
@@ -279,3 +289,18 @@ def test_generator_cannot_be_passed_to_a_task(pa_module):
     with pytest.raises(TypeError, match="ObjectRefGenerator"):
         consume_stream.remote(gen)
     assert pa.get(list(gen)) == [0]
+
+
+async def test_cancel_interrupts_an_async_actor_stream(pa_module, tmp_path):
+    """Cancelling the stream of an async generator interrupts its await; its finally runs."""
+    actor = AsyncStreamer.remote()
+    gen = actor.slow.remote(str(tmp_path))
+    assert await (await gen.__anext__()) == 0
+    ref0 = gen.completed()
+    pa.cancel(gen)
+    with pytest.raises(StopAsyncIteration):
+        await gen.__anext__()
+    assert wait_until(lambda: (tmp_path / "closed").exists(), GET_TIMEOUT_S)
+    assert not (tmp_path / "late").exists()
+    assert await actor.ping.remote() == "pong"
+    del ref0

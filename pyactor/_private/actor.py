@@ -203,4 +203,4 @@ class ActorMethod:
         spec.num_returns = 1  # the item count (or the call's failure)
         stream = streaming.open_stream(runtime, spec.task_id, self._backpressure)
         ref0 = runtime.submit_actor_call(spec, 0)[0]  # a rerun would yield its items twice
-        return streaming.ObjectRefGenerator(runtime, stream, ref0, is_actor_call=True)
+        return streaming.ObjectRefGenerator(runtime, stream, ref0)

@@ -131,4 +131,4 @@ class RemoteFunction:
         spec.retries_left = 0  # a rerun would yield its items twice
         stream = streaming.open_stream(runtime, spec.task_id, threshold)
         ref0 = runtime.submit(spec)[0]
-        return streaming.ObjectRefGenerator(runtime, stream, ref0, is_actor_call=False)
+        return streaming.ObjectRefGenerator(runtime, stream, ref0)

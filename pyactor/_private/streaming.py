@@ -18,7 +18,7 @@ Items travel owner-runtime to worker-runtime (IO threads), TaskDone on the call'
 TaskDone may come first, so the consumer waits for `count` items, not for the TaskDone alone.
 An exception raised by the generator arrives as a failed item at its position and ends the
 stream. Dropping the generator (or pa.cancel on it) sends stop: the producer closes the
-generator at its next step; a task is also cancelled, which interrupts it mid-step.
+generator at its next step; the call is also cancelled, which interrupts it mid-step.
 
 Backpressure follows Ray's `_generator_backpressure_num_objects`: off by default (-1/None).
 """
@@ -178,10 +178,9 @@ class ObjectRefGenerator:
     `next(gen)`. Each ref is ready once the value is yielded; an error raised by the generator
     comes as a ref whose `get` raises it, at the position where it was raised."""
 
-    def __init__(self, runtime, stream: _Stream, ref0: ObjectRef, is_actor_call: bool):
+    def __init__(self, runtime, stream: _Stream, ref0: ObjectRef):
         self._runtime = runtime
         self._ref = ref0
-        self._is_actor_call = is_actor_call
         self._next = 0
         self._finished = False
         table = self._table = streams_of(runtime)
@@ -252,8 +251,8 @@ class ObjectRefGenerator:
         return self._ref
 
     def cancel(self) -> None:
-        """Stop the producer: its generator is closed at its next step (a task is also
-        interrupted mid-step). Refs already received stay valid."""
+        """Stop the producer: its generator is closed at its next step (and the call is
+        cancelled, interrupting it mid-step). Refs already received stay valid."""
         stream = self._stream
         with stream.cond:
             if self._finished or stream.dropped:
@@ -264,8 +263,7 @@ class ObjectRefGenerator:
         self._finished = True
         runtime = self._runtime
         runtime.run_in_loop(self._table.send_ack, stream, self._next, True)
-        if not self._is_actor_call:
-            runtime.cancel(self._ref, False, True)
+        runtime.cancel(self._ref, False, True)  # interrupts a producer busy between yields
 
     def __del__(self):
         try:
