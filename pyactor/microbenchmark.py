@@ -97,9 +97,22 @@ def increment(x):
 
 
 @pa.remote
+def stream_items(n):
+    for i in range(n):
+        yield i
+
+
+def double(x):
+    return 2 * x
+
+
+@pa.remote
 class Actor:
     def small(self, *_args):
         return b"ok"
+
+    def double(self, x):
+        return 2 * x
 
 
 @pa.remote
@@ -265,6 +278,26 @@ def run(quick: bool) -> list[Row]:
         lambda: sum(pa.get([c.call_many.remote([t], n // 2, False) for c, t in async_pairs])),
         repeats), "calls/s"))
 
+    # --- streaming generators: n items yielded by one task vs the same n items returned by
+    # n separate tasks (submitted together, then gathered)
+    baseline = median_rate(lambda: len(pa.get([increment.remote(i) for i in range(n)])),
+                           repeats)
+    value = median_rate(lambda: len(pa.get(list(stream_items.remote(n)))), repeats)
+    rows.append(Row("generator_items", value, "items/s", baseline, value / baseline,
+                    note="baseline: the same items returned by separate tasks"))
+
+    # --- ActorPool.map over two actors vs the drop-in Pool.map (2 processes) of one function
+    from pyactor.multiprocessing import Pool
+    from pyactor.util import ActorPool
+    with Pool(2) as mp_pool:
+        baseline = median_rate(lambda: len(mp_pool.map(double, range(n // 4))), repeats)
+    pool_actors = [Actor.remote() for _ in range(2)]
+    actor_pool = ActorPool(pool_actors)
+    value = median_rate(lambda: len(list(actor_pool.map(
+        lambda a, v: a.double.remote(v), range(n // 4)))), repeats)
+    rows.append(Row("actor_pool_map", value, "items/s", baseline, value / baseline,
+                    note="baseline: pyactor.multiprocessing Pool(2).map"))
+
     # --- wait
     def wait_1k():
         refs = [noop.remote() for _ in range(1000)]
@@ -273,7 +306,8 @@ def run(quick: bool) -> list[Row]:
         return 1000
     rows.append(Row("client_wait_1k_refs", median_rate(wait_1k, repeats), "refs/s"))
 
-    for handle in [actor, threaded, async_actor] + targets + async_targets + clients:
+    for handle in [actor, threaded, async_actor] + targets + async_targets + clients + \
+            pool_actors:
         pa.kill(handle)
     pa.shutdown()
     return rows

@@ -236,21 +236,6 @@ def test_an_actor_constructor_and_method_check_their_arguments(pa_module):
     pa.kill(account)
 
 
-def test_a_generator_function_cannot_become_a_task_yet():
-    """@pa.remote on a generator function says generator tasks are not supported yet."""
-    def produce(n):
-        yield from range(n)
-
-    with pytest.raises(TypeError, match="produce.*generator tasks are not supported yet"):
-        pa.remote(produce)
-
-    async def produce_async(n):
-        yield n
-
-    with pytest.raises(TypeError, match="generator tasks are not supported yet"):
-        pa.remote(num_cpus=1)(produce_async)
-
-
 # ---------------------------------------------------------------------- logging_level
 LOGGING_DRIVER = """
 import logging, os, sys, tempfile, time

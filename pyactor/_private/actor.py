@@ -22,6 +22,9 @@ DEFAULT_ACTOR_OPTIONS = {"num_cpus": 0, "num_gpus": 0, "resources": None, "memor
                          "lifetime": None}
 
 
+STREAMING = "streaming"  # num_returns of a generator method (streaming.py)
+
+
 def method(*, num_returns: int = 1):
     """Decorator for actor methods: `@pa.method(num_returns=2)`."""
     if not isinstance(num_returns, int) or num_returns < 1:
@@ -47,7 +50,9 @@ class ActorClass:
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__doc__ = cls.__doc__
-        self._methods = {name: getattr(member, "__pyactor_num_returns__", 1)
+        self._methods = {name: STREAMING if (inspect.isgeneratorfunction(member) or
+                                             inspect.isasyncgenfunction(member))
+                         else getattr(member, "__pyactor_num_returns__", 1)
                          for name, member in inspect.getmembers(cls, callable)
                          if not name.startswith("__")}
         # Checked at .remote() (signatures.py); text, so that handles carry them anywhere.
@@ -173,21 +178,24 @@ class ActorHandle:
 
 
 class ActorMethod:
-    __slots__ = ("_handle", "_name", "_num_returns")
+    __slots__ = ("_handle", "_name", "_num_returns", "_backpressure")
 
-    def __init__(self, handle: ActorHandle, name: str, num_returns: int):
+    def __init__(self, handle: ActorHandle, name: str, num_returns, backpressure: int = 0):
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
+        self._backpressure = backpressure
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"actor method {self._name} cannot be called directly; "
                         f"use .{self._name}.remote(...)")
 
-    def options(self, *, num_returns: int | None = None, name: str | None = None
-                ) -> "ActorMethod":
+    def options(self, *, num_returns: int | None = None, name: str | None = None,
+                _generator_backpressure_num_objects: int | None = None) -> "ActorMethod":
+        from pyactor._private.streaming import check_backpressure
         return ActorMethod(self._handle, self._name,
-                           num_returns if num_returns is not None else self._num_returns)
+                           num_returns if num_returns is not None else self._num_returns,
+                           check_backpressure(_generator_backpressure_num_objects))
 
     def remote(self, *args, **kwargs):
         from pyactor._private.api import runtime_for_call
@@ -206,7 +214,16 @@ class ActorMethod:
         spec.method = self._name
         spec.name = f"{handle._class_name}.{self._name}"
         spec.encode_call(runtime, args, kwargs)
-        spec.num_returns = self._num_returns
         spec.retry_exceptions = False
+        if self._num_returns == STREAMING:
+            return self._submit_streaming(runtime, spec)
+        spec.num_returns = self._num_returns
         refs = runtime.submit_actor_call(spec, handle._max_task_retries)
         return refs[0] if spec.num_returns == 1 else refs
+
+    def _submit_streaming(self, runtime, spec):
+        from pyactor._private import streaming
+        spec.num_returns = 1  # the item count (or the call's failure)
+        stream = streaming.open_stream(runtime, spec.task_id, self._backpressure)
+        ref0 = runtime.submit_actor_call(spec, 0)[0]  # a rerun would yield its items twice
+        return streaming.ObjectRefGenerator(runtime, stream, ref0)

@@ -322,17 +322,33 @@ def _check_timeout(timeout):
     return timeout
 
 
-def put(value: Any) -> ObjectRef:
-    """Store a value once; pass the ref to tasks instead of the value."""
+def put(value: Any, *, timeout: float | None = 0) -> ObjectRef:
+    """Store a value once; pass the ref to tasks instead of the value.
+
+    When the store is full of referenced objects, a put fails at once with
+    ObjectStoreFullError (timeout=0, the default, as in Ray); with timeout=S it waits up to S
+    seconds for room, with timeout=None as long as it takes."""
     if type(value) is ObjectRef:
         raise TypeError("put() of an ObjectRef is not allowed; pass the ref itself")
     runtime = runtime_for_call()
+    timeout_s = 0.0
+    if timeout != 0:
+        from pyactor._private.put_wait import check_put_timeout
+        timeout_s = check_put_timeout(timeout)
     try:
         serialized = serialization.serialize(value)
     except Exception as error:  # PicklingError is no TypeError: give callers one clear type
         from pyactor._private.pickling_errors import describe_failure
         raise TypeError(describe_failure(value, "the value passed to put()", error)) from error
-    return runtime.put_serialized(serialized)
+    return runtime.put_serialized(serialized, timeout_s)
+
+
+async def put_async(value: Any, *, timeout: float | None = 0) -> ObjectRef:
+    """`put` for asyncio code: waiting for room in a full store does not block the loop."""
+    if type(value) is ObjectRef:
+        raise TypeError("put_async() of an ObjectRef is not allowed; pass the ref itself")
+    from pyactor._private.put_wait import check_put_timeout
+    return await runtime_for_call().put_async(value, check_put_timeout(timeout))
 
 
 def wait(refs, *, num_returns: int = 1, timeout: float | None = None,
@@ -359,6 +375,10 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> No
     killed if force=True; with recursive=True (the default) the tasks it submitted are
     cancelled too. `get` on it then raises TaskCancelledError."""
     if type(ref) is not ObjectRef:
+        from pyactor._private.streaming import ObjectRefGenerator
+        if isinstance(ref, ObjectRefGenerator):  # stops the producer (streaming.py)
+            ref.cancel()
+            return
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
     runtime_for_call().cancel(ref, force, recursive)
 

@@ -14,7 +14,9 @@ Who sends what:
     node -> runtime                Reply (to any request), ClusterView, Log
     owner -> worker task endpoint  PushTask, ActorCall (answered by TaskDone)
     owner -> worker runtime        CancelTask, RevokeTasks
-    worker -> owner                WorkerBlocking (a task waits in get)
+    worker -> owner                WorkerBlocking (a task waits in get), GeneratorStart,
+                                   GeneratorItem (streaming generators)
+    owner -> worker runtime        GeneratorAck (consumed items, stop)
     borrower -> owner              GetObject, AddBorrower, RemoveBorrower, CancelTask
     node -> worker                 StartActor (answered by ActorReady)
     node <-> head                  JoinCluster, Heartbeat, ClusterView, HostActor, ActorHosted,
@@ -294,12 +296,37 @@ class ConnectionsRejected(NamedTuple):
     peers: list  # a few of the addresses they came from
 
 
+class GeneratorStart(NamedTuple):
+    """Worker to owner: a generator task starts streaming; answered by a Reply with
+    [backpressure threshold (0: none), stop] (see streaming.py)."""
+    request_id: int
+    task_id: bytes
+    worker_address: list  # the producer's runtime, where GeneratorAck goes
+
+
+class GeneratorItem(NamedTuple):
+    """Worker to owner: the value yielded at `index` (returns-style [where, payload, node,
+    contained]), or the pickled error raised there (the stream then ends)."""
+    task_id: bytes
+    index: int
+    value: Any
+    error: Any
+
+
+class GeneratorAck(NamedTuple):
+    """Owner to worker: the consumer took `consumed` items; stop=True: it dropped the stream."""
+    task_id: bytes
+    consumed: int
+    stop: bool
+
+
 _KINDS: list[type] = [
     Register, Reply, RequestLease, ReturnLease, WorkerBlocked, PushTask, ActorCall, TaskDone,
     CancelTask, CreateActor, StartActor, GetActor, KillActor, WaitActor, FreeObjects, GetObject,
     AddBorrower, RemoveBorrower, ClusterInfo, Log, Shutdown, WorkerBlocking, RevokeTasks, ActorReady,
     PullObject, ObjectChunk, Fetch, JoinCluster, Heartbeat, ClusterView, HostActor, ActorHosted,
     ActorProcessDied, KillActorProcess, OwnerExited, ConnectionsRejected,
+    GeneratorStart, GeneratorItem, GeneratorAck,
 ]
 KIND_OF: dict[type, int] = {cls: i for i, cls in enumerate(_KINDS)}
 _ARITY = [len(cls._fields) for cls in _KINDS]

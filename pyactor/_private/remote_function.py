@@ -11,9 +11,10 @@ from pyactor._private.ids import new_task_id
 from pyactor._private.task_spec import TaskSpec
 
 TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries",
-                "retry_exceptions", "name", "memory"}
+                "retry_exceptions", "name", "memory", "_generator_backpressure_num_objects"}
 DEFAULT_TASK_OPTIONS = {"num_cpus": 1, "num_gpus": 0, "resources": None, "num_returns": 1,
-                        "max_retries": 3, "retry_exceptions": False, "name": None, "memory": None}
+                        "max_retries": 3, "retry_exceptions": False, "name": None, "memory": None,
+                        "_generator_backpressure_num_objects": None}
 
 
 def validate_options(options: dict, allowed: set, what: str) -> None:
@@ -28,6 +29,9 @@ def validate_options(options: dict, allowed: set, what: str) -> None:
     num_returns = options.get("num_returns")
     if num_returns is not None and (not isinstance(num_returns, int) or num_returns < 1):
         raise ValueError(f"num_returns must be a positive int, got {num_returns!r}")
+    if "_generator_backpressure_num_objects" in options:
+        from pyactor._private.streaming import check_backpressure
+        check_backpressure(options["_generator_backpressure_num_objects"])
     retry_exceptions = options.get("retry_exceptions")
     if retry_exceptions is not None and not isinstance(retry_exceptions, bool) and not (
             isinstance(retry_exceptions, (list, tuple)) and all(
@@ -65,9 +69,6 @@ class RemoteFunction:
 
     def __init__(self, function, options: dict):
         validate_options(options, TASK_OPTIONS, "task")
-        if inspect.isgeneratorfunction(function) or inspect.isasyncgenfunction(function):
-            raise TypeError(f"remote function {function.__qualname__} is a generator (it "
-                            f"yields): generator tasks are not supported yet; return a list")
         self._function = function
         self._options = {**DEFAULT_TASK_OPTIONS, **options}
         self._blob: bytes | None = None
@@ -79,6 +80,9 @@ class RemoteFunction:
         self.__qualname__ = getattr(function, "__qualname__", self.__name__)
         self.__doc__ = getattr(function, "__doc__", None)
         self.__wrapped__ = function
+        # A generator function streams its items (streaming.py), as Ray's num_returns="streaming".
+        self._streaming = inspect.isgeneratorfunction(function) or \
+            inspect.isasyncgenfunction(function)
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"remote function {self.__name__} cannot be called directly; "
@@ -127,5 +131,17 @@ class RemoteFunction:
         spec.retries_left = options["max_retries"]
         spec.namespace = get_namespace()
         spec.retry_exceptions = options["retry_exceptions"]
+        if self._streaming:
+            return self._submit_streaming(runtime, spec)
         refs = runtime.submit(spec)
         return refs[0] if spec.num_returns == 1 else refs
+
+    def _submit_streaming(self, runtime, spec):
+        from pyactor._private import streaming
+        threshold = streaming.check_backpressure(
+            self._options["_generator_backpressure_num_objects"])
+        spec.num_returns = 1  # the item count (or the task's failure)
+        spec.retries_left = 0  # a rerun would yield its items twice
+        stream = streaming.open_stream(runtime, spec.task_id, threshold)
+        ref0 = runtime.submit(spec)[0]
+        return streaming.ObjectRefGenerator(runtime, stream, ref0)

@@ -44,7 +44,7 @@ from pyactor._private import protocol as P
 from pyactor._private import serialization, transport
 from pyactor._private.direct import DirectPath
 from pyactor._private.forwarded_output import ForwardedOutput
-from pyactor._private.ids import new_put_id, object_id_for
+from pyactor._private.ids import PUT_INDEX, new_put_id, object_id_for
 from pyactor._private.object_ref import ObjectRef
 from pyactor._private.rejections import RejectionReporter, RejectionTally
 from pyactor._private.references import (FAILED, PENDING, READY, CountdownWaiter, ObjectEntry,
@@ -60,6 +60,7 @@ REJECTIONS_TO_NODE_S = 1.0
 # How long shutdown waits for workers' output to be written (a stream nobody reads never is).
 SHUTDOWN_OUTPUT_FLUSH_S = 2.0
 NODE_GONE = "the pyactor node this process was connected to is gone (it crashed or was killed)"
+PUT_SUFFIX = PUT_INDEX.to_bytes(4, "big")  # the index part of a put object's id
 
 class Runtime:
     def __init__(self, *, node_host: str, node_port: int, token: bytes, kind: str,
@@ -465,19 +466,42 @@ class Runtime:
         entry.state = READY
         return ObjectRef(object_id, self.address)
 
-    def put(self, value: Any) -> ObjectRef:
-        return self.put_serialized(serialization.serialize(value))
+    def put(self, value: Any, timeout_s: float | None = 0.0) -> ObjectRef:
+        return self.put_serialized(serialization.serialize(value), timeout_s)
 
-    def put_serialized(self, serialized: serialization.SerializedValue) -> ObjectRef:
+    async def put_async(self, value: Any, timeout_s: float | None) -> ObjectRef:
+        """put, waiting for room on the caller's loop (put_wait.py) rather than blocking it."""
+        serialized = serialization.serialize(value)
+        if serialized.total_bytes >= serialization.INLINE_THRESHOLD_BYTES and \
+                self.store is not None:
+            from pyactor._private.put_wait import create_waiting_async
+            object_id = new_put_id()
+            view = await create_waiting_async(self.store, object_id, serialized.total_bytes,
+                                              timeout_s)
+            return self.put_serialized(serialized, object_id=object_id, view=view)
+        return self.put_serialized(serialized)
+
+    def put_serialized(self, serialized: serialization.SerializedValue,
+                       timeout_s: float | None = 0.0, *, object_id: bytes | None = None,
+                       view=None) -> ObjectRef:
+        """Store a serialized value; `timeout_s` (0: none) waits for room in a full store;
+        `view` is an object put_async already created as `object_id`."""
         if self.node_lost.is_set():  # a ref no task could ever read: refuse it here
             raise PyActorError(f"cannot put: {NODE_GONE}; call pyactor.shutdown() and "
                                f"pyactor.init() again")
-        object_id = new_put_id()
+        object_id = object_id or new_put_id()
         entry = self.refs.add_owned(object_id)
         if serialized.total_bytes < serialization.INLINE_THRESHOLD_BYTES or self.store is None:
             entry.inline = serialized.to_bytes()
         else:
-            view = self.store.create_object(object_id, serialized.total_bytes, evictable=False)
+            if view is None:
+                if timeout_s == 0:
+                    view = self.store.create_object(object_id, serialized.total_bytes,
+                                                    evictable=False)
+                else:
+                    from pyactor._private.put_wait import create_waiting
+                    view = create_waiting(self.store, object_id, serialized.total_bytes,
+                                          timeout_s)
             try:
                 serialized.write_to(view, self.store.copy_into)
             except BaseException:
@@ -651,9 +675,17 @@ class Runtime:
                 pass
         if self.refs.when_resolved(entry, resolved):
             self._fetch_if_borrowed(entry)
+            # Cancelling the awaiting asyncio task (task.cancel(), wait_for's timeout, a
+            # TaskGroup sibling's failure) cancels the remote work it waited for.
+            future.add_done_callback(lambda f, ref=ref: f.cancelled() and self._cancel_awaited(
+                ref, entry))
         else:
             self._settle(future, entry)
         return future
+
+    def _cancel_awaited(self, ref: ObjectRef, entry: ObjectEntry) -> None:
+        if entry.state == PENDING and ref.id[16:] != PUT_SUFFIX:
+            self.cancel(ref, False, True)
 
     def _settle(self, future: asyncio.Future, entry: ObjectEntry) -> None:
         """On the awaiting loop: give `future` the entry's value or error."""

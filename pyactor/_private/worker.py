@@ -28,6 +28,7 @@ import pickle
 import signal
 import threading
 import traceback
+import types
 from concurrent.futures import ThreadPoolExecutor
 import logging
 from typing import Any
@@ -39,6 +40,7 @@ from pyactor._private import api
 from pyactor._private import protocol as P
 from pyactor._private import serialization, transport
 from pyactor._private.ids import object_id_for
+from pyactor._private.streaming import StreamSender
 from pyactor.exceptions import ObjectLostError, ProtocolError, TaskCancelledError, TaskError
 
 logger = logging.getLogger("pyactor.worker")
@@ -67,6 +69,7 @@ class Executor:
         self.actor_id: bytes | None = None
         self.actor_is_async = False
         self.actor_semaphore: asyncio.Semaphore | None = None
+        self.async_calls: dict[bytes, asyncio.Task] = {}  # an async actor's running calls
         self.actor_pool: ThreadPoolExecutor | None = None
         self.gpu_ids: list | None = None
         self.main_thread_id = threading.get_ident()
@@ -97,7 +100,9 @@ class Executor:
             self._run_task(conn, message)
         elif kind is P.ActorCall:
             if self.actor_is_async:
-                self.loop.create_task(self._async_call(conn, message))
+                call = self.loop.create_task(self._async_call(conn, message))
+                self.async_calls[message.task_id] = call  # for CancelTask
+                call.add_done_callback(lambda _t, i=message.task_id: self.async_calls.pop(i, None))
             elif self.actor_pool is not None:
                 self.actor_pool.submit(self._run_actor_call, conn, message)
             else:
@@ -149,6 +154,8 @@ class Executor:
             function = get_function()
             result = function(*[self._decode_arg(a) for a in args],
                               **{k: self._decode_arg(v) for k, v in kwargs.items()})
+            if type(result) is types.GeneratorType:  # a streaming call: items go one by one
+                result = StreamSender(self, task_id, owner, name).run(result)
             if in_main:
                 self.current_task = None
                 self.children.pop(task_id, None)
@@ -268,6 +275,10 @@ class Executor:
         if message.force:  # after the children's cancels are written
             self.runtime.loop.call_later(0.05, os.kill, os.getpid(), signal.SIGKILL)
             return
+        call = self.async_calls.get(message.task_id)
+        if call is not None:  # an async actor's call: cancel its coroutine (its awaits of
+            self.loop.call_soon_threadsafe(call.cancel)  # other refs cancel those in turn)
+            return
         if self.current_task == message.task_id:
             self.cancel_target = message.task_id
             signal.pthread_kill(self.main_thread_id, signal.SIGUSR1)
@@ -329,7 +340,8 @@ class Executor:
             return
         self.runtime.worker_label = f"{cls.__name__} pid={os.getpid()}"
         max_concurrency = spec.get("max_concurrency")
-        if any(inspect.iscoroutinefunction(getattr(cls, name, None))
+        if any(inspect.iscoroutinefunction(getattr(cls, name, None)) or
+               inspect.isasyncgenfunction(getattr(cls, name, None))
                for name in dir(cls) if not name.startswith("__")):
             self.actor_is_async = True
             self.actor_semaphore = asyncio.Semaphore(max_concurrency or 1000)
@@ -347,7 +359,15 @@ class Executor:
                 result = method(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
+                elif type(result) is types.AsyncGeneratorType:
+                    result = await StreamSender(self, message.task_id, message.owner,
+                                                message.method).run_async(result)
+                elif type(result) is types.GeneratorType:
+                    result = StreamSender(self, message.task_id, message.owner,
+                                          message.method).run(result)
             except BaseException as error:  # noqa: BLE001
+                if isinstance(error, asyncio.CancelledError):
+                    error = TaskCancelledError(f"actor call {message.method} was cancelled")
                 self._reply_error(conn, message.task_id, error, traceback.format_exc(),
                                   message.method)
                 return

@@ -1,0 +1,31 @@
+"""pyactor.util: the helpers Ray users import from ray.util.
+
+    from pyactor.util import ActorPool, Queue, Empty, Full
+
+Names are loaded on first use (PEP 562), so `import pyactor.util` costs nothing until one is
+touched.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ActorPool": "pyactor.util.actor_pool",
+    "Queue": "pyactor.util.queue", "Empty": "pyactor.util.queue", "Full": "pyactor.util.queue",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyactor.util' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__
