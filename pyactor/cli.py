@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help='custom resources as a JSON object, e.g. \'{"x": 2}\'')
     start.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES",
                        help="size of this node's shared-memory object store in bytes "
-                       "(default: a share of the host's memory)")
+                       "(default: 30%% of the host's memory, at most the free space of /dev/shm)")
     start.add_argument("--node-ip-address", default="127.0.0.1", metavar="IP",
                        help="address to bind and advertise (default: loopback only)")
     start.add_argument("--token", default=None,

@@ -83,6 +83,26 @@ def test_status_with_a_garbled_token_says_so(session_env):
     assert "--token" in result.stderr and "hex" in result.stderr
 
 
+def test_status_of_a_port_nobody_listens_on_says_so(session_env):
+    """`pyactor status --address` of a port nobody listens on says nothing is listening there."""
+    import socket
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        address = f"127.0.0.1:{unused.getsockname()[1]}"
+        result = run_cli("status", "--address", address, "--token", "ab" * 32, env=session_env)
+    assert result.returncode == 1
+    assert f"nothing is listening at {address}" in result.stderr
+
+
+def test_start_refuses_an_unknown_logging_level(session_env):
+    """`pyactor start --logging-level LOUD` is refused before a node starts."""
+    result = run_cli("start", "--head", "--port", "0", "--logging-level", "LOUD",
+                     env=session_env)
+    assert result.returncode == 2
+    assert "--logging-level: logging_level must be a logging level" in result.stderr
+    assert "'LOUD'" in result.stderr
+
+
 @pytest.mark.slow
 def test_second_head_on_a_busy_port_prints_the_cause_and_leaves_the_running_log_alone(
         session_env):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import weakref
 
 from pyactor._private import protocol as P
 from pyactor._private import signatures
@@ -55,10 +56,7 @@ class ActorClass:
                          else getattr(member, "__pyactor_num_returns__", 1)
                          for name, member in inspect.getmembers(cls, callable)
                          if not name.startswith("__")}
-        # Checked at .remote() (signatures.py); text, so that handles carry them anywhere.
-        self._signatures = {name: signatures.method_signature_text(cls, name)
-                            for name in self._methods}
-        self._init_check = signatures.stub(cls.__name__, signatures.signature_text(cls))
+        self._signatures, self._init_check = _argument_checks(cls, self._methods)
         self._blob: bytes | None = None
 
     def __call__(self, *args, **kwargs):
@@ -119,6 +117,24 @@ class ActorClass:
                 token = runtime.actor_token(actor_id)
         return ActorHandle(actor_id, self.__name__, self._methods, options["max_task_retries"],
                            token, self._signatures)
+
+
+_checks_by_class: "weakref.WeakKeyDictionary[type, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _argument_checks(cls: type, methods: dict) -> tuple[dict, object]:
+    """(method name -> signature text, constructor stub), checked at .remote() (signatures.py);
+    text, so that handles carry them anywhere. Once per class: `.options()` makes new
+    ActorClasses of the same class (a Pool does, per worker)."""
+    checks = _checks_by_class.get(cls)
+    if checks is None:
+        checks = ({name: signatures.method_signature_text(cls, name) for name in methods},
+                  signatures.stub(cls.__name__, signatures.signature_text(cls)))
+        try:
+            _checks_by_class[cls] = checks
+        except TypeError:  # a class that cannot be weakly referenced: just not cached
+            pass
+    return checks
 
 
 def _resolve_now(runtime, arg: list) -> list:
