@@ -186,15 +186,31 @@ def short_work(i):
 
 
 @pytest.mark.slow
-def test_tasks_all_finish_while_workers_are_killed_at_random(pa_fresh):
-    """Workers SIGKILLed every 20-120 ms (KILLS times, so workers that start slowly on a busy
-    machine are not all killed before they serve) while 600 tasks with max_retries=3 run:
-    every task finishes (its value, or WorkerCrashedError once its retries ran out)."""
+def test_tasks_all_finish_while_workers_are_killed_at_random(pa_fresh, monkeypatch):
+    """Workers SIGKILLed every 20-120 ms, and some just as the driver connects to them (so
+    "closed" lands at a random point among "connected" and "recorded"), KILLS times in all (so
+    workers that start slowly on a busy machine are not all killed before they serve), while
+    600 tasks with max_retries=3 run: every task finishes (its value, or WorkerCrashedError
+    once its retries ran out)."""
     pa_fresh.init(num_cpus=2, object_store_memory=64 << 20)
     seed = random.randrange(1 << 30)
-    chaos = random.Random(seed)
+    chaos, at_connect = random.Random(seed), random.Random(seed + 1)
     stop = threading.Event()
     kills = []
+    runtime = api._runtime
+    peer = runtime.peer
+
+    async def peer_that_may_die(address):
+        conn = await peer(address)
+        if len(kills) < KILLS and at_connect.random() < 0.3:
+            try:  # no wait for the close: it comes whenever the driver reads it
+                victim = pid_listening_on(address[1])
+                os.kill(victim, signal.SIGKILL)
+                kills.append(victim)
+            except (LookupError, ProcessLookupError):
+                pass
+        return conn
+    monkeypatch.setattr(runtime, "peer", peer_that_may_die)
 
     def killer():
         while len(kills) < KILLS and not stop.wait(chaos.uniform(0.02, 0.12)):  # its pace
