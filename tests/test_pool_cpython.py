@@ -78,6 +78,7 @@ class WithPyactorTestPoolWorkerErrors(cpython._TestPoolWorkerErrors, PyactorMixi
     pass
 
 
+@pytest.mark.slow  # starts a dozen workers, and a fresh interpreter
 class WithPyactorTestPoolWorkerLifetime(cpython._TestPoolWorkerLifetime, PyactorMixin,
                                         unittest.TestCase):
     pass

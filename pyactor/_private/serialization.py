@@ -51,18 +51,34 @@ _PLAIN_TYPES = frozenset({int, float, bool, str, bytes, type(None), complex})
 _context = threading.local()
 
 
+_cloudpickle_reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+
+def _filename_position() -> int | None:
+    """Where cloudpickle's reduction puts co_filename among the code constructor's arguments
+    (it depends on the Python version), found once on a probe."""
+    _constructor, args = _cloudpickle_reduce_code(_filename_position.__code__)
+    for position, arg in enumerate(args):
+        if isinstance(arg, str) and arg in ("<dynamic-code>", __file__):
+            return position
+    return None
+
+
+_FILENAME_POSITION = _filename_position()
+
+
 def _code_with_filename(constructor, args, filename: str) -> types.CodeType:
     return constructor(*args).replace(co_filename=filename)
-
-
-_cloudpickle_reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
 
 
 def _reduce_code(code: types.CodeType):
     """cloudpickle's reduction of a code object, with the file name put back: it is what
     tracebacks print and what linecache reads the source line from."""
     constructor, args = _cloudpickle_reduce_code(code)
-    return _code_with_filename, (constructor, args, code.co_filename)
+    position = _FILENAME_POSITION
+    if position is None:  # an unknown layout: rename after building (costs a second copy)
+        return _code_with_filename, (constructor, args, code.co_filename)
+    return constructor, args[:position] + (code.co_filename,) + args[position + 1:]
 
 
 class Pickler(cloudpickle.Pickler):

@@ -21,6 +21,11 @@ carries several of them, so the per-call cost of the runtime is shared; `maxtask
 counts chunks (the standard library's tasks). Depth: a worker gets a second batch while its first
 runs only once chunks are known to be short, so long tasks are spread like the standard Pool's.
 
+Workers: `pool._pool` lists one record per worker actor with the standard Pool's `pid`,
+`is_alive()` and `exitcode`. Each worker's first call answers once its initializer ran, and
+close() stops no worker before that, so the initializer runs even in a pool that never gets a
+task.
+
 Failures: a worker process that dies (os._exit, OOM killer) fails its calls with ActorDiedError;
 the chunks that were in them run again one at a time on a fresh worker, and the chunk that dies
 alone fails with WorkerCrashedError. The pool never hangs on a dead worker.
@@ -116,8 +121,9 @@ class _Worker:
 
     def is_alive(self) -> bool:
         """True until the pool stops it or finds its process dead (or it failed to start)."""
-        return not self.dead and not (self.started.done() and
-                                      self.started.exception() is not None)
+        started = self.started
+        return not (self.dead or started.done() and (started.cancelled() or
+                                                     started.exception() is not None))
 
     @property
     def exitcode(self) -> int | None:
