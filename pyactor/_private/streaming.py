@@ -7,15 +7,17 @@ consumer as soon as the value arrives, not when the task ends. The task's ordina
     owner (caller)                                  worker (producer)
     f.remote() -> ObjectRefGenerator(ref0)   ...PushTask/ActorCall...   f() returns a generator
           |<--------------- GeneratorStart (request) ------------------ |
-          |--- Reply [threshold, stop] ----------------------------------> |
+          |--- Reply [threshold, stop, known] ---------------------------> |
           |<--------------- GeneratorItem(i, value or error) ----------- | one per yield
     next(gen) -> ref i;  GeneratorAck(consumed) ------------------------> | (with a threshold:
           |                                                              |  waits while
           |<--------------- TaskDone(ref0 = item count) --------------- |  produced - consumed
                                                                             >= threshold)
 
-Items travel owner-runtime to worker-runtime (IO threads), TaskDone on the call's connection:
-TaskDone may come first, so the consumer waits for `count` items, not for the TaskDone alone.
+Items travel worker runtime to owner runtime (IO thread to IO thread), TaskDone on the call's
+connection: TaskDone may come first, so the consumer waits for `count` items, not for the
+TaskDone alone (the producer lets its IO thread send the items before it answers, which keeps
+that window small).
 An exception raised by the generator arrives as a failed item at its position and ends the
 stream. Dropping the generator (or pa.cancel on it) sends stop: the producer closes the
 generator at its next step; the call is also cancelled, which interrupts it mid-step.
@@ -367,6 +369,13 @@ class StreamSender:
             message = P.GeneratorItem(self.task_id, index, encoded, None)
         self.runtime.run_in_loop(self.runtime.send_to_peer, self.owner, message)
 
+    def _flush(self) -> None:
+        """Wait until the IO thread has handed every item sent so far to the connection (its
+        inbox runs in order), so that TaskDone rarely overtakes them."""
+        async def nothing():
+            return None
+        self.runtime.call(nothing())
+
     def _end_with(self, error: BaseException, producer: Producer, produced: int) -> int:
         """The generator raised: the error takes the next position, unless the consumer
         already stopped (a cancel interrupting it); the item count."""
@@ -394,6 +403,7 @@ class StreamSender:
         finally:
             self.table.producing.pop(self.task_id, None)
             generator.close()
+            self._flush()
         return produced
 
     async def run_async(self, generator) -> int:
@@ -415,5 +425,6 @@ class StreamSender:
         finally:
             self.table.producing.pop(self.task_id, None)
             await generator.aclose()
+            await asyncio.get_running_loop().run_in_executor(None, self._flush)
         return produced
 
