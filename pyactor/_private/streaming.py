@@ -130,7 +130,8 @@ class StreamTable:
         with stream.cond:
             stream.count, stream.failed = count, failed
             stream.wake()
-        if stream.dropped:
+            dropped = stream.dropped
+        if dropped:  # else the consumer (or its cancel) forgets the stream
             self.consuming.pop(stream.task_id, None)
 
     def send_ack(self, stream: _Stream, consumed: int, stop: bool) -> None:
@@ -158,11 +159,17 @@ def streams_of(runtime) -> StreamTable:
 _install_lock = threading.Lock()
 
 
-def open_stream(runtime, task_id: bytes, threshold: int) -> _Stream:
-    """Before the call is sent: the producer's GeneratorStart may come back at once."""
-    stream = _Stream(task_id, threshold)
-    streams_of(runtime).consuming[task_id] = stream
-    return stream
+def submit_streaming(runtime, spec, threshold: int, submit) -> ObjectRefGenerator:
+    """Register the stream, then submit the call (`submit(spec)` -> its refs): the producer's
+    GeneratorStart may come back before submit returns."""
+    table = streams_of(runtime)
+    stream = table.consuming[spec.task_id] = _Stream(spec.task_id, threshold)
+    try:
+        ref0 = submit(spec)[0]
+    except BaseException:
+        table.consuming.pop(spec.task_id, None)
+        raise
+    return ObjectRefGenerator(runtime, stream, ref0)
 
 
 def check_backpressure(value) -> int:
@@ -262,7 +269,10 @@ class ObjectRefGenerator:
             stream.dropped = True
             stream.items.clear()
             stream.wake()
+            ended = stream.count is not None or stream.failed
         self._finished = True
+        if ended:  # else _on_task_end forgets the stream when the task ends
+            self._table.consuming.pop(stream.task_id, None)
         runtime = self._runtime
         runtime.run_in_loop(self._table.send_ack, stream, self._next, True)
         runtime.cancel(self._ref, False, True)  # interrupts a producer busy between yields
