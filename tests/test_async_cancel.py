@@ -141,3 +141,15 @@ async def test_shield_keeps_the_remote_task(pa_module, tmp_path):
         await asyncio.wait_for(asyncio.shield(_await(ref)), 0.05)
     assert await ref == "written"
     assert os.path.exists(out)
+
+
+def test_cancelling_ref_future_cancels_the_remote_task(pa_module, tmp_path):
+    """ref.future().cancel() cancels the remote task like a cancelled await does."""
+    out, started = _paths(tmp_path)
+    ref = write_later.remote(out, started)
+    future = ref.future()
+    assert wait_until(lambda: os.path.exists(started), GET_TIMEOUT_S)
+    assert future.cancel()
+    assert _never_written(out)
+    with pytest.raises(pa.TaskCancelledError):
+        pa.get(ref, timeout=GET_TIMEOUT_S)

@@ -82,6 +82,13 @@ class Streamer:
     def plain(self):
         return "plain"
 
+    def slow(self, log_dir):
+        """Busy between two yields: a stop must interrupt it."""
+        yield 0
+        time.sleep(60)
+        open(os.path.join(log_dir, "late"), "w").close()
+        yield 1
+
 
 @pa.remote
 class AsyncStreamer:
@@ -304,3 +311,34 @@ async def test_cancel_interrupts_an_async_actor_stream(pa_module, tmp_path):
     assert not (tmp_path / "late").exists()
     assert await actor.ping.remote() == "pong"
     del ref0
+
+
+def test_cancel_interrupts_a_sync_actor_stream(pa_module, tmp_path):
+    """A sync actor method busy between two yields is interrupted; the actor keeps serving."""
+    actor = Streamer.remote()
+    gen = actor.slow.remote(str(tmp_path))
+    assert pa.get(next(gen), timeout=GET_TIMEOUT_S) == 0
+    ref0 = gen.completed()
+    pa.cancel(gen)
+    assert pa.wait([ref0], timeout=GET_TIMEOUT_S)[0] == [ref0]
+    assert pa.get(actor.plain.remote(), timeout=GET_TIMEOUT_S) == "plain"
+    assert not (tmp_path / "late").exists()
+
+
+def test_finished_streams_are_forgotten(pa_module, tmp_path):
+    """Consumed, dropped-after-the-end and dropped-midway streams leave nothing behind."""
+    from pyactor._private import api
+    from pyactor._private.streaming import streams_of
+    table = streams_of(api._runtime)
+    assert pa.get(list(produce.remote(2))) == [0, 1]
+    ended = produce.remote(3)
+    next(ended)
+    pa.wait([ended.completed()], timeout=GET_TIMEOUT_S)
+    del ended
+    midway = endless.options(_generator_backpressure_num_objects=1).remote(str(tmp_path))
+    next(midway)
+    ref0 = midway.completed()
+    del midway
+    gc.collect()
+    pa.wait([ref0], timeout=GET_TIMEOUT_S)
+    assert wait_until(lambda: not table.consuming)

@@ -522,17 +522,27 @@ async def test_await_ready_refs_arrays_and_one_ref_twice(pa_module):
     assert await asyncio.gather(ref, ref) == [42, 42]
 
 
-async def test_cancelling_an_await_leaves_the_ref_usable(pa_module, tmp_path):
-    """asyncio cancellation of a coroutine awaiting a ref cancels the wait, not the task."""
+async def test_cancelling_an_await_cancels_the_task_unless_shielded(pa_module, tmp_path):
+    """Cancelling a coroutine that awaits a ref cancels the remote task (asyncio-native
+    cancellation); behind asyncio.shield only the wait is cancelled and the ref stays usable."""
     gate = tmp_path / "gate"
-    ref = wait_for_file.remote(str(gate))
-    waiter = asyncio.ensure_future(_await(ref))
+    shielded = wait_for_file.remote(str(gate))
+    waiter = asyncio.ensure_future(asyncio.shield(_await(shielded)))
     await asyncio.sleep(0)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
     gate.touch()
-    assert await ref == "gate"
+    assert await shielded == "gate"
+
+    cancelled = wait_for_file.remote(str(tmp_path / "never"))
+    waiter = asyncio.ensure_future(_await(cancelled))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    with pytest.raises(pa.TaskCancelledError):
+        await cancelled
 
 
 async def _await(ref):

@@ -240,6 +240,5 @@ class ActorMethod:
     def _submit_streaming(self, runtime, spec):
         from pyactor._private import streaming
         spec.num_returns = 1  # the item count (or the call's failure)
-        stream = streaming.open_stream(runtime, spec.task_id, self._backpressure)
-        ref0 = runtime.submit_actor_call(spec, 0)[0]  # a rerun would yield its items twice
-        return streaming.ObjectRefGenerator(runtime, stream, ref0)
+        return streaming.submit_streaming(  # no retries: a rerun would yield its items twice
+            runtime, spec, self._backpressure, lambda s: runtime.submit_actor_call(s, 0))

@@ -142,6 +142,4 @@ class RemoteFunction:
             self._options["_generator_backpressure_num_objects"])
         spec.num_returns = 1  # the item count (or the task's failure)
         spec.retries_left = 0  # a rerun would yield its items twice
-        stream = streaming.open_stream(runtime, spec.task_id, threshold)
-        ref0 = runtime.submit(spec)[0]
-        return streaming.ObjectRefGenerator(runtime, stream, ref0)
+        return streaming.submit_streaming(runtime, spec, threshold, runtime.submit)

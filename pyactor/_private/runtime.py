@@ -655,6 +655,9 @@ class Runtime:
                 future.set_exception(error)
         if self.refs.when_resolved(entry, complete):
             self._fetch_if_borrowed(entry)
+            # future.cancel() (also through asyncio.wrap_future) cancels the remote work
+            future.add_done_callback(lambda f, ref=ref: f.cancelled() and self._cancel_awaited(
+                ref, entry))
         else:
             complete(entry)
         future._pyactor_ref = ref  # keep the object alive while someone awaits it

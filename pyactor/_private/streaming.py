@@ -7,15 +7,17 @@ consumer as soon as the value arrives, not when the task ends. The task's ordina
     owner (caller)                                  worker (producer)
     f.remote() -> ObjectRefGenerator(ref0)   ...PushTask/ActorCall...   f() returns a generator
           |<--------------- GeneratorStart (request) ------------------ |
-          |--- Reply [threshold, stop] ----------------------------------> |
+          |--- Reply [threshold, stop, known] ---------------------------> |
           |<--------------- GeneratorItem(i, value or error) ----------- | one per yield
     next(gen) -> ref i;  GeneratorAck(consumed) ------------------------> | (with a threshold:
           |                                                              |  waits while
           |<--------------- TaskDone(ref0 = item count) --------------- |  produced - consumed
                                                                             >= threshold)
 
-Items travel owner-runtime to worker-runtime (IO threads), TaskDone on the call's connection:
-TaskDone may come first, so the consumer waits for `count` items, not for the TaskDone alone.
+Items travel worker runtime to owner runtime (IO thread to IO thread), TaskDone on the call's
+connection: TaskDone may come first, so the consumer waits for `count` items, not for the
+TaskDone alone (the producer lets its IO thread send the items before it answers, which keeps
+that window small).
 An exception raised by the generator arrives as a failed item at its position and ends the
 stream. Dropping the generator (or pa.cancel on it) sends stop: the producer closes the
 generator at its next step; the call is also cancelled, which interrupts it mid-step.
@@ -128,7 +130,8 @@ class StreamTable:
         with stream.cond:
             stream.count, stream.failed = count, failed
             stream.wake()
-        if stream.dropped:
+            dropped = stream.dropped
+        if dropped:  # else the consumer (or its cancel) forgets the stream
             self.consuming.pop(stream.task_id, None)
 
     def send_ack(self, stream: _Stream, consumed: int, stop: bool) -> None:
@@ -156,11 +159,17 @@ def streams_of(runtime) -> StreamTable:
 _install_lock = threading.Lock()
 
 
-def open_stream(runtime, task_id: bytes, threshold: int) -> _Stream:
-    """Before the call is sent: the producer's GeneratorStart may come back at once."""
-    stream = _Stream(task_id, threshold)
-    streams_of(runtime).consuming[task_id] = stream
-    return stream
+def submit_streaming(runtime, spec, threshold: int, submit) -> ObjectRefGenerator:
+    """Register the stream, then submit the call (`submit(spec)` -> its refs): the producer's
+    GeneratorStart may come back before submit returns."""
+    table = streams_of(runtime)
+    stream = table.consuming[spec.task_id] = _Stream(spec.task_id, threshold)
+    try:
+        ref0 = submit(spec)[0]
+    except BaseException:
+        table.consuming.pop(spec.task_id, None)
+        raise
+    return ObjectRefGenerator(runtime, stream, ref0)
 
 
 def check_backpressure(value) -> int:
@@ -260,7 +269,10 @@ class ObjectRefGenerator:
             stream.dropped = True
             stream.items.clear()
             stream.wake()
+            ended = stream.count is not None or stream.failed
         self._finished = True
+        if ended:  # else _on_task_end forgets the stream when the task ends
+            self._table.consuming.pop(stream.task_id, None)
         runtime = self._runtime
         runtime.run_in_loop(self._table.send_ack, stream, self._next, True)
         runtime.cancel(self._ref, False, True)  # interrupts a producer busy between yields
@@ -367,6 +379,13 @@ class StreamSender:
             message = P.GeneratorItem(self.task_id, index, encoded, None)
         self.runtime.run_in_loop(self.runtime.send_to_peer, self.owner, message)
 
+    def _flush(self) -> None:
+        """Wait until the IO thread has handed every item sent so far to the connection (its
+        inbox runs in order), so that TaskDone rarely overtakes them."""
+        async def nothing():
+            return None
+        self.runtime.call(nothing())
+
     def _end_with(self, error: BaseException, producer: Producer, produced: int) -> int:
         """The generator raised: the error takes the next position, unless the consumer
         already stopped (a cancel interrupting it); the item count."""
@@ -394,6 +413,7 @@ class StreamSender:
         finally:
             self.table.producing.pop(self.task_id, None)
             generator.close()
+            self._flush()
         return produced
 
     async def run_async(self, generator) -> int:
@@ -415,5 +435,6 @@ class StreamSender:
         finally:
             self.table.producing.pop(self.task_id, None)
             await generator.aclose()
+            await asyncio.get_running_loop().run_in_executor(None, self._flush)
         return produced
 
