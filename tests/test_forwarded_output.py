@@ -10,6 +10,8 @@ import sys
 import textwrap
 import threading
 
+import pytest
+
 from pyactor._private.forwarded_output import ForwardedOutput
 
 GUARD_S = 60  # a hang guard, never a synchronisation device
@@ -57,6 +59,7 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.slow
 def test_a_driver_whose_stderr_nobody_reads_keeps_running_tasks():
     """Tasks print 3 MB to stderr in a driver whose stderr is a pipe nobody reads: the driver
     still gets every result and exits (before, its IO thread blocked in the write)."""
