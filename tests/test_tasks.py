@@ -329,7 +329,7 @@ def test_force_cancel_kills_the_worker(pa_module, tmp_path):
                 pass
 
     ref = stubborn.remote(str(started))
-    assert wait_until(started.exists, 30)
+    assert wait_until(lambda: read_lines(started), 30)  # the pid is written, not just the file
     (pid,) = read_lines(started)
     pa.cancel(ref, force=True)
     with pytest.raises(TaskCancelledError):
