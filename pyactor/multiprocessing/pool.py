@@ -419,7 +419,10 @@ class Pool:
     def _all_started(self) -> bool:
         """Every worker has run its initializer (or failed to): the standard Pool's workers run
         it even when the pool is closed before any task, so this one stops none before. A
-        worker that starts posts a wake-up."""
+        worker that starts posts a wake-up. (Without an initializer nothing would be seen to
+        run: the pool stops at once.)"""
+        if self._initializer is None:
+            return True
         return all(worker.started.done() for worker in self._pool if not worker.dead)
 
     def _idle(self) -> bool:
