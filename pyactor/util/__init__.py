@@ -1,6 +1,8 @@
 """pyactor.util: the helpers Ray users import from ray.util.
 
     from pyactor.util import ActorPool, Queue, Empty, Full
+    from pyactor.util import placement_group, remove_placement_group, placement_group_table
+    from pyactor.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 Names are loaded on first use (PEP 562), so `import pyactor.util` costs nothing until one is
 touched.
@@ -13,6 +15,11 @@ import importlib
 _EXPORTS = {
     "ActorPool": "pyactor.util.actor_pool",
     "Queue": "pyactor.util.queue", "Empty": "pyactor.util.queue", "Full": "pyactor.util.queue",
+    "placement_group": "pyactor.util.placement_group",
+    "remove_placement_group": "pyactor.util.placement_group",
+    "placement_group_table": "pyactor.util.placement_group",
+    "get_placement_group": "pyactor.util.placement_group",
+    "PlacementGroup": "pyactor.util.placement_group",
 }
 
 __all__ = sorted(_EXPORTS)
