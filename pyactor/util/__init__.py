@@ -15,14 +15,17 @@ import importlib
 _EXPORTS = {
     "ActorPool": "pyactor.util.actor_pool",
     "Queue": "pyactor.util.queue", "Empty": "pyactor.util.queue", "Full": "pyactor.util.queue",
-    "placement_group": "pyactor.util.placement_group",
-    "remove_placement_group": "pyactor.util.placement_group",
-    "placement_group_table": "pyactor.util.placement_group",
-    "get_placement_group": "pyactor.util.placement_group",
-    "PlacementGroup": "pyactor.util.placement_group",
 }
 
-__all__ = sorted(_EXPORTS)
+# Imported now, not on first use: the submodule and its function share the name
+# `placement_group` (as in ray.util), and importing the submodule later would rebind the name
+# to the module. It is light (no runtime is started).
+from pyactor.util.placement_group import (PlacementGroup, get_placement_group,  # noqa: E402
+                                          placement_group, placement_group_table,
+                                          remove_placement_group)
+
+__all__ = sorted([*_EXPORTS, "PlacementGroup", "get_placement_group", "placement_group",
+                  "placement_group_table", "remove_placement_group"])
 
 
 def __getattr__(name: str):
