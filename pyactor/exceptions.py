@@ -155,6 +155,11 @@ class InfeasibleResourcesError(PyActorError, ValueError):
     exists. Differs from waiting: resources that exist but are busy just make the task queue."""
 
 
+class PlacementGroupRemovedError(PyActorError):
+    """The placement group a task or actor was scheduled into was removed (or never existed):
+    work still waiting for its bundles fails with this; work running in them was killed."""
+
+
 class AuthenticationError(PyActorError):
     """A connection did not prove it holds the cluster token (a wrong or missing token)."""
 
@@ -167,4 +172,5 @@ __all__ = [
     "PyActorError", "TaskError", "GetTimeoutError", "TaskCancelledError", "WorkerCrashedError",
     "ActorDiedError", "ObjectLostError", "ObjectStoreFullError", "ObjectStoreError",
     "AuthenticationError", "ProtocolError", "InfeasibleResourcesError",
+    "PlacementGroupRemovedError",
 ]

@@ -15,12 +15,12 @@ from pyactor._private.task_spec import TaskSpec, encode_args
 
 ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_restarts",
                  "max_task_retries", "max_concurrency", "name", "namespace", "get_if_exists",
-                 "lifetime"}
+                 "lifetime", "scheduling_strategy"}
 # Like Ray: an actor holds no CPU while it lives unless asked to, so a 2-CPU host can hold many.
 DEFAULT_ACTOR_OPTIONS = {"num_cpus": 0, "num_gpus": 0, "resources": None, "memory": None,
                          "max_restarts": 0, "max_task_retries": 0, "max_concurrency": None,
                          "name": None, "namespace": None, "get_if_exists": False,
-                         "lifetime": None}
+                         "lifetime": None, "scheduling_strategy": None}
 
 
 STREAMING = "streaming"  # num_returns of a generator method (streaming.py)
@@ -85,6 +85,11 @@ class ActorClass:
             except Exception as error:
                 from pyactor._private.pickling_errors import describe_code_failure
                 raise TypeError(describe_code_failure(self._cls, error)) from error
+        demand, placement = demand_of(options), None
+        if options["scheduling_strategy"] is not None:
+            from pyactor.util.placement_group import resolve_scheduling_strategy
+            demand, placement = resolve_scheduling_strategy(options["scheduling_strategy"],
+                                                            demand)
         held: list = []
         wire_args, wire_kwargs = encode_args(runtime, args, kwargs, held)
         wire_args = [_resolve_now(runtime, a) for a in wire_args]
@@ -97,7 +102,8 @@ class ActorClass:
             "signatures": self._signatures,
             "options": {"max_restarts": options["max_restarts"],
                         "max_task_retries": options["max_task_retries"],
-                        "max_concurrency": options["max_concurrency"]},
+                        "max_concurrency": options["max_concurrency"],
+                        "placement_group": placement},
             "max_concurrency": options["max_concurrency"]})
         namespace = options["namespace"] if options["namespace"] is not None else \
             get_namespace()
@@ -105,7 +111,7 @@ class ActorClass:
         if options["get_if_exists"] and not name:
             raise ValueError("get_if_exists=True needs a name")
         requested_id = new_actor_id()
-        state = runtime.node_request(P.CreateActor, requested_id, spec, demand_of(options),
+        state = runtime.node_request(P.CreateActor, requested_id, spec, demand,
                                      name, namespace, bool(options["get_if_exists"]),
                                      options["lifetime"] == "detached", runtime.address)
         actor_id = state[0]

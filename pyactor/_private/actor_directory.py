@@ -26,6 +26,8 @@ from pyactor._private.scheduler import ClusterScheduler, NodeView, Placement
 
 logger = logging.getLogger("pyactor.actors")
 
+WAIT = b"wait"  # _place's answer for an actor whose placement group is not placed yet
+
 
 @dataclass
 class ActorRecord:
@@ -46,6 +48,7 @@ class ActorRecord:
     death_cause: str = ""
     no_restart: bool = False
     waiters: list = field(default_factory=list)
+    placement: tuple | None = None  # (pg_id, bundle index) when scheduled into a group
 
     def view(self) -> list:
         return list(P.ActorState(self.actor_id, self.state, self.address, self.incarnation,
@@ -65,6 +68,7 @@ class ActorDirectory:
         self._kill_process = kill_process  # (node_id, actor_id)
         self._reply = reply  # (conn, request_id, value=None, error=None)
         self._placer = ClusterScheduler()
+        self.groups = None  # the head's PlacementGroupTable, set by the node
 
     # ------------------------------------------------------------------ requests
     def create(self, conn, message: P.CreateActor) -> None:
@@ -84,6 +88,8 @@ class ActorDirectory:
         actor = ActorRecord(message.actor_id, message.spec, message.demand, message.name,
                             message.namespace, message.detached, tuple(message.owner),
                             options.get("max_restarts", 0))
+        placement = options.get("placement_group")
+        actor.placement = tuple(placement) if placement else None
         node_id, reason = self._place(actor)
         if node_id is None:
             self._reply(conn, message.request_id, error=["InfeasibleResourcesError",
@@ -173,21 +179,62 @@ class ActorDirectory:
             if actor.owner == owner and not actor.detached and actor.state != "dead":
                 self._kill(actor, "its owner (driver) exited", no_restart=True)
 
+    def on_group_removed(self, pg_id: bytes) -> None:
+        """A placement group was removed: its actors die with it (no restart), as in Ray."""
+        for actor in list(self.actors.values()):
+            if actor.placement is not None and actor.placement[0] == pg_id and \
+                    actor.state != "dead":
+                self._kill(actor, "its placement group was removed", no_restart=True)
+
     def on_requester_closed(self, conn) -> None:
         for actor in self.actors.values():
             actor.waiters = [w for w in actor.waiters if w[0] is not conn]
 
     # ------------------------------------------------------------------ internals
     def _place(self, actor: ActorRecord) -> tuple[bytes | None, str]:
+        """(node id, "") to start it on; (WAIT, "") when its group is not placed yet; (None,
+        why) when it cannot run."""
+        if actor.placement is not None:
+            return self._place_in_group(actor)
         decision = self._placer.pick_node_for_actor(ResourceSet.from_dict(actor.demand),
                                                     self._nodes())
         if decision.placement is Placement.INFEASIBLE:
             return None, decision.reason
         return bytes.fromhex(decision.node_id), ""
 
+    def _place_in_group(self, actor: ActorRecord) -> tuple[bytes | None, str]:
+        pg_id, index = actor.placement
+        group = self.groups.get(pg_id) if self.groups is not None else None
+        if group is None or group.state == "REMOVED":
+            return None, f"its placement group {pg_id.hex()} was removed (or never existed)"
+        if index >= len(group.bundles):
+            return None, (f"bundle index {index} is out of range: the placement group has "
+                          f"{len(group.bundles)} bundles")
+        outcome, value = self.groups.node_for(group, index, ResourceSet.from_dict(actor.demand))
+        if outcome == "ok":
+            return value, ""
+        if outcome == "wait":
+            return WAIT, ""
+        return None, value[1]
+
     def _start(self, actor: ActorRecord, node_id: bytes) -> None:
+        if node_id == WAIT:  # host it once its bundle is reserved
+            actor.node_id = None
+            if not self.groups.when_placed(actor.placement[0], lambda: self._start_later(actor)):
+                self._start_later(actor)
+            return
         actor.node_id = node_id
         self._host(node_id, actor)
+
+    def _start_later(self, actor: ActorRecord) -> None:
+        if actor.state == "dead" or actor.node_id is not None:
+            return
+        node_id, reason = self._place(actor)
+        if node_id is None:
+            actor.death_cause = f"it could not be started: {reason}"
+            self._set_dead(actor)
+            return
+        self._start(actor, node_id)
 
     def _kill(self, actor: ActorRecord, cause: str, no_restart: bool) -> None:
         if no_restart:

@@ -34,6 +34,8 @@ from pyactor._private.actor_directory import ActorDirectory
 from pyactor._private.cluster import Membership, NodeInfo
 from pyactor._private.ids import new_node_id, new_worker_id
 from pyactor._private.object_transfer import ObjectTransfers
+from pyactor._private.placement_groups import (PlacementGroupTable, bundle_offer,
+                                               is_group_work)
 from pyactor._private.rejections import RejectionReporter, RejectionTally, log_rejections
 from pyactor._private.resources import ResourceSet
 from pyactor._private.scheduler import (ClusterScheduler, LeaseRequest, LocalScheduler,
@@ -106,6 +108,7 @@ class LeaseRecord:
     gpu_ids: tuple = ()
     blocked: bool = False
     actor: tuple | None = None  # (actor_id, spec, restarts) when the lease hosts an actor
+    demand: ResourceSet | None = None  # what it asked for (a placement group's work names it)
 
 
 class Node:
@@ -131,6 +134,11 @@ class Node:
         self.membership: Membership | None = None
         self.transfers: ObjectTransfers | None = None
         self.directory: ActorDirectory | None = None  # the head's actor table
+        self.groups: PlacementGroupTable | None = None  # the head's placement groups
+        # Placement-group bundles reserved (or waiting to be) here: lease key -> resources; a
+        # bundle's key is ("bundle", pg_id, index). `offered`: those whose resources are offered.
+        self.bundles: dict[tuple, ResourceSet] = {}
+        self.offered: set[tuple] = set()
         self.workers: dict[bytes, WorkerRecord] = {}
         self.idle: deque[bytes] = deque()
         self.leases: dict[Any, LeaseRecord] = {}
@@ -160,6 +168,11 @@ class Node:
             P.PullObject: self._on_pull, P.ObjectChunk: self._on_chunk,
             P.JoinCluster: self._on_join, P.Heartbeat: self._on_heartbeat,
             P.ClusterView: self._on_view, P.ConnectionsRejected: self._on_connections_rejected,
+            P.CreatePlacementGroup: self._on_group_request,
+            P.RemovePlacementGroup: self._on_group_request,
+            P.PlacementGroupInfo: self._on_group_request, P.LocateBundle: self._on_group_request,
+            P.ReserveBundle: self._on_reserve_bundle, P.ReturnBundles: self._on_return_bundles,
+            P.BundleReserved: self._on_bundle_reserved,
         }
         # A node of `pyactor start` logs to its own file; one started by pa.init() shares the
         # program's stderr, the user's output: there the summary needs PYACTOR_LOG_LEVEL=INFO.
@@ -182,6 +195,11 @@ class Node:
         if self.is_head:
             self.directory = ActorDirectory(nodes=self._node_views, host=self._host_on,
                                             kill_process=self._kill_actor_on, reply=self._reply)
+            self.groups = PlacementGroupTable(
+                nodes=self._node_views, address_of=lambda n: self.membership.address_of(n),
+                reserve=self._reserve_on, release=self._release_on, reply=self._reply,
+                on_removed=self.directory.on_group_removed)
+            self.directory.groups = self.groups
         self.membership = Membership(
             self.node_id, self.address, self.token, head_address=self.config.head_address,
             local_status=self._local_status, on_message=self._on_message,
@@ -313,6 +331,7 @@ class Node:
                 del self._node_conns[key]
         if self.directory is not None:
             self.directory.on_requester_closed(conn)
+            self.groups.on_requester_closed(conn)
         if kind in ("driver", "worker") and address is not None:
             self._to_directory(P.OwnerExited(address))
 
@@ -355,7 +374,7 @@ class Node:
                     or reason
             self._reply(conn, message.request_id, error=["InfeasibleResourcesError", reason])
             return
-        self.leases[lease_id] = LeaseRecord(lease_id, conn, message.request_id)
+        self.leases[lease_id] = LeaseRecord(lease_id, conn, message.request_id, demand=demand)
         if decision.outcome is Outcome.GRANTED:
             self._granted(lease_id, decision.allocation)
 
@@ -382,6 +401,8 @@ class Node:
     def _granted(self, lease_id, allocation) -> None:
         lease = self.leases.get(lease_id)
         if lease is None:
+            if lease_id in self.bundles:
+                self._bundle_granted(lease_id)
             return
         lease.gpu_ids = allocation.gpu_ids
         worker = self._take_idle_worker()
@@ -484,10 +505,11 @@ class Node:
         """Lease a worker for the actor here; when granted the worker runs its __init__."""
         key = ("actor", actor_id, restarts)
         self.hosted[actor_id] = key
-        lease = LeaseRecord(key, None, 0)
+        demand = ResourceSet.from_dict(demand)
+        lease = LeaseRecord(key, None, 0, demand=demand)
         lease.actor = (actor_id, spec, restarts)
         self.leases[key] = lease
-        decision = self.scheduler.submit(LeaseRequest(key, ResourceSet.from_dict(demand)))
+        decision = self.scheduler.submit(LeaseRequest(key, demand))
         if decision.outcome is Outcome.GRANTED:
             self._granted(key, decision.allocation)
         elif decision.outcome is Outcome.INFEASIBLE:
@@ -553,6 +575,7 @@ class Node:
                 self.directory.on_process_died(message.actor_id, message.cause)
             elif isinstance(message, P.OwnerExited):
                 self.directory.on_owner_exited(tuple(message.owner))
+                self.groups.on_owner_exited(tuple(message.owner))
             return
         head = self.membership.head_conn if self.membership else None
         if head is not None and not head.closed:
@@ -588,11 +611,130 @@ class Node:
             return
         info.conn.send(P.encode(P.KillActorProcess(actor_id)))
 
+    # ------------------------------------------------------------------ placement groups
+    def _on_group_request(self, conn, message) -> None:
+        """Create/Remove/Info/Locate: answered by the head's table; other nodes forward."""
+        if self.groups is None:
+            self._forward_to_head(conn, message)
+            return
+        handler = {P.CreatePlacementGroup: self.groups.create,
+                   P.RemovePlacementGroup: self.groups.remove,
+                   P.PlacementGroupInfo: self.groups.info, P.LocateBundle: self.groups.locate}
+        handler[type(message)](conn, message)
+
+    def _reserve_on(self, node_id: bytes, pg_id: bytes, index: int, resources: dict) -> None:
+        if node_id == self.node_id:
+            self.reserve_bundle(pg_id, index, resources)
+            return
+        info = self.membership.nodes.get(node_id)
+        if info is None or info.conn is None or info.conn.closed:
+            self.groups.on_reserved(pg_id, index, node_id, "its node is unreachable")
+            return
+        info.conn.send(P.encode(P.ReserveBundle(pg_id, index, resources)))
+        # Count it against the node until its next heartbeat says otherwise, so groups created
+        # right after this one are not placed on resources this one took.
+        available, demand = ResourceSet.from_dict(info.available), ResourceSet.from_dict(resources)
+        if demand.fits_in(available):
+            info.available = (available - demand).to_dict()
+
+    def _release_on(self, node_id: bytes, pg_id: bytes) -> None:
+        if node_id == self.node_id:
+            self.return_bundles(pg_id)
+            return
+        info = self.membership.nodes.get(node_id)
+        if info is not None and info.conn is not None and not info.conn.closed:
+            info.conn.send(P.encode(P.ReturnBundles(pg_id)))
+
+    def _on_reserve_bundle(self, conn, message: P.ReserveBundle) -> None:
+        self.reserve_bundle(message.pg_id, message.index, message.resources)
+
+    def _on_return_bundles(self, conn, message: P.ReturnBundles) -> None:
+        self.return_bundles(message.pg_id)
+
+    def _on_bundle_reserved(self, conn, message: P.BundleReserved) -> None:
+        if self.groups is None:
+            raise P.ProtocolError("only the head takes BundleReserved")
+        self.groups.on_reserved(message.pg_id, message.index, message.node_id, message.error)
+
+    def _report_bundle(self, pg_id: bytes, index: int, error) -> None:
+        if self.groups is not None:
+            self.groups.on_reserved(pg_id, index, self.node_id, error)
+            return
+        head = self.membership.head_conn
+        if head is not None and not head.closed:
+            head.send(P.encode(P.BundleReserved(pg_id, index, self.node_id, error)))
+
+    def reserve_bundle(self, pg_id: bytes, index: int, resources: dict) -> None:
+        """Lease the bundle's resources here for good; once granted, offer them under the
+        group's names (placement_groups.py). A busy node grants it when resources free up."""
+        key = ("bundle", pg_id, index)
+        if key in self.bundles:
+            return
+        demand = ResourceSet.from_dict(resources)
+        self.bundles[key] = demand
+        decision = self.scheduler.submit(LeaseRequest(key, demand))
+        if decision.outcome is Outcome.GRANTED:
+            self._bundle_granted(key)
+        elif decision.outcome is Outcome.INFEASIBLE:
+            del self.bundles[key]
+            self._report_bundle(pg_id, index, decision.reason)
+
+    def _bundle_granted(self, key: tuple) -> None:
+        _, pg_id, index = key
+        self.offered.add(key)
+        grants = self.scheduler.add_resources(bundle_offer(self.bundles[key], pg_id.hex(), index))
+        self._report_bundle(pg_id, index, None)
+        for grant in grants:
+            self._granted(grant.request_id, grant.allocation)
+
+    def return_bundles(self, pg_id: bytes) -> None:
+        """The group was removed: kill the work running in it here, fail what waits for it,
+        take its resources off the node and give the bundles' resources back."""
+        keys = [key for key in self.bundles if key[1] == pg_id]
+        if not keys:
+            return
+        pg_hex = pg_id.hex()
+        # Waiting ones first: ending a running one frees resources a waiting one would take.
+        for lease in sorted((l for l in self.leases.values()
+                             if l.demand is not None and is_group_work(l.demand, pg_hex)),
+                            key=lambda l: l.worker_id is not None):
+            self._end_group_lease(lease)
+        grants = []
+        for key in keys:
+            resources = self.bundles.pop(key)
+            if key in self.offered:
+                self.offered.discard(key)
+                dropped, more = self.scheduler.remove_resources(
+                    bundle_offer(resources, pg_hex, key[2]))
+                assert not dropped, dropped  # its leases were all ended above
+                grants += more
+                grants += self.scheduler.release(key)
+            else:
+                grants += self.scheduler.cancel(key)
+        for grant in grants:
+            self._granted(grant.request_id, grant.allocation)
+
+    def _end_group_lease(self, lease: LeaseRecord) -> None:
+        worker = self.workers.get(lease.worker_id) if lease.worker_id else None
+        self._release_lease(lease.lease_id)
+        if lease.actor is not None:
+            actor_id = lease.actor[0]
+            if self.hosted.get(actor_id) == lease.lease_id:
+                del self.hosted[actor_id]
+                self._to_directory(P.ActorProcessDied(actor_id, "its placement group was "
+                                                                "removed"))
+        elif worker is None:  # still waiting for a grant or a worker: its owner learns why
+            self._reply(lease.conn, lease.request_id, error=[
+                "PlacementGroupRemovedError", "the placement group this task was scheduled "
+                                              "into was removed"])
+        if worker is not None:
+            _kill(worker.pid)  # its connection's close tells the owner (tasks) or nobody
+
     # ------------------------------------------------------------------ cluster
     def _local_status(self) -> NodeInfo:
         stats = self.store.stats()
         actors = sum(1 for w in self.workers.values() if w.state == "actor")
-        return NodeInfo(self.node_id, self.address, self.total.to_dict(),
+        return NodeInfo(self.node_id, self.address, self.scheduler.total(),
                         self.scheduler.available(), True, self.is_head,
                         dataclasses.asdict(stats), actors, len(self.workers))
 
@@ -619,10 +761,13 @@ class Node:
 
     def _on_node_dead(self, node_id: bytes) -> None:
         if self.directory is not None:
+            self.groups.on_node_dead(node_id)  # first: its actors then wait for the bundles
             self.directory.on_node_dead(node_id)
 
     def _on_view_changed(self) -> None:
         """Tell runtimes about nodes appearing or dying (they track objects' locations)."""
+        if self.groups is not None:  # each beat on the head: fresher views may fit a group
+            self.groups.retry_pending()
         alive = frozenset(i.node_id for i in self.membership.nodes.values() if i.alive)
         if alive == self._known_alive:
             return

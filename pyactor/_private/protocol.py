@@ -320,6 +320,60 @@ class GeneratorAck(NamedTuple):
     stop: bool
 
 
+class CreatePlacementGroup(NamedTuple):
+    """Driver to head: reserve these bundles; answered at once (placing goes on after)."""
+    request_id: int
+    pg_id: bytes
+    bundles: list  # one resource dict per bundle
+    strategy: str
+    name: str
+    namespace: str
+    detached: bool
+    owner: list  # its groups are removed when this runtime exits, unless detached
+
+
+class RemovePlacementGroup(NamedTuple):
+    request_id: int
+    pg_id: bytes
+
+
+class PlacementGroupInfo(NamedTuple):
+    """Ask the head for the table (pg_id and name empty), one group, or a group by name."""
+    request_id: int
+    pg_id: bytes
+    name: str
+    namespace: str
+
+
+class LocateBundle(NamedTuple):
+    """Owner to head: which node holds bundle `index` (-1: any that fits `demand`)? Answered
+    with [node_id, node address] once the bundle is reserved."""
+    request_id: int
+    pg_id: bytes
+    index: int
+    demand: dict
+
+
+class ReserveBundle(NamedTuple):
+    """Head to node: set these resources aside as bundle `index` of the group."""
+    pg_id: bytes
+    index: int
+    resources: dict
+
+
+class BundleReserved(NamedTuple):
+    """Node to head: the bundle is reserved (error None), or cannot be here (error says why)."""
+    pg_id: bytes
+    index: int
+    node_id: bytes
+    error: Any
+
+
+class ReturnBundles(NamedTuple):
+    """Head to node: the group is removed: kill its work here and give its bundles back."""
+    pg_id: bytes
+
+
 _KINDS: list[type] = [
     Register, Reply, RequestLease, ReturnLease, WorkerBlocked, PushTask, ActorCall, TaskDone,
     CancelTask, CreateActor, StartActor, GetActor, KillActor, WaitActor, FreeObjects, GetObject,
@@ -327,6 +381,8 @@ _KINDS: list[type] = [
     PullObject, ObjectChunk, Fetch, JoinCluster, Heartbeat, ClusterView, HostActor, ActorHosted,
     ActorProcessDied, KillActorProcess, OwnerExited, ConnectionsRejected,
     GeneratorStart, GeneratorItem, GeneratorAck,
+    CreatePlacementGroup, RemovePlacementGroup, PlacementGroupInfo, LocateBundle, ReserveBundle,
+    BundleReserved, ReturnBundles,
 ]
 KIND_OF: dict[type, int] = {cls: i for i, cls in enumerate(_KINDS)}
 _ARITY = [len(cls._fields) for cls in _KINDS]

@@ -11,10 +11,12 @@ from pyactor._private.ids import new_task_id
 from pyactor._private.task_spec import TaskSpec
 
 TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries",
-                "retry_exceptions", "name", "memory", "_generator_backpressure_num_objects"}
+                "retry_exceptions", "name", "memory", "_generator_backpressure_num_objects",
+                "scheduling_strategy"}
 DEFAULT_TASK_OPTIONS = {"num_cpus": 1, "num_gpus": 0, "resources": None, "num_returns": 1,
                         "max_retries": 3, "retry_exceptions": False, "name": None, "memory": None,
-                        "_generator_backpressure_num_objects": None}
+                        "_generator_backpressure_num_objects": None,
+                        "scheduling_strategy": None}
 
 
 def validate_options(options: dict, allowed: set, what: str) -> None:
@@ -75,6 +77,11 @@ class RemoteFunction:
         self._function_id: bytes | None = None
         self._check_args = None  # a stub with the function's parameters: see signatures.py
         self._demand = demand_of(self._options)
+        self._placement = None  # (pg_id, bundle index) when scheduled into a placement group
+        if self._options["scheduling_strategy"] is not None:
+            from pyactor.util.placement_group import resolve_scheduling_strategy
+            self._demand, self._placement = resolve_scheduling_strategy(
+                self._options["scheduling_strategy"], self._demand)
         self._scheduling_key = repr(sorted(self._demand.items())).encode()
         self.__name__ = getattr(function, "__name__", "remote_function")
         self.__qualname__ = getattr(function, "__qualname__", self.__name__)
@@ -128,6 +135,7 @@ class RemoteFunction:
         spec.num_returns = options["num_returns"]
         spec.demand = self._demand
         spec.scheduling_key = self._scheduling_key
+        spec.placement = self._placement
         spec.retries_left = options["max_retries"]
         spec.namespace = get_namespace()
         spec.retry_exceptions = options["retry_exceptions"]

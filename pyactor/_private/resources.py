@@ -252,6 +252,22 @@ class NodeResources:
             self._gpu_free_units[gpu_id] += share
             assert self._gpu_free_units[gpu_id] <= SCALE, (gpu_id, allocation)
 
+    def add_total(self, resources: ResourceSet) -> None:
+        """Grow the node by non-GPU resources (a placement group's bundle resources)."""
+        assert GPU not in resources.names
+        self._total = self._total + resources
+        for name, units in resources.units:
+            self._available[name] = self._available.get(name, 0) + units
+
+    def remove_total(self, resources: ResourceSet) -> None:
+        """Shrink the node by resources added with `add_total` (nobody may hold them now)."""
+        self._total = self._total - resources
+        for name, units in resources.units:
+            self._available[name] -= units
+            if name not in self._total.names:
+                assert self._available[name] == 0, (name, self._available[name])
+                del self._available[name]
+
     def give(self, resources: ResourceSet) -> None:
         """Add non-GPU resources back (a blocked worker lending its CPUs)."""
         assert GPU not in resources.names

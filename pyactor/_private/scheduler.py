@@ -163,6 +163,25 @@ class LocalScheduler:
             self.oversubscribing_reclaims += 1
         return self._schedule()
 
+    def add_resources(self, resources: ResourceSet) -> list[Grant]:
+        """The node gained resources (a placement group bundle reserved here)."""
+        self._node.add_total(resources)
+        return self._schedule()
+
+    def remove_resources(self, resources: ResourceSet) -> tuple[list[Hashable], list[Grant]]:
+        """The node lost resources that nobody holds (a bundle returned). Returns the queued
+        requests that can now never fit, dropped (the daemon fails them), and what their
+        leaving let others be granted."""
+        self._node.remove_total(resources)
+        dropped = [request_id for request_id in self.queued_ids()
+                   if not self._node.can_ever_fit(self._queued_shape[request_id])]
+        for request_id in dropped:
+            shape = self._queued_shape.pop(request_id)
+            del self._queues[shape][request_id]
+            if not self._queues[shape]:
+                del self._queues[shape]
+        return dropped, self._schedule()
+
     # --- questions that change nothing ---
 
     def can_ever_fit(self, demand: ResourceSet) -> bool:

@@ -20,7 +20,7 @@ class TaskSpec:
     __slots__ = ("task_id", "function_id", "function_blob", "name", "args", "kwargs",
                  "has_ref_args", "held_refs", "num_returns", "entries", "demand",
                  "scheduling_key", "retries_left", "retry_exceptions", "actor", "method",
-                 "cancelled", "lease", "attempt", "namespace", "route")
+                 "cancelled", "lease", "attempt", "namespace", "route", "placement")
 
     def __init__(self):
         self.held_refs: list = []  # ObjectRefs kept alive until the task finishes

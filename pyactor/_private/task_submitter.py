@@ -27,7 +27,8 @@ from pyactor._private import transport
 from pyactor._private.direct import ROUTE_DIRECT, ROUTE_LOOP
 from pyactor._private.references import FAILED, PENDING, READY
 from pyactor._private.task_spec import TaskSpec
-from pyactor.exceptions import (InfeasibleResourcesError, ObjectLostError, TaskCancelledError,
+from pyactor.exceptions import (InfeasibleResourcesError, ObjectLostError,
+                                PlacementGroupRemovedError, TaskCancelledError,
                                 WorkerCrashedError)
 
 logger = logging.getLogger("pyactor.tasks")
@@ -72,11 +73,12 @@ class Lease:
 class SchedulingQueue:
     """Tasks of one resource shape waiting for a worker, and the leases serving them."""
 
-    __slots__ = ("key", "demand", "tasks", "leases", "requests_pending")
+    __slots__ = ("key", "demand", "tasks", "leases", "requests_pending", "placement")
 
-    def __init__(self, key, demand):
+    def __init__(self, key, demand, placement=None):
         self.key = key
         self.demand = demand
+        self.placement = placement  # (pg_id, bundle index): its leases come from that bundle
         self.tasks: deque[TaskSpec] = deque()
         self.leases: list[Lease] = []
         self.requests_pending = 0
@@ -102,8 +104,8 @@ class TaskSubmitter:
     def enqueue(self, spec: TaskSpec, first: bool = False, pump: bool = True) -> None:
         queue = self.queues.get(spec.scheduling_key)
         if queue is None:
-            queue = self.queues[spec.scheduling_key] = SchedulingQueue(spec.scheduling_key,
-                                                                        spec.demand)
+            queue = self.queues[spec.scheduling_key] = SchedulingQueue(
+                spec.scheduling_key, spec.demand, spec.placement)
         if first:
             queue.tasks.appendleft(spec)
         else:
@@ -138,10 +140,21 @@ class TaskSubmitter:
     async def _lease_worker(self, queue: SchedulingQueue) -> None:
         node_conn, node_id = self.runtime.node_conn, self.runtime.node_id
         try:
-            preferred = self._node_holding_args(queue)
-            if preferred is not None:
-                node_conn, node_id = await self.runtime.peer(self.runtime.nodes[preferred][0]), preferred
             spillable = True
+            if queue.placement is not None:
+                # Only the node holding the bundle can run it: the head says which, once the
+                # bundle is reserved (placement_groups.py).
+                node_id, address = await self.runtime._request(
+                    node_conn, P.LocateBundle, queue.placement[0], queue.placement[1],
+                    queue.demand)
+                if node_id != self.runtime.node_id:
+                    node_conn = await self.runtime.peer(address)
+                spillable = False
+            else:
+                preferred = self._node_holding_args(queue)
+                if preferred is not None:
+                    node_conn, node_id = await self.runtime.peer(
+                        self.runtime.nodes[preferred][0]), preferred
             while True:
                 grant = await self.runtime._request(node_conn, P.RequestLease, queue.demand, queue.key,
                                             spillable)
@@ -150,7 +163,7 @@ class TaskSubmitter:
                 # That node is busy or too small and named one with room: ask it, once.
                 node_conn, node_id = await self.runtime.peer(grant[2]), grant[1]
                 spillable = False
-        except InfeasibleResourcesError as error:
+        except (InfeasibleResourcesError, PlacementGroupRemovedError) as error:
             queue.requests_pending -= 1
             while queue.tasks:
                 self.runtime._finish(queue.tasks.popleft(), error=pickle.dumps(error))
@@ -432,6 +445,26 @@ class TaskSubmitter:
         if best == self.runtime.node_id or known is None or not known[1]:
             return None
         return best
+
+    def forget_group(self, pg_id: bytes) -> None:
+        """The placement group is being removed: hand back its idle leases now (the node would
+        otherwise kill their workers with the group) and drop its empty queues."""
+        for key, queue in list(self.queues.items()):
+            if queue.placement is None or queue.placement[0] != pg_id:
+                continue
+            for lease in list(queue.leases):
+                with self.runtime.direct.lock:
+                    if lease.in_flight or lease.direct_busy:
+                        continue
+                    lease.returned = True
+                if lease.idle_timer is not None:
+                    lease.idle_timer.cancel()
+                    lease.idle_timer = None
+                queue.leases.remove(lease)
+                if not lease.node_conn.closed:
+                    lease.node_conn.send(P.encode(P.ReturnLease(lease.lease_id, False)))
+            if not queue.tasks and not queue.leases and not queue.requests_pending:
+                del self.queues[key]
 
     def fail_queued(self, queue: SchedulingQueue) -> None:
         """The node is gone: no lease will come for the tasks still waiting for one."""
