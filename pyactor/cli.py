@@ -6,6 +6,7 @@
     pyactor status [--address HOST:PORT] [--token T]
     pyactor stop
     pyactor microbenchmark [--quick] [--json]
+    pyactor rl train|evaluate|plot ...   (see rl/cli.py; loads torch only when used)
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER,
                        help="options of the benchmark: see `pyactor microbenchmark --help`")
+
+    rl = commands.add_parser("rl", help="reinforcement learning: train, evaluate, plot "
+                             "(see `pyactor rl --help`)", add_help=False)
+    rl.add_argument("rest", nargs=argparse.REMAINDER,
+                    help="a subcommand and its options: see `pyactor rl --help`")
     return parser
 
 
@@ -89,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "microbenchmark":
         from pyactor import microbenchmark
         return microbenchmark.main(extra + args.rest)
+    if args.command == "rl":
+        from pyactor.rl import cli as rl_cli  # torch and gymnasium load only for this command
+        return rl_cli.main(extra + args.rest)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return {"start": cmd_start, "status": cmd_status, "stop": cmd_stop}[args.command](args)
