@@ -5,6 +5,7 @@
     pyactor status [--address HOST:PORT] [--token T]
     pyactor stop
     pyactor microbenchmark [--quick] [--json]
+    pyactor tune plot EXP_DIR [--metric M] [-o OUT.png]
 """
 
 from __future__ import annotations
@@ -52,13 +53,28 @@ def main(argv: list[str] | None = None) -> int:
                                 add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
 
+    tune = commands.add_parser("tune", help="pyactor.tune tools: `pyactor tune plot EXP_DIR`",
+                               add_help=False)
+    tune.add_argument("rest", nargs=argparse.REMAINDER)
+
     args, extra = parser.parse_known_args(argv)
     if args.command == "microbenchmark":
         from pyactor import microbenchmark
         return microbenchmark.main(extra + args.rest)
+    if args.command == "tune":
+        return cmd_tune(extra + args.rest)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return {"start": cmd_start, "status": cmd_status, "stop": cmd_stop}[args.command](args)
+
+
+def cmd_tune(argv: list[str]) -> int:
+    """Imports pyactor.tune (and matplotlib) only for this subcommand."""
+    if not argv or argv[0] != "plot":
+        print("usage: pyactor tune plot EXP_DIR [--metric M] [-o OUT.png]", file=sys.stderr)
+        return 2
+    from pyactor.tune import plot
+    return plot.main(argv[1:])
 
 
 def cmd_start(args) -> int:

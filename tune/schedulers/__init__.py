@@ -1,0 +1,1 @@
+from pyactor.tune._standin import FIFOScheduler  # replaced by tune-search
