@@ -12,10 +12,11 @@ from .sample import (Categorical, Domain, Float, Function, Integer, choice, grid
                      lograndint, loguniform, qlograndint, qloguniform, qrandint, qrandn,
                      quniform, randint, randn, sample_from, uniform)
 from .searcher import Searcher
+from .tpe import TPESearch
 from .variant_generator import format_vars, generate_variants, grid_size
 
 __all__ = [
-    "BasicVariantGenerator", "Categorical", "ConcurrencyLimiter", "Repeater", "Domain", "Float", "Function", "Integer", "Searcher",
+    "BasicVariantGenerator", "Categorical", "ConcurrencyLimiter", "Repeater", "Domain", "Float", "Function", "Integer", "Searcher", "TPESearch",
     "choice", "format_vars", "generate_variants", "grid_search", "grid_size", "lograndint",
     "loguniform", "qlograndint", "qloguniform", "qrandint", "qrandn", "quniform", "randint",
     "randn", "sample_from", "uniform",
