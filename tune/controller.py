@@ -185,7 +185,9 @@ class TuneController:
             return None
         index = self._next_index
         self._next_index += 1
-        tag = f"{index}_{_format_tag(self.param_space, config)}".rstrip("_")
+        variant_tag = getattr(self.searcher, "variant_tag", None)
+        described = variant_tag(trial_id) if variant_tag else _format_tag(self.param_space, config)
+        tag = f"{index}_{described}".rstrip("_")
         folder = f"{self.trainable_spec.name}_{trial_id}_{_safe(tag)[:80]}".rstrip("_")
         trial = Trial(trial_id=trial_id, config=config,
                       resources=self.trainable_spec.resources_for(config), experiment_tag=tag,
@@ -298,7 +300,9 @@ class TuneController:
         decision = self.scheduler.on_trial_result(self, trial, result)
         if stop or self._stop_reason is not None:
             decision = STOP
-        if saved or time.monotonic() - self._last_save > _STATE_SAVE_INTERVAL_S:
+        if saved:          # at once: a resume must know every checkpoint that exists
+            self.save_state(now=True)
+        elif time.monotonic() - self._last_save > _STATE_SAVE_INTERVAL_S:
             self.save_state()
         return decision
 

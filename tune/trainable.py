@@ -160,7 +160,9 @@ def run_trainable(session, trainable, config: dict, keep: dict, checkpoint_every
 
 def _run_function(session, function, config: dict) -> None:
     returned = function(config)
-    if not session.reported:
+    # A trial resumed from its last checkpoint may have nothing left to do: that is an end, not
+    # a trainable that never reports.
+    if not session.reported and session.iteration == 0:
         if isinstance(returned, dict) and returned:
             session.report(returned, None)   # the older style: the return value is the result
         else:
