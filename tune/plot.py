@@ -88,7 +88,7 @@ def plot_experiment(experiment_dir: str, metric: str | None = None,
     columns = 2 if grid_path else 1
     figure, axes = plt.subplots(1, columns, figsize=(6.5 * columns, 4.5), squeeze=False)
     ax = axes[0][0]
-    stopped_label = "stopped early"
+    stopped = False
     for record, points in curves:
         if not points:
             continue
@@ -96,13 +96,13 @@ def plot_experiment(experiment_dir: str, metric: str | None = None,
         line, = ax.plot(xs, ys, linewidth=1, alpha=0.8)
         if xs[-1] < longest or record["status"] == "ERROR":
             marker = "x" if record["status"] != "ERROR" else "s"
-            ax.plot([xs[-1]], [ys[-1]], marker, color=line.get_color(), markersize=7,
-                    label=stopped_label)
-            stopped_label = None    # one legend entry
+            ax.plot([xs[-1]], [ys[-1]], marker, color=line.get_color(), markersize=7)
+            stopped = True
     ax.set_xlabel("training_iteration")
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} of {len(curves)} trials")
-    if stopped_label is None:
+    if stopped:
+        ax.plot([], [], "x", color="black", label="stopped early (x), errored (square)")
         ax.legend(loc="best")
     ax.grid(alpha=0.3)
     if grid_path:
