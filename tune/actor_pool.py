@@ -50,7 +50,9 @@ class TrialActorPool:
                 self._kill(self._idle[other].pop(), other)
         return self._fits(shape)
 
-    def acquire(self, resources: dict):
+    def acquire(self, resources: dict, actor_resources: dict | None = None):
+        """An actor for a trial counted as `resources`; the actor itself asks the node for
+        actor_resources (default: the same)."""
         shape = shape_of(resources)
         idle = self._idle.get(shape)
         if idle:
@@ -58,7 +60,7 @@ class TrialActorPool:
         for name, units in shape:
             self._used[name] = self._used.get(name, 0) + units
         self.started += 1
-        return self._new_actor(resources)
+        return self._new_actor(resources if actor_resources is None else actor_resources)
 
     def release(self, actor, resources: dict) -> None:
         """The trial on this actor ended; the actor is healthy."""

@@ -200,7 +200,7 @@ class TuneController:
 
     # ------------------------------------------------------------------ one running trial
     def _start(self, trial: Trial) -> None:
-        actor = self._pool.acquire(trial.resources)
+        actor = self._pool.acquire(trial.resources, self.trainable_spec.actor_resources)
         trial.status = TrialStatus.RUNNING
         if trial.trial_id not in self._logging:
             self._open_logs(trial)

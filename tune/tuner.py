@@ -42,6 +42,9 @@ class TrainableSpec:
         self.name = trainable_name(trainable)
         self._resources = resources if resources is not None else getattr(
             trainable, "default_resource_request", None) or DEFAULT_RESOURCES
+        # What the trial actor itself asks the node for, when not the trial's whole request
+        # (an rl algorithm's env runners ask for their own CPUs).
+        self.actor_resources = getattr(trainable, "actor_resources", None)
         try:
             self.blob = cloudpickle.dumps(trainable)
         except Exception as error:
