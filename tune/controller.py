@@ -107,7 +107,7 @@ class TuneController:
             timer = asyncio.get_running_loop().call_later(remaining, self._stop_all,
                                                           "time_budget")
         os.makedirs(self.experiment_dir, exist_ok=True)
-        self._writer = FileWriter()
+        self._writer = FileWriter(on_idle=self._logs.flush)
         self.save_state(now=True)
         if self.progress is not None:
             self.progress.start(self)

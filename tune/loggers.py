@@ -6,8 +6,9 @@
     progress.csv               one row per result (the columns of the first result, flattened)
     events.out.tfevents.*      TensorBoard scalars, and the HParams session written at start
 
-Files stay open while the trial runs and are flushed after each result so a person (or
-`pyactor tune plot`) can read them live.
+Files stay open while the trial runs; a writer thread flushes them whenever it has caught up
+with the results, so a person (or `pyactor tune plot`) reads them live, a burst of results
+costing one flush rather than one per result.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class TrialLogger:
         self._csv_file = open(csv_path, "a", newline="")
         self._csv: csv.DictWriter | None = None
         self._tensorboard = None
+        self.closed = False
         if tensorboard:
             self._tensorboard = EventFileWriter(trial_dir)
             hparams = {key: _hparam(value) for key, value in flatten(config).items()}
@@ -83,23 +85,27 @@ class TrialLogger:
     def on_result(self, result: dict) -> None:
         flat = flatten(result)
         self._json.write(json.dumps(result, default=_json_default) + "\n")
-        self._json.flush()
         if self._csv is None:
             fields = self._csv_existing_header or list(flat)
             self._csv = csv.DictWriter(self._csv_file, fields, extrasaction="ignore")
             if not self._csv_existing_header:
                 self._csv.writeheader()
         self._csv.writerow(flat)
-        self._csv_file.flush()
         if self._tensorboard is not None:
             scalars = {key: float(value) for key, value in flat.items()
                        if key not in _SKIP_SCALARS and isinstance(value, (int, float))
                        and not isinstance(value, bool) and math.isfinite(value)}
             self._tensorboard.scalars(scalars, step=result.get("training_iteration", 0),
                                       wall_time=result.get("timestamp"))
+
+    def flush(self) -> None:
+        self._json.flush()
+        self._csv_file.flush()
+        if self._tensorboard is not None:
             self._tensorboard.flush()
 
     def close(self, failed: bool = False) -> None:
+        self.closed = True
         if self._tensorboard is not None:
             self._tensorboard.hparams_session_end(2 if failed else 1)
             self._tensorboard.close()
@@ -121,6 +127,7 @@ class TrialLogs:
 
     def __init__(self):
         self._open: dict[str, TrialLogger] = {}
+        self._unflushed: dict[int, set] = {}      # writer thread -> its loggers to flush
         self._lock = threading.Lock()
 
     def start(self, trial_id: str, trial_dir: str, config: dict) -> None:
@@ -130,7 +137,18 @@ class TrialLogs:
             self._open[trial_id] = trial_logger
 
     def result(self, trial_id: str, result: dict) -> None:
-        self._open[trial_id].on_result(result)
+        trial_logger = self._open[trial_id]
+        trial_logger.on_result(result)
+        self._unflushed.setdefault(threading.get_ident(), set()).add(trial_logger)
+
+    def flush(self) -> None:
+        """Called by a writer thread when its queue is empty: what it wrote becomes visible
+        (one flush per burst of results, not one per result). Each thread flushes only its
+        own trials' files, so a flush never meets another thread's close."""
+        loggers = self._unflushed.pop(threading.get_ident(), ())
+        for trial_logger in loggers:
+            if not trial_logger.closed:
+                trial_logger.flush()
 
     def close(self, trial_id: str, failed: bool = False) -> None:
         with self._lock:

@@ -23,7 +23,8 @@ _STOP = object()
 
 
 class FileWriter:
-    def __init__(self, threads: int = 4):
+    def __init__(self, threads: int = 4, on_idle=None):
+        self._on_idle = on_idle             # called by a thread whenever its queue is empty
         self._queues = [queue.SimpleQueue() for _ in range(threads)]
         self._threads = [threading.Thread(target=self._run, args=(q,), daemon=True,
                                           name=f"pyactor-tune-writer-{i}")
@@ -43,9 +44,13 @@ class FileWriter:
         for thread in self._threads:
             thread.join()
 
-    @staticmethod
-    def _run(items: queue.SimpleQueue) -> None:
+    def _run(self, items: queue.SimpleQueue) -> None:
         while True:
+            if items.empty() and self._on_idle is not None:
+                try:
+                    self._on_idle()
+                except Exception:
+                    logger.exception("pyactor.tune could not flush its files")
             item = items.get()
             if item is _STOP:
                 return
