@@ -104,8 +104,9 @@ class RichReporter(_Reporter):
             self._live.stop()
 
     def _render(self, controller):
+        from rich.markup import escape
         from rich.table import Table
-        table = Table(title=self.summary(controller), title_justify="left")
+        table = Table(title=escape(self.summary(controller)), title_justify="left")
         table.add_column("trial")
         table.add_column("status")
         table.add_column("params")

@@ -109,3 +109,41 @@ def test_plain_status_lines_when_not_a_terminal(tmp_path):
     assert completed.returncode == 0, completed.stderr
     last = completed.stdout.strip().splitlines()[-1]
     assert "3 TERMINATED" in last and "best loss=1" in last and "(finished)" in last
+
+
+def test_rich_table_shows_states_best_and_running_rows():
+    """The live table: counts by state and the best in its title, a row per running trial."""
+    pytest.importorskip("rich")
+    from rich.console import Console
+    from pyactor.tune.progress import RichReporter
+    from pyactor.tune.trial import Trial, TrialStatus
+
+    class View:
+        num_results = 7
+
+        def get_trials(self):
+            return trials
+
+    trials = [Trial("t1", {"x": 1}, TrialStatus.RUNNING, {"loss": 0.5, "training_iteration": 3},
+                    experiment_tag="0_x=1"),
+              Trial("t2", {"x": 2}, TrialStatus.TERMINATED, {"loss": 0.1,
+                                                               "training_iteration": 9},
+                    experiment_tag="1_x=2"),
+              Trial("t3", {"x": 3}, TrialStatus.PENDING)]
+    console = Console(width=120, record=True)
+    console.print(RichReporter("loss", "min")._render(View()))
+    text = console.export_text()
+    assert "[tune]" in text and "1 PENDING, 1 RUNNING," in text and "1 TERMINATED" in text
+    assert "best loss=0.1" in text
+    assert "t1" in text and "RUNNING" in text and "BEST" in text and "t3" not in text
+
+
+def test_stop_dict_with_a_key_never_reported(tmp_path):
+    """stop={"accuracy": 0.9} when the trainable reports only loss: an error naming both."""
+    def reports_loss(config):
+        tune.report({"loss": 1.0})
+
+    tuner = tune.Tuner(reports_loss, run_config=tune.RunConfig(
+        storage_path=str(tmp_path), verbose=0, stop={"accuracy": 0.9}))
+    with pytest.raises(ValueError, match=r"names \['accuracy'\].*'loss'"):
+        tuner.fit()
