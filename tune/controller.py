@@ -116,8 +116,10 @@ class TuneController:
                 self._launch_trials()
                 if self._fatal is not None:
                     raise self._fatal
-                if not self._running and not self._can_launch_more():
-                    break
+                if not self._running:
+                    if not self._can_launch_more():
+                        break
+                    self._check_not_stuck()
                 await self._wake.wait()
                 self._wake.clear()
         finally:
@@ -151,17 +153,30 @@ class TuneController:
             return True
         return not self._searcher_finished
 
+    def _check_not_stuck(self) -> None:
+        """Nothing runs, yet trials or samples remain: only the scheduler or searcher could
+        start one, and with nothing running nothing will change their minds."""
+        waiting = [t for t in self._trials if t.status in (TrialStatus.PENDING,
+                                                           TrialStatus.PAUSED)]
+        if waiting:
+            raise TuneError(f"{type(self.scheduler).__name__}.choose_trial_to_run() chose none "
+                            f"of the {len(waiting)} waiting trials while none is running")
+        raise TuneError(f"{type(self.searcher).__name__}.suggest() returned None (ask later) "
+                        f"while no trial is running: it would wait forever")
+
     def _launch_trials(self) -> None:
         limit = self.tune_config.max_concurrent_trials
         while self._stop_reason is None and (limit is None or len(self._running) < limit):
+            # Keep one new trial waiting beside the paused ones, so a scheduler that resumes
+            # paused trials (PBT, HyperBand) can also choose to start a new one.
+            if not any(t.status == TrialStatus.PENDING for t in self._trials):
+                self._new_trial()
             trial = self.scheduler.choose_trial_to_run(self)
             if trial is None:
-                if any(t.status == TrialStatus.PENDING for t in self._trials):
-                    return        # the scheduler holds them back for now
-                trial = self._new_trial()
-                if trial is None:
-                    return
-                continue          # the scheduler chooses among the pending ones
+                return
+            if trial.status not in (TrialStatus.PENDING, TrialStatus.PAUSED):
+                raise TuneError(f"{type(self.scheduler).__name__}.choose_trial_to_run() returned "
+                                f"{trial!r}; it must choose a PENDING or PAUSED trial")
             if not self._pool.feasible(trial.resources):
                 raise TuneError(f"trial {trial.trial_id} asks for {trial.resources} but the "
                                 f"cluster has only {self._pool.describe_total()}")
@@ -238,7 +253,7 @@ class TuneController:
                 break
             if kind == "stop":
                 actor.stop.remote()   # no need to wait: the actor's next call runs after it
-                self._complete(trial)
+                self._complete(trial, stopped=True)
             elif kind == "pause":
                 await self._save_now(trial, actor)
                 actor.stop.remote()
@@ -313,8 +328,8 @@ class TuneController:
                              f"{sorted(result)}")
         self._metric_checked = True
 
-    def _complete(self, trial: Trial) -> None:
-        if self._stop_reason == "fail_fast":
+    def _complete(self, trial: Trial, stopped: bool = False) -> None:
+        if stopped and self._stop_reason == "fail_fast":
             trial.status = TrialStatus.PENDING     # stopped by another's error: resumable
             self.save_state()
             return

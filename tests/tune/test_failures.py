@@ -154,3 +154,22 @@ def test_unknown_metric_in_get_best_result(tmp_path):
 def test_report_outside_a_trial():
     with pytest.raises(RuntimeError, match="outside a Tune trial"):
         tune.report({"x": 1})
+
+
+class NeverChooses:
+    """A broken scheduler: it never lets a trial start."""
+
+    def set_search_properties(self, metric, mode, **spec): return True
+    def on_trial_add(self, controller, trial): pass
+    def on_trial_result(self, controller, trial, result): return "CONTINUE"
+    def on_trial_complete(self, controller, trial, result): pass
+    def on_trial_error(self, controller, trial): pass
+    def on_trial_remove(self, controller, trial): pass
+    def choose_trial_to_run(self, controller): return None
+    def get_state(self): return {}
+    def set_state(self, state): pass
+
+
+def test_scheduler_that_never_chooses_is_an_error_not_a_hang(tmp_path):
+    with pytest.raises(tune.TuneError, match="NeverChooses.choose_trial_to_run"):
+        _tuner(tmp_path, flaky, {"how": "raise"}, scheduler=NeverChooses()).fit()

@@ -63,7 +63,9 @@ def test_pbt_exploits_the_best_trials_checkpoint(tmp_path):
     scheduler = tune.PopulationBasedTraining(
         time_attr="training_iteration", perturbation_interval=3,
         hyperparam_mutations={"lr": [0.01, 0.1, 1.0]}, seed=0)
-    grid = _fit(tmp_path, pbt_trainable, {"lr": tune.grid_search([0.01, 0.01, 0.01, 1.0])},
+    # All four at once (0.5 CPU each), so every trial passes every perturbation point.
+    grid = _fit(tmp_path, tune.with_resources(pbt_trainable, {"cpu": 0.5}),
+                {"lr": tune.grid_search([0.01, 0.01, 0.01, 1.0])},
                 metric="score", mode="max", scheduler=scheduler)
     assert scheduler.decisions, "PBT took no decision"
     alone = 12 * 0.01
