@@ -196,3 +196,14 @@ def test_tune_run_returns_best_config(tmp_path):
     assert analysis.best_config == {"x": 2}
     assert analysis.best_result["loss"] == pytest.approx(1 / 3)
     assert len(analysis.results) == 3
+
+
+async def test_fit_async_inside_an_event_loop(tmp_path):
+    """await tuner.fit_async() works in asyncio code; fit() there says to use it."""
+    tuner = tune.Tuner(quadratic, param_space={"x": tune.grid_search([2, 3])},
+                       tune_config=tune.TuneConfig(metric="loss", mode="min"),
+                       run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0))
+    with pytest.raises(RuntimeError, match="fit_async"):
+        tuner.fit()
+    grid = await tuner.fit_async()
+    assert grid.get_best_result().config == {"x": 2}
