@@ -49,7 +49,7 @@ class BasicVariantGenerator(Searcher):
         self._rounds_started = 0
         self._queue: deque = deque()        # (resolved_vars, config) drawn but not handed out
         self._live: set[str] = set()
-        self._tags: dict[str, str] = {}
+        self._vars: dict[str, dict] = {}      # trial_id -> the drawn values by path
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
                               num_samples: int = 1, **spec: Any) -> bool:
@@ -80,7 +80,7 @@ class BasicVariantGenerator(Searcher):
             self._draw_round()
         resolved_vars, config = self._queue.popleft()
         self._live.add(trial_id)
-        self._tags[trial_id] = format_vars(resolved_vars)
+        self._vars[trial_id] = resolved_vars       # formatted when asked: off the hot path
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
@@ -90,7 +90,8 @@ class BasicVariantGenerator(Searcher):
     def variant_tag(self, trial_id: str) -> str:
         """The drawn and gridded values of a suggested trial's config ("lr=0.0012,width=64"),
         for its experiment tag and folder name; "" for a trial it did not suggest."""
-        return self._tags.get(trial_id, "")
+        resolved_vars = self._vars.get(trial_id)
+        return format_vars(resolved_vars) if resolved_vars else ""
 
     @property
     def is_finished(self) -> bool:
@@ -129,7 +130,7 @@ class BasicVariantGenerator(Searcher):
     def get_state(self) -> dict:
         return {**super().get_state(), "rng": self._rng.bit_generator.state,
                 "rounds_started": self._rounds_started, "queue": list(self._queue),
-                "live": sorted(self._live), "tags": dict(self._tags),
+                "live": sorted(self._live), "vars": dict(self._vars),
                 "points": list(self._points), "max_concurrent": self.max_concurrent}
 
     def set_state(self, state: dict) -> None:
@@ -138,7 +139,7 @@ class BasicVariantGenerator(Searcher):
         self._rounds_started = state["rounds_started"]
         self._queue = deque(state["queue"])
         self._live = set(state["live"])
-        self._tags = dict(state["tags"])
+        self._vars = dict(state["vars"])
         self._points = deque(state["points"])
         self.max_concurrent = state["max_concurrent"]
 

@@ -59,6 +59,9 @@ class Domain:
     def _draw(self, rng: Any, spec: Any) -> Any:
         raise NotImplementedError
 
+    def __deepcopy__(self, memo: dict) -> "Domain":
+        return self       # never changed once built: configs copied from a space share it
+
     def is_grid(self) -> bool:
         return False
 

@@ -77,9 +77,8 @@ def generate_variants(space: dict, random_state: Any = None) -> Iterator[tuple[d
     """(resolved_vars, config) for every grid combination of `space`, each domain drawn once."""
     rng = as_generator(random_state)
     domains, grids = parse_space(check_space(space))
-    skeleton = copy.deepcopy(space)
     for combination in _grid_combinations(grids):
-        config = copy.deepcopy(skeleton)
+        config = copy.deepcopy(space)
         resolved: dict = {}
         for (path, _), value in zip(grids, combination):
             assign_value(config, path, value)
