@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import pathlib
 import pickle
 import random
+import re
 
 import pytest
 
@@ -539,3 +541,27 @@ def test_pbt_restored_from_its_state_decides_the_same():
                          for d in decisions])
     assert outcomes[0] == outcomes[1]
     assert any(isinstance(d, tuple) for d in outcomes[0])
+
+
+# --- the guide's example ------------------------------------------------------------------------
+
+def test_the_guides_scheduler_in_a_page_works_as_written():
+    """docs/tune-search.md's StopFarBehind and its test run as printed, and it resumes."""
+    guide = pathlib.Path(__file__).parents[2] / "docs" / "tune-search.md"
+    text = guide.read_text().split("<!-- the test suite runs this block", 1)[1]
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)[:2]
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(guide), "exec"), namespace)
+    make = lambda: namespace["StopFarBehind"](metric="loss", mode="min", check_at=2, margin=0.5)
+    controller = Controller(make())
+    for name in "abc":
+        controller.add(name)
+    assert controller.report("a", 2, 1.0, metric="loss") == CONTINUE
+    copy_controller = Controller(restored(controller.scheduler, make))
+    copy_controller.trials = controller.trials
+    for each in (controller, copy_controller):
+        assert each.report("b", 2, 1.6, metric="loss") == STOP
+        assert each.report("c", 2, 1.4, metric="loss") == CONTINUE
+    with pytest.raises(ValueError, match="no 'loss'"):
+        controller.report("c", 2, 0.1, metric="acc")
