@@ -75,6 +75,8 @@ def test_fifo_continues_and_runs_pending_before_paused_in_creation_order():
     assert controller.scheduler.choose_trial_to_run(controller) is a
     a.status = TrialStatus.TERMINATED
     assert controller.scheduler.choose_trial_to_run(controller) is None
+    copy = restored(FIFOScheduler("loss", "min"), FIFOScheduler)
+    assert (copy.metric, copy.mode) == ("loss", "min")
 
 
 # --- ASHA ---------------------------------------------------------------------------------------

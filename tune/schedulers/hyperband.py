@@ -146,6 +146,8 @@ class HyperBandScheduler(FIFOScheduler):
         if trial.trial_id in self._to_stop:
             self._to_stop.discard(trial.trial_id)
             return TrialScheduler.STOP
+        if trial.trial_id not in self._where:       # e.g. added before a restore of older state
+            self.on_trial_add(controller, trial)
         bracket = self._bracket(trial.trial_id)
         time = self._time(result, self._time_attr, trial)
         bracket.update(trial.trial_id, time, self._score(result, trial))
