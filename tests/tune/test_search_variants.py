@@ -53,6 +53,14 @@ def test_every_grid_combination_appears_once_per_round_first_key_fastest():
     assert pairs == one_round * 2
 
 
+def test_num_samples_minus_one_never_finishes():
+    """num_samples=-1 (as in Ray) keeps drawing configs: the experiment's stop condition ends it."""
+    generator = make_generator({"g": search.grid_search([1, 2]), "x": search.uniform(0, 1)}, -1)
+    assert all(isinstance(generator.suggest(f"t{i}"), dict) for i in range(500))
+    with pytest.raises(ValueError, match="num_samples must be"):
+        make_generator({"x": 1}, num_samples=0)
+
+
 def test_random_values_are_drawn_anew_for_each_variant():
     """A domain beside a grid gets a fresh draw in every config."""
     space = {"g": search.grid_search([1, 2, 3]), "x": search.uniform(0, 1)}

@@ -11,6 +11,7 @@ generator hands out exactly the configs one that never stopped would have.
 from __future__ import annotations
 
 import copy
+import sys
 from collections import deque
 from typing import Any
 
@@ -55,8 +56,11 @@ class BasicVariantGenerator(Searcher):
                               num_samples: int = 1, **spec: Any) -> bool:
         super().set_search_properties(metric, mode, config)
         check_space(config)
+        if num_samples == -1:                 # Ray's "until a stop condition or time budget"
+            num_samples = sys.maxsize
         if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+            raise ValueError(f"num_samples must be an int >= 1 (or -1: no limit), "
+                             f"got {num_samples!r}")
         for point in self._points:
             self._check_point(config, point)
         self._space = config
