@@ -290,6 +290,21 @@ def test_hyperband_pauses_at_the_milestone_then_halves_the_bracket():
     assert controller.report("e", 9, 0.7) == STOP
 
 
+def test_hyperband_hands_paused_losers_to_a_controller_that_asks():
+    """trials_to_stop() gives the paused losers once; choose_trial_to_run then offers only the
+    paused winner."""
+    scheduler, controller = fill_small_hyperband()
+    for name, score in zip("abcde", (0.1, 0.9, 0.5, 0.3, 0.7)):
+        controller.report(name, 3, score)
+    losers = scheduler.trials_to_stop(controller)
+    assert sorted(t.trial_id for t in losers) == ["a", "c", "d"]
+    assert scheduler.trials_to_stop(controller) == []
+    for trial in losers:
+        controller.complete(trial.trial_id)
+    assert scheduler.choose_trial_to_run(controller).trial_id == "b"
+    assert FIFOScheduler().trials_to_stop(controller) == []
+
+
 def test_hyperband_first_bracket_runs_its_trials_to_max_t():
     """Bracket 0 never halves: its trials continue until max_t, then stop."""
     scheduler, controller = fill_small_hyperband()
