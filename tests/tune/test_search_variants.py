@@ -29,7 +29,7 @@ def make_generator(space, num_samples=1, seed=0, **kwargs):
     return generator
 
 
-@settings(max_examples=40)
+@settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(1, 4), min_size=0, max_size=3), st.integers(1, 4))
 def test_grid_crossed_with_num_samples_gives_the_product(grid_sizes, num_samples):
     """num_samples x (product of the grid sizes) configs, total_samples says so, then FINISHED."""
