@@ -582,3 +582,58 @@ def test_the_guides_scheduler_in_a_page_works_as_written():
         assert each.report("c", 2, 1.4, metric="loss") == CONTINUE
     with pytest.raises(ValueError, match="no 'loss'"):
         controller.report("c", 2, 0.1, metric="acc")
+
+
+# --- every scheduler, in a whole simulated experiment -------------------------------------------
+
+def run_experiment(scheduler, trials, slots, seed, max_t=27, ask_for_stops=False):
+    """Run `trials` in-process trials through `scheduler` with `slots` running at once, as the
+    controller does; (iterations run, trial statuses). Fails if the experiment never ends."""
+    rng = random.Random(seed)
+    quality = {f"t{i}": rng.random() for i in range(trials)}
+    controller = Controller(scheduler)
+    for trial_id in quality:
+        controller.add(trial_id, {"lr": 0.1, "batch": 32}, status=TrialStatus.PENDING)
+    iterations = 0
+    for _ in range(trials * max_t * 3):
+        if ask_for_stops:
+            for trial in scheduler.trials_to_stop(controller):
+                controller.complete(trial.trial_id)
+        running = [t for t in controller.trials if t.status == TrialStatus.RUNNING]
+        while len(running) < slots and (trial := scheduler.choose_trial_to_run(controller)):
+            trial.status = TrialStatus.RUNNING
+            running.append(trial)
+        if not running:
+            return iterations, [t.status for t in controller.trials]
+        for trial in running:
+            t = trial.last_result.get("training_iteration", 0) + 1
+            iterations += 1
+            decision = controller.report(trial.trial_id, t, quality[trial.trial_id] * t
+                                         + rng.gauss(0, 0.1))
+            trial.checkpoint = t
+            if decision == STOP or t >= max_t:
+                controller.complete(trial.trial_id)
+    raise AssertionError(f"the experiment did not end: {scheduler.debug_string()}")
+
+
+SCHEDULERS = {
+    "fifo": lambda: FIFOScheduler("score", "max"),
+    "asha": lambda: asha(max_t=27, reduction_factor=3),
+    "hyperband": lambda: hyperband(max_t=27),
+    "median": lambda: median_rule(),
+    "pbt": lambda: pbt(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+@pytest.mark.parametrize("trials, slots, seed", [(1, 1, 0), (7, 2, 1), (20, 4, 2), (40, 8, 3)])
+def test_every_scheduler_brings_an_experiment_to_its_end(name, trials, slots, seed):
+    """With any number of trials and slots, every trial ends TERMINATED and no more iterations
+    are run than all trials to max_t (HyperBand: plus one for each paused loser)."""
+    for ask in (False, True):
+        iterations, statuses = run_experiment(SCHEDULERS[name](), trials, slots, seed,
+                                              ask_for_stops=ask)
+        assert statuses == [TrialStatus.TERMINATED] * trials
+        assert iterations <= trials * 27 + (trials if name == "hyperband" else 0)
+        if name in ("asha", "hyperband", "median") and trials >= 20:
+            assert iterations < trials * 27 * 0.8          # early stopping saved some budget
