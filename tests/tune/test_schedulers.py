@@ -391,6 +391,20 @@ def test_median_rule_pauses_instead_when_not_hard_stop():
     assert controller.report("c", 2, 9.0) == PAUSE
 
 
+def test_median_rule_forgets_results_superseded_by_a_restore():
+    """A trial reporting an earlier time again (restored from a checkpoint) replaces the
+    results after that time in its running mean."""
+    controller = Controller(median_rule(min_samples_required=1))
+    for name in "ab":
+        controller.add(name)
+    for t, score in ((1, 0.0), (2, 0.0), (3, 100.0)):
+        controller.report("a", t, score)
+    controller.report("a", 2, 10.0)                 # back to t=2: the 100.0 is gone
+    assert controller.scheduler._running_mean("a", 3) == pytest.approx(5.0)
+    assert controller.report("b", 2, 4.0) == STOP    # best 4.0 < a's running mean 5.0
+    assert controller.scheduler._history["a"]["best"] == 10.0
+
+
 def test_median_rule_restored_from_its_state_decides_the_same():
     """get_state/set_state: the restored rule gives the same decisions on the same results."""
     assert_restored_decides_the_same(lambda: median_rule(min_samples_required=3), 10, (3, 4))

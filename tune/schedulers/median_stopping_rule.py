@@ -72,9 +72,10 @@ class MedianStoppingRule(FIFOScheduler):
         is then a bisection, not a pass over the history: this runs on every result)."""
         history = self._history.setdefault(trial_id, {"times": [], "sums": [], "best": score})
         times, sums = history["times"], history["sums"]
-        if times and time < times[-1]:      # restored from an earlier checkpoint: drop the rest
-            keep = bisect.bisect_right(times, time)
+        if times and time <= times[-1]:     # restored from an earlier checkpoint: this result
+            keep = bisect.bisect_left(times, time)      # replaces those from `time` on
             del times[keep:], sums[keep:]
+            history["best"] = max([b - a for a, b in zip([0.0] + sums, sums)], default=score)
         times.append(time)
         sums.append((sums[-1] if sums else 0.0) + score)
         history["best"] = max(history["best"], score)
