@@ -16,6 +16,7 @@ median over SEEDS experiments, but the time per result (the minimum).
                           the best last report; baseline: the best of the 64 sampled configs
                           (ASHA's defaults: grace_period 1, reduction_factor 4)
     asha_iterations       iterations ASHA ran; baseline: all 64 trials run to max_t (FIFO)
+    asha_grace10_*        the same two with grace_period=10 (first rung after 10 iterations)
     asha_us_per_result    time in ASHA's on_trial_result per result (the scheduler's share of
                           a trial report), the least disturbed of the runs; baseline: FIFO's
     pbt_vs_random_value   PBT (16 trials x 100 iterations, lr and batch_size mutated every 5
@@ -156,12 +157,18 @@ def pbt_vs_random(seed: int) -> tuple[float, float]:
 def measure() -> list[tuple[str, float, str, float]]:
     asha = [asha_run(seed, ASHAScheduler(metric="score", mode="max", max_t=MAX_T))
             for seed in SEEDS]
+    patient = [asha_run(seed, ASHAScheduler(metric="score", mode="max", max_t=MAX_T,
+                                            grace_period=10)) for seed in SEEDS]
     fifo = [asha_run(seed, FIFOScheduler("score", "max")) for seed in SEEDS]
     pbt = [pbt_vs_random(seed) for seed in SEEDS]
     median = statistics.median
     return [
         ("asha_chosen_value", median(r[0] for r in asha), "worth", median(r[1] for r in asha)),
         ("asha_iterations", median(r[2] for r in asha), "iterations", median(r[2] for r in fifo)),
+        ("asha_grace10_value", median(r[0] for r in patient), "worth",
+         median(r[1] for r in patient)),
+        ("asha_grace10_iterations", median(r[2] for r in patient), "iterations",
+         median(r[2] for r in fifo)),
         # The least disturbed run: on a shared machine a median of microseconds is mostly
         # other processes' time slices.
         ("asha_us_per_result", min(1e6 * r[3] / r[2] for r in asha), "us",
@@ -181,9 +188,9 @@ def main() -> None:
             print(json.dumps({"name": name, "value": round(value, 6), "unit": unit,
                               "baseline": round(base, 6), "ratio": round(value / base, 3)}))
         return
-    print(f"{'measure':<22}{'value':>12}{'baseline':>12}{'ratio':>8}  unit")
+    print(f"{'measure':<24}{'value':>12}{'baseline':>12}{'ratio':>8}  unit")
     for name, value, unit, base in rows:
-        print(f"{name:<22}{value:>12.4f}{base:>12.4f}{value / base:>8.3f}  {unit}")
+        print(f"{name:<24}{value:>12.4f}{base:>12.4f}{value / base:>8.3f}  {unit}")
 
 
 if __name__ == "__main__":
