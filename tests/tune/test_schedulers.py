@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import pathlib
 import pickle
 import random
+import re
 
 import pytest
 
@@ -73,6 +75,8 @@ def test_fifo_continues_and_runs_pending_before_paused_in_creation_order():
     assert controller.scheduler.choose_trial_to_run(controller) is a
     a.status = TrialStatus.TERMINATED
     assert controller.scheduler.choose_trial_to_run(controller) is None
+    copy = restored(FIFOScheduler("loss", "min"), FIFOScheduler)
+    assert (copy.metric, copy.mode) == ("loss", "min")
 
 
 # --- ASHA ---------------------------------------------------------------------------------------
@@ -286,6 +290,21 @@ def test_hyperband_pauses_at_the_milestone_then_halves_the_bracket():
     assert controller.report("e", 9, 0.7) == STOP
 
 
+def test_hyperband_hands_paused_losers_to_a_controller_that_asks():
+    """trials_to_stop() gives the paused losers once; choose_trial_to_run then offers only the
+    paused winner."""
+    scheduler, controller = fill_small_hyperband()
+    for name, score in zip("abcde", (0.1, 0.9, 0.5, 0.3, 0.7)):
+        controller.report(name, 3, score)
+    losers = scheduler.trials_to_stop(controller)
+    assert sorted(t.trial_id for t in losers) == ["a", "c", "d"]
+    assert scheduler.trials_to_stop(controller) == []
+    for trial in losers:
+        controller.complete(trial.trial_id)
+    assert scheduler.choose_trial_to_run(controller).trial_id == "b"
+    assert FIFOScheduler().trials_to_stop(controller) == []
+
+
 def test_hyperband_first_bracket_runs_its_trials_to_max_t():
     """Bracket 0 never halves: its trials continue until max_t, then stop."""
     scheduler, controller = fill_small_hyperband()
@@ -370,6 +389,20 @@ def test_median_rule_pauses_instead_when_not_hard_stop():
     controller.report("b", 1, 5.0)
     assert controller.report("c", 1, 0.0) == PAUSE
     assert controller.report("c", 2, 9.0) == PAUSE
+
+
+def test_median_rule_forgets_results_superseded_by_a_restore():
+    """A trial reporting an earlier time again (restored from a checkpoint) replaces the
+    results after that time in its running mean."""
+    controller = Controller(median_rule(min_samples_required=1))
+    for name in "ab":
+        controller.add(name)
+    for t, score in ((1, 0.0), (2, 0.0), (3, 100.0)):
+        controller.report("a", t, score)
+    controller.report("a", 2, 10.0)                 # back to t=2: the 100.0 is gone
+    assert controller.scheduler._running_mean("a", 3) == pytest.approx(5.0)
+    assert controller.report("b", 2, 4.0) == STOP    # best 4.0 < a's running mean 5.0
+    assert controller.scheduler._history["a"]["best"] == 10.0
 
 
 def test_median_rule_restored_from_its_state_decides_the_same():
@@ -539,3 +572,82 @@ def test_pbt_restored_from_its_state_decides_the_same():
                          for d in decisions])
     assert outcomes[0] == outcomes[1]
     assert any(isinstance(d, tuple) for d in outcomes[0])
+
+
+# --- the guide's example ------------------------------------------------------------------------
+
+def test_the_guides_scheduler_in_a_page_works_as_written():
+    """docs/tune-search.md's StopFarBehind and its test run as printed, and it resumes."""
+    guide = pathlib.Path(__file__).parents[2] / "docs" / "tune-search.md"
+    text = guide.read_text().split("<!-- the test suite runs this block", 1)[1]
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)[:2]
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(guide), "exec"), namespace)
+    make = lambda: namespace["StopFarBehind"](metric="loss", mode="min", check_at=2, margin=0.5)
+    controller = Controller(make())
+    for name in "abc":
+        controller.add(name)
+    assert controller.report("a", 2, 1.0, metric="loss") == CONTINUE
+    copy_controller = Controller(restored(controller.scheduler, make))
+    copy_controller.trials = controller.trials
+    for each in (controller, copy_controller):
+        assert each.report("b", 2, 1.6, metric="loss") == STOP
+        assert each.report("c", 2, 1.4, metric="loss") == CONTINUE
+    with pytest.raises(ValueError, match="no 'loss'"):
+        controller.report("c", 2, 0.1, metric="acc")
+
+
+# --- every scheduler, in a whole simulated experiment -------------------------------------------
+
+def run_experiment(scheduler, trials, slots, seed, max_t=27, ask_for_stops=False):
+    """Run `trials` in-process trials through `scheduler` with `slots` running at once, as the
+    controller does; (iterations run, trial statuses). Fails if the experiment never ends."""
+    rng = random.Random(seed)
+    quality = {f"t{i}": rng.random() for i in range(trials)}
+    controller = Controller(scheduler)
+    for trial_id in quality:
+        controller.add(trial_id, {"lr": 0.1, "batch": 32}, status=TrialStatus.PENDING)
+    iterations = 0
+    for _ in range(trials * max_t * 3):
+        if ask_for_stops:
+            for trial in scheduler.trials_to_stop(controller):
+                controller.complete(trial.trial_id)
+        running = [t for t in controller.trials if t.status == TrialStatus.RUNNING]
+        while len(running) < slots and (trial := scheduler.choose_trial_to_run(controller)):
+            trial.status = TrialStatus.RUNNING
+            running.append(trial)
+        if not running:
+            return iterations, [t.status for t in controller.trials]
+        for trial in running:
+            t = trial.last_result.get("training_iteration", 0) + 1
+            iterations += 1
+            decision = controller.report(trial.trial_id, t, quality[trial.trial_id] * t
+                                         + rng.gauss(0, 0.1))
+            trial.checkpoint = t
+            if decision == STOP or t >= max_t:
+                controller.complete(trial.trial_id)
+    raise AssertionError(f"the experiment did not end: {scheduler.debug_string()}")
+
+
+SCHEDULERS = {
+    "fifo": lambda: FIFOScheduler("score", "max"),
+    "asha": lambda: asha(max_t=27, reduction_factor=3),
+    "hyperband": lambda: hyperband(max_t=27),
+    "median": lambda: median_rule(),
+    "pbt": lambda: pbt(),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+@pytest.mark.parametrize("trials, slots, seed", [(1, 1, 0), (7, 2, 1), (20, 4, 2), (40, 8, 3)])
+def test_every_scheduler_brings_an_experiment_to_its_end(name, trials, slots, seed):
+    """With any number of trials and slots, every trial ends TERMINATED and no more iterations
+    are run than all trials to max_t (HyperBand: plus one for each paused loser)."""
+    for ask in (False, True):
+        iterations, statuses = run_experiment(SCHEDULERS[name](), trials, slots, seed,
+                                              ask_for_stops=ask)
+        assert statuses == [TrialStatus.TERMINATED] * trials
+        assert iterations <= trials * 27 + (trials if name == "hyperband" else 0)
+        if name in ("asha", "hyperband", "median") and trials >= 20:
+            assert iterations < trials * 27 * 0.8          # early stopping saved some budget

@@ -29,7 +29,7 @@ def make_generator(space, num_samples=1, seed=0, **kwargs):
     return generator
 
 
-@settings(max_examples=40)
+@settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(1, 4), min_size=0, max_size=3), st.integers(1, 4))
 def test_grid_crossed_with_num_samples_gives_the_product(grid_sizes, num_samples):
     """num_samples x (product of the grid sizes) configs, total_samples says so, then FINISHED."""
@@ -51,6 +51,14 @@ def test_every_grid_combination_appears_once_per_round_first_key_fastest():
     pairs = [(c["a"], c["b"]) for c in configs]
     one_round = [(1, "x"), (2, "x"), (3, "x"), (1, "y"), (2, "y"), (3, "y")]
     assert pairs == one_round * 2
+
+
+def test_num_samples_minus_one_never_finishes():
+    """num_samples=-1 (as in Ray) keeps drawing configs: the experiment's stop condition ends it."""
+    generator = make_generator({"g": search.grid_search([1, 2]), "x": search.uniform(0, 1)}, -1)
+    assert all(isinstance(generator.suggest(f"t{i}"), dict) for i in range(500))
+    with pytest.raises(ValueError, match="num_samples must be"):
+        make_generator({"x": 1}, num_samples=0)
 
 
 def test_random_values_are_drawn_anew_for_each_variant():

@@ -33,9 +33,15 @@ class _Bracket:
             (min_t * reduction_factor ** (k + s), {}) for k in reversed(range(max(count, 0)))]
 
     def cutoff(self, recorded: dict) -> float | None:
-        if not recorded:
+        """The (1 - 1/rf) quantile of the recorded scores (NaNs left out), interpolated
+        linearly as numpy's percentile does; plain Python: this runs on every rung result."""
+        values = sorted(v for v in recorded.values() if v == v)
+        if not values:
             return None
-        return float(np.nanpercentile(list(recorded.values()), (1 - 1 / self.rf) * 100))
+        position = (len(values) - 1) * (1 - 1 / self.rf)
+        below = int(position)
+        above = min(below + 1, len(values) - 1)
+        return values[below] + (values[above] - values[below]) * (position - below)
 
     def on_result(self, trial_id: str, time: float, score: float) -> str:
         for milestone, recorded in self.rungs:
@@ -80,13 +86,16 @@ class AsyncHyperBandScheduler(FIFOScheduler):
 
     def on_trial_add(self, controller: Any, trial: Trial) -> None:
         require_metric_mode(self._metric, self._mode, "ASHAScheduler")
+        if len(self._brackets) == 1:
+            self._bracket_of[trial.trial_id] = 0
+            return
         sizes = np.array([len(b.rungs) for b in self._brackets], dtype=float)
         weights = np.exp(sizes - sizes.max())
         # Seeded by the trial id: the same trial always lands in the same bracket, so a
         # restored scheduler places new trials as one that never stopped.
         pick = random.Random(trial.trial_id).random() * weights.sum()
-        self._bracket_of[trial.trial_id] = int(np.searchsorted(np.cumsum(weights), pick,
-                                                               side="right").clip(0, len(sizes) - 1))
+        bracket = int(np.searchsorted(np.cumsum(weights), pick, side="right"))
+        self._bracket_of[trial.trial_id] = min(bracket, len(self._brackets) - 1)
 
     def on_trial_result(self, controller: Any, trial: Trial, result: dict) -> str:
         time = self._time(result, self._time_attr, trial)

@@ -9,9 +9,10 @@ it, the best ceil(n / eta) go on to the next milestone (eta times further, at mo
 rest stop; after s halvings the last ones run to max_t and stop.
 
 A scheduler never changes a trial, so the halving's verdicts on trials other than the one
-reporting are carried out through choose_trial_to_run: a paused winner is offered to be resumed;
-a paused loser is offered too, and is stopped at its first result (STOP), so every trial leaves
-through the controller's ordinary path.
+reporting are carried out by the controller: a paused winner is offered by choose_trial_to_run
+to be resumed; a paused loser is handed over by trials_to_stop() for the controller to stop, or,
+for a controller that does not ask, offered by choose_trial_to_run too and stopped at its first
+result (STOP) -- one extra iteration.
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ class HyperBandScheduler(FIFOScheduler):
         if trial.trial_id in self._to_stop:
             self._to_stop.discard(trial.trial_id)
             return TrialScheduler.STOP
+        if trial.trial_id not in self._where:       # e.g. added before a restore of older state
+            self.on_trial_add(controller, trial)
         bracket = self._bracket(trial.trial_id)
         time = self._time(result, self._time_attr, trial)
         bracket.update(trial.trial_id, time, self._score(result, trial))
@@ -210,6 +213,14 @@ class HyperBandScheduler(FIFOScheduler):
                             trial.status == TrialStatus.PAUSED and bracket.may_continue(tid)):
                         return trial
         return None
+
+    def trials_to_stop(self, controller: Any) -> list[Trial]:
+        """The paused losers of a halving, for a controller that stops them directly (saving
+        the resume and the iteration that choose_trial_to_run's way costs)."""
+        paused = [t for t in controller.get_trials()
+                  if t.trial_id in self._to_stop and t.status == TrialStatus.PAUSED]
+        self._to_stop.difference_update(t.trial_id for t in paused)
+        return paused
 
     def brackets(self) -> list[list[_Bracket]]:
         """The bands and their brackets (read-only view, for tests and the status table)."""

@@ -1,7 +1,7 @@
 """MedianStoppingRule (Golovin et al. 2017, Google Vizier): stop a trial whose best score so far
 is worse than the median of the other trials' running averages at the same point in time.
 
-Each result is kept per trial. Past the grace period, a trial reporting at time t is compared
+Each result is kept per trial (as prefix sums, so a running mean costs a bisection). Past the grace period, a trial reporting at time t is compared
 with the other trials that have reached t (running or finished): the running average of each of
 their scores up to t, then the median of those. With fewer than min_samples_required such trials
 it goes on (or, with min_time_slice, yields its slot to a waiting trial every min_time_slice).
@@ -9,9 +9,10 @@ it goes on (or, with min_time_slice, yields its slot to a waiting trial every mi
 
 from __future__ import annotations
 
+import bisect
+import copy
+import statistics
 from typing import Any
-
-import numpy as np
 
 from .._checks import require_metric_mode
 from ..trial import Trial, TrialStatus
@@ -34,7 +35,8 @@ class MedianStoppingRule(FIFOScheduler):
         self._min_samples_required = min_samples_required
         self._min_time_slice = min_time_slice
         self._hard_stop = hard_stop
-        self._history: dict[str, list[tuple[float, float]]] = {}   # trial_id -> [(time, score)]
+        # trial_id -> {"times": [...], "sums": [prefix sums of the scores], "best": score}
+        self._history: dict[str, dict] = {}
         self._stopped: set[str] = set()
         self._last_pause: dict[str, float] = {}
 
@@ -45,29 +47,43 @@ class MedianStoppingRule(FIFOScheduler):
         if trial.trial_id in self._stopped:
             return TrialScheduler.STOP if self._hard_stop else TrialScheduler.PAUSE
         time = self._time(result, self._time_attr, trial)
-        self._history.setdefault(trial.trial_id, []).append((time, self._score(result, trial)))
+        self._record(trial.trial_id, time, self._score(result, trial))
         if time < self._grace_period:
             return TrialScheduler.CONTINUE
-        others = [tid for tid, history in self._history.items()
-                  if tid != trial.trial_id and history[0][0] <= time <= history[-1][0]]
+        others = [tid for tid, h in self._history.items()
+                  if tid != trial.trial_id and h["times"][0] <= time <= h["times"][-1]]
         if len(others) < self._min_samples_required:
             return self._on_insufficient_samples(controller, trial, time)
-        median = float(np.median([self._running_mean(tid, time) for tid in others]))
-        best = max(score for _, score in self._history[trial.trial_id])
-        if best < median:
+        median = statistics.median([self._running_mean(tid, time) for tid in others])
+        if self._history[trial.trial_id]["best"] < median:
             self._stopped.add(trial.trial_id)
             return TrialScheduler.STOP if self._hard_stop else TrialScheduler.PAUSE
         return TrialScheduler.CONTINUE
 
     def on_trial_complete(self, controller: Any, trial: Trial, result: dict) -> None:
         if result and self._metric in result and self._time_attr in result:
-            history = self._history.setdefault(trial.trial_id, [])
-            entry = (result[self._time_attr], self._score(result))
-            if not history or history[-1] != entry:
-                history.append(entry)
+            history = self._history.get(trial.trial_id)
+            time = result[self._time_attr]
+            if history is None or history["times"][-1] != time:
+                self._record(trial.trial_id, time, self._score(result))
+
+    def _record(self, trial_id: str, time: float, score: float) -> None:
+        """Append to the trial's times and prefix sums of scores (a running mean at any time
+        is then a bisection, not a pass over the history: this runs on every result)."""
+        history = self._history.setdefault(trial_id, {"times": [], "sums": [], "best": score})
+        times, sums = history["times"], history["sums"]
+        if times and time <= times[-1]:     # restored from an earlier checkpoint: this result
+            keep = bisect.bisect_left(times, time)      # replaces those from `time` on
+            del times[keep:], sums[keep:]
+            history["best"] = max([b - a for a, b in zip([0.0] + sums, sums)], default=score)
+        times.append(time)
+        sums.append((sums[-1] if sums else 0.0) + score)
+        history["best"] = max(history["best"], score)
 
     def _running_mean(self, trial_id: str, time: float) -> float:
-        return float(np.mean([score for t, score in self._history[trial_id] if t <= time]))
+        history = self._history[trial_id]
+        count = bisect.bisect_right(history["times"], time)
+        return history["sums"][count - 1] / count
 
     def _on_insufficient_samples(self, controller: Any, trial: Trial, time: float) -> str:
         if self._min_time_slice <= 0:
@@ -84,11 +100,11 @@ class MedianStoppingRule(FIFOScheduler):
 
     def get_state(self) -> dict:
         return {**super().get_state(),
-                "history": {tid: list(h) for tid, h in self._history.items()},
+                "history": copy.deepcopy(self._history),
                 "stopped": sorted(self._stopped), "last_pause": dict(self._last_pause)}
 
     def set_state(self, state: dict) -> None:
         super().set_state(state)
-        self._history = {tid: list(h) for tid, h in state["history"].items()}
+        self._history = copy.deepcopy(state["history"])
         self._stopped = set(state["stopped"])
         self._last_pause = dict(state["last_pause"])

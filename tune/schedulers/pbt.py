@@ -184,6 +184,9 @@ class PopulationBasedTraining(FIFOScheduler):
         self.decisions.append(decision)
         self._num_perturbations += 1
         target["score"] = origin["score"]      # it now is a copy of the source
+        # Its clock may restart from the source's checkpoint: count the next interval from
+        # there, or a trial whose time went back would wait out the difference.
+        target["last_perturbation_time"] = min(time, origin["last_train_time"])
         logger.info("[pbt] exploit: %s (score %s) copies %s (score %s); explore: %s -> %s",
                     trial.trial_id, decision["trial_score"], source.trial_id,
                     decision["source_score"], _mutated(trial.config, self._mutations),

@@ -64,6 +64,12 @@ class TrialScheduler(MetricModeHolder):
                     return trial
         return None
 
+    def trials_to_stop(self, controller: Any) -> list[Trial]:
+        """Trials besides the reporting one that this scheduler has decided to stop (HyperBand's
+        paused losers), handed over once. A controller may stop them at once; one that never
+        asks gets them back from choose_trial_to_run and a STOP at their next result."""
+        return []
+
     def debug_string(self) -> str:
         return f"Using {type(self).__name__}"
 

@@ -11,6 +11,7 @@ generator hands out exactly the configs one that never stopped would have.
 from __future__ import annotations
 
 import copy
+import sys
 from collections import deque
 from typing import Any
 
@@ -49,14 +50,17 @@ class BasicVariantGenerator(Searcher):
         self._rounds_started = 0
         self._queue: deque = deque()        # (resolved_vars, config) drawn but not handed out
         self._live: set[str] = set()
-        self._tags: dict[str, str] = {}
+        self._vars: dict[str, dict] = {}      # trial_id -> the drawn values by path
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict,
                               num_samples: int = 1, **spec: Any) -> bool:
         super().set_search_properties(metric, mode, config)
         check_space(config)
+        if num_samples == -1:                 # Ray's "until a stop condition or time budget"
+            num_samples = sys.maxsize
         if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}")
+            raise ValueError(f"num_samples must be an int >= 1 (or -1: no limit), "
+                             f"got {num_samples!r}")
         for point in self._points:
             self._check_point(config, point)
         self._space = config
@@ -80,7 +84,7 @@ class BasicVariantGenerator(Searcher):
             self._draw_round()
         resolved_vars, config = self._queue.popleft()
         self._live.add(trial_id)
-        self._tags[trial_id] = format_vars(resolved_vars)
+        self._vars[trial_id] = resolved_vars       # formatted when asked: off the hot path
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
@@ -90,7 +94,8 @@ class BasicVariantGenerator(Searcher):
     def variant_tag(self, trial_id: str) -> str:
         """The drawn and gridded values of a suggested trial's config ("lr=0.0012,width=64"),
         for its experiment tag and folder name; "" for a trial it did not suggest."""
-        return self._tags.get(trial_id, "")
+        resolved_vars = self._vars.get(trial_id)
+        return format_vars(resolved_vars) if resolved_vars else ""
 
     @property
     def is_finished(self) -> bool:
@@ -129,7 +134,7 @@ class BasicVariantGenerator(Searcher):
     def get_state(self) -> dict:
         return {**super().get_state(), "rng": self._rng.bit_generator.state,
                 "rounds_started": self._rounds_started, "queue": list(self._queue),
-                "live": sorted(self._live), "tags": dict(self._tags),
+                "live": sorted(self._live), "vars": dict(self._vars),
                 "points": list(self._points), "max_concurrent": self.max_concurrent}
 
     def set_state(self, state: dict) -> None:
@@ -138,7 +143,7 @@ class BasicVariantGenerator(Searcher):
         self._rounds_started = state["rounds_started"]
         self._queue = deque(state["queue"])
         self._live = set(state["live"])
-        self._tags = dict(state["tags"])
+        self._vars = dict(state["vars"])
         self._points = deque(state["points"])
         self.max_concurrent = state["max_concurrent"]
 

@@ -2,7 +2,7 @@
 
 A param_space is a (nested) dict whose leaves are constants, Domains (`tune.uniform(0, 1)`, ...)
 or `tune.grid_search([...])` markers. variant_generator.py walks it: grid markers are expanded
-into every combination, each Domain is drawn with `Domain.sample(spec, random_state)`, and
+into every combination, each Domain is drawn with `Domain.sample(spec, random_state=...)`, and
 `sample_from` functions are called with the config resolved so far.
 
 Bounds follow Ray Tune: `uniform`/`loguniform` draw in [lower, upper); `randint`/`lograndint`
@@ -50,14 +50,18 @@ def _check_number(value: Any, name: str, owner: str) -> float:
 class Domain:
     """A set of values a hyperparameter may take, with the way to draw one."""
 
-    def sample(self, spec: Any = None, size: int = 1, random_state: Any = None) -> Any:
-        """One value (a list of `size` values when size > 1)."""
+    def sample(self, config: Any = None, size: int = 1, random_state: Any = None) -> Any:
+        """One value (a list of `size` values when size > 1); `config` is what a sample_from
+        function receives (the spec of the config being resolved)."""
         rng = as_generator(random_state)
-        values = [self._draw(rng, spec) for _ in range(size)]
+        values = [self._draw(rng, config) for _ in range(size)]
         return values if size > 1 else values[0]
 
     def _draw(self, rng: Any, spec: Any) -> Any:
         raise NotImplementedError
+
+    def __deepcopy__(self, memo: dict) -> "Domain":
+        return self       # never changed once built: configs copied from a space share it
 
     def is_grid(self) -> bool:
         return False

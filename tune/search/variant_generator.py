@@ -77,15 +77,16 @@ def generate_variants(space: dict, random_state: Any = None) -> Iterator[tuple[d
     """(resolved_vars, config) for every grid combination of `space`, each domain drawn once."""
     rng = as_generator(random_state)
     domains, grids = parse_space(check_space(space))
-    skeleton = copy.deepcopy(space)
+    # Only a grid value that is a container or a domain can bring more to resolve.
+    may_nest = any(isinstance(v, (dict, list, tuple, Domain)) for _, vs in grids for v in vs)
     for combination in _grid_combinations(grids):
-        config = copy.deepcopy(skeleton)
+        config = copy.deepcopy(space)
         resolved: dict = {}
         for (path, _), value in zip(grids, combination):
             assign_value(config, path, value)
             resolved[path] = value
         resolved.update(_resolve_domains(config, domains, rng))
-        if has_unresolved(config):
+        if may_nest and has_unresolved(config):
             # A grid value held further domains or grids (grid_search([{"a": uniform(...)}])).
             for inner_vars, inner in generate_variants(config, rng):
                 yield {**resolved, **inner_vars}, inner
