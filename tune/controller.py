@@ -315,11 +315,20 @@ class TuneController:
         decision = self.scheduler.on_trial_result(self, trial, result)
         if stop or self._stop_reason is not None:
             decision = STOP
+        self._stop_paused_losers()
         if saved:          # at once: a resume must know every checkpoint that exists
             self.save_state(now=True)
         elif time.monotonic() - self._last_save > _STATE_SAVE_INTERVAL_S:
             self.save_state()
         return decision
+
+    def _stop_paused_losers(self) -> None:
+        """Trials the scheduler stopped while they were paused (HyperBand's losers) end now,
+        without a restore and one more result; running ones get STOP at their next result."""
+        handover = getattr(self.scheduler, "trials_to_stop", None)
+        for loser in handover(self) if handover is not None else ():
+            if loser.status == TrialStatus.PAUSED:
+                self._complete(loser)
 
     def _check_metric(self, result: dict) -> None:
         if self.metric is not None and self.metric not in result:
