@@ -82,7 +82,9 @@ class TuneController:
         if state is not None:
             self._load(state)
         limit = getattr(searcher, "total_samples", None)
-        self._sample_limit = limit if limit is not None else tune_config.num_samples
+        if tune_config.num_samples == -1 or limit is None:
+            limit = tune_config.num_samples   # -1: until the searcher says FINISHED
+        self._sample_limit = limit
 
     # ------------------------------------------------------------------ the view schedulers see
     def get_trials(self) -> list[Trial]:

@@ -207,3 +207,24 @@ async def test_fit_async_inside_an_event_loop(tmp_path):
         tuner.fit()
     grid = await tuner.fit_async()
     assert grid.get_best_result().config == {"x": 2}
+
+
+class StopAfterTrials(tune.Stopper):
+    """Stops the experiment once results from `count` different trials arrived."""
+
+    def __init__(self, count):
+        self.count, self.seen = count, set()
+
+    def __call__(self, trial_id, result):
+        self.seen.add(trial_id)
+        return False
+
+    def stop_all(self):
+        return len(self.seen) >= self.count
+
+
+def test_num_samples_minus_one_runs_until_stopped(tmp_path):
+    """num_samples=-1 keeps drawing configs until a Stopper's stop_all ends the experiment."""
+    grid = _run(tmp_path, quadratic, {"x": tune.uniform(0, 4)}, num_samples=-1,
+                metric="loss", mode="min", run={"stop": StopAfterTrials(6)})
+    assert len([r for r in grid if r.metrics]) >= 6
