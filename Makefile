@@ -16,7 +16,7 @@ $(STAMP): $(SOURCES)
 	$(BIN)/pip install -q --no-build-isolation -e '.[all]'
 	# Bytecode ahead of time: with PYTHONDONTWRITEBYTECODE set (as on this machine) an editable
 	# install is otherwise compiled from source by every process, ~80 ms of each start-up.
-	$(BIN)/python -m compileall -q pyactor
+	$(BIN)/python -m compileall -q pyactor rl tune
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -6,6 +6,7 @@
     pyactor status [--address HOST:PORT] [--token T]
     pyactor stop
     pyactor microbenchmark [--quick] [--json]
+    pyactor tune plot EXP_DIR [--metric M] [-o OUT.png]
     pyactor rl train|evaluate|plot ...   (see rl/cli.py; loads torch only when used)
 """
 
@@ -79,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("rest", nargs=argparse.REMAINDER,
                        help="options of the benchmark: see `pyactor microbenchmark --help`")
 
+    tune = commands.add_parser("tune", help="pyactor.tune tools: `pyactor tune plot EXP_DIR`",
+                               add_help=False)
+    tune.add_argument("rest", nargs=argparse.REMAINDER,
+                      help="a subcommand and its options: `plot EXP_DIR [--metric M] [-o OUT.png]`")
+
     rl = commands.add_parser("rl", help="reinforcement learning: train, evaluate, plot "
                              "(see `pyactor rl --help`)", add_help=False)
     rl.add_argument("rest", nargs=argparse.REMAINDER,
@@ -95,12 +101,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "microbenchmark":
         from pyactor import microbenchmark
         return microbenchmark.main(extra + args.rest)
+    if args.command == "tune":
+        return cmd_tune(extra + args.rest)
     if args.command == "rl":
         from pyactor.rl import cli as rl_cli  # torch and gymnasium load only for this command
         return rl_cli.main(extra + args.rest)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return {"start": cmd_start, "status": cmd_status, "stop": cmd_stop}[args.command](args)
+
+
+def cmd_tune(argv: list[str]) -> int:
+    """Imports pyactor.tune (and matplotlib) only for this subcommand."""
+    if not argv or argv[0] != "plot":
+        print("usage: pyactor tune plot EXP_DIR [--metric M] [-o OUT.png]", file=sys.stderr)
+        return 2
+    from pyactor.tune import plot
+    return plot.main(argv[1:])
 
 
 def cmd_start(args) -> int:
