@@ -67,7 +67,7 @@ class ActorClass:
         return merged
 
     def remote(self, *args, **kwargs) -> "ActorHandle":
-        from pyactor._private.api import get_namespace, runtime_for_call
+        from pyactor._private.api import get_job_id, get_namespace, runtime_for_call
         runtime = runtime_for_call()
         options = self._options
         if self._blob is None:
@@ -86,6 +86,7 @@ class ActorClass:
             "class_blob": self._blob, "args": wire_args, "kwargs": wire_kwargs,
             "class_name": self.__name__,
             "namespace": get_namespace(),  # the actor's code runs in its creator's namespace
+            "job_id": get_job_id(), "resources": demand_of(options), "name": options["name"] or "",
             "methods": self._methods,  # for get_actor(), which need not import the class
             "options": {"max_restarts": options["max_restarts"],
                         "max_task_retries": options["max_task_retries"],

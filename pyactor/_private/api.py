@@ -21,6 +21,7 @@ _runtime = None  # the process's Runtime (imported lazily: see init)
 _node_process: subprocess.Popen | None = None
 _node_store_name = ""  # the segment of the node init started (removed here if it was killed)
 _namespace = ""
+_job_id = ""  # the driver's, set at init; in workers, the current task's or actor's
 _is_worker = False
 
 
@@ -36,7 +37,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     With no address, a node (daemon, store and workers) starts in the background and stops with
     this process. With "host:port" or "auto", this process joins a running cluster.
     """
-    global _runtime, _namespace
+    global _runtime, _namespace, _job_id
     if unsupported:
         raise TypeError(f"init() got unexpected argument(s) {sorted(unsupported)}")
     with _lock:
@@ -47,6 +48,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                                "first or pass ignore_reinit_error=True")
         _validate_init(num_cpus, num_gpus, resources, object_store_memory)
         _namespace = namespace if namespace is not None else f"anonymous-{os.getpid()}"
+        _job_id = os.urandom(4).hex()  # as Ray's: 4 bytes, in hex
         if address is None:
             host, port, token_bytes = _start_local_node(num_cpus, num_gpus, resources,
                                                         object_store_memory)
@@ -212,6 +214,10 @@ def get_namespace() -> str:
     return _namespace
 
 
+def get_job_id() -> str:
+    return _job_id
+
+
 def _context_info() -> dict:
     runtime = _runtime
     return {"node_id": runtime.node_id.hex(), "address": runtime.address,
@@ -347,5 +353,10 @@ def nodes() -> list[dict]:
     return runtime_for_call().node_request(P.ClusterInfo, "nodes")
 
 
-def get_runtime_context() -> dict:
-    return _context_info()
+def get_runtime_context():
+    """Where the calling code runs (a RuntimeContext, as Ray's)."""
+    import sys
+
+    from pyactor._private.runtime_context import RuntimeContext
+    runtime_for_call()
+    return RuntimeContext(sys.modules[__name__])

@@ -211,7 +211,7 @@ class TaskSubmitter:
             blob = spec.function_blob
         lease.conn.send(P.encode(P.PushTask(spec.task_id, spec.function_id, blob, args, kwargs,
                                             spec.num_returns, self.runtime.address, lease.gpu_ids,
-                                            spec.name, spec.namespace)))
+                                            spec.name, spec.namespace, spec.job_id)))
 
     def _maybe_idle(self, lease: Lease) -> None:
         if lease.in_flight or lease.queue.tasks or lease.returned:
