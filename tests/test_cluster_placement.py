@@ -19,7 +19,7 @@ from test_cluster import GUARD_S, CliCluster, fresh_cluster  # noqa: F401 - a fi
 @pa.remote
 class Where:
     def node(self) -> str:
-        return pa.get_runtime_context().get_node_id()
+        return pa.get_runtime_context()["node_id"]  # the old form, kept working
 
     def context(self) -> dict:
         ctx = pa.get_runtime_context()
