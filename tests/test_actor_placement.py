@@ -43,6 +43,12 @@ def test_reserved_amounts_count_as_used():
     assert place_actor(rs(slot=1), [full]).outcome is ActorPlacement.HOLD
 
 
+def test_gpu_actor_is_placed_only_on_a_gpu_node():
+    """An actor needing a GPU skips the idle CPU-only node."""
+    cpu_node, gpu_node = ledger(0, rs(CPU=16)), ledger(1, rs(CPU=4, GPU=1))
+    assert place_actor(rs(GPU=1), [cpu_node, gpu_node]).node_id == gpu_node.node_id
+
+
 def test_infeasible_names_the_totals():
     decision = place_actor(rs(GPU=1), [ledger(0, rs(CPU=4))])
     assert decision.outcome is ActorPlacement.INFEASIBLE and "GPU" in decision.reason
