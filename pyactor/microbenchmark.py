@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import statistics
 import subprocess
@@ -262,6 +263,28 @@ def run(quick: bool) -> list[Row]:
         lambda a, v: a.double.remote(v), range(n // 4)))), repeats)
     rows.append(Row("actor_pool_map", value, "items/s", baseline, value / baseline,
                     note="baseline: pyactor.multiprocessing Pool(2).map"))
+
+    # --- placement groups: create + ready + remove, one after another, vs the path ready()
+    # takes without a group (a zero-CPU task of a shape never seen, so it needs a new lease)
+    from pyactor.util import placement_group, remove_placement_group
+    groups = 20 if quick else 100
+
+    def pg_cycles() -> int:
+        for _ in range(groups):
+            pg = placement_group([{"CPU": 0.01}])
+            pa.get(pg.ready())
+            remove_placement_group(pg)
+        return groups
+    shapes = itertools.count(1)
+
+    def new_lease_tasks() -> int:
+        for _ in range(groups):  # each CPU amount is a shape of its own: a new lease each
+            pa.get(noop.options(num_cpus=next(shapes) / 10_000).remote())
+        return groups
+    baseline = median_rate(new_lease_tasks, repeats)
+    value = median_rate(pg_cycles, repeats)
+    rows.append(Row("placement_group_create_ready_remove", value, "groups/s", baseline,
+                    value / baseline, note="baseline: one task on a new lease"))
 
     # --- wait
     def wait_1k():

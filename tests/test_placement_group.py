@@ -175,11 +175,16 @@ def three_nodes():
 
 @pytest.mark.slow
 def test_strict_spread_across_nodes_and_rescheduling_after_a_node_dies(three_nodes):
-    """STRICT_SPREAD puts two bundles on two nodes; tasks and actors run in their bundle's
+    """PACK falls back to two nodes when none holds the group; STRICT_SPREAD puts two bundles
+    on two nodes; tasks and actors run in their bundle's
     node; when a bundle's node is SIGKILLed the bundle is reserved again on the third node and
     a restartable actor in it comes back there. STRICT_PACK of 2 CPUs can never fit."""
     with pytest.raises(InfeasibleResourcesError):
         placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_PACK")
+    packed = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="PACK")
+    pa.get(packed.ready(), timeout=GUARD_S)  # no node holds both: PACK uses two
+    assert len(set(placement_group_table(packed)["bundles_to_node_id"].values())) == 2
+    remove_placement_group(packed)
     pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_SPREAD")
     pa.get(pg.ready(), timeout=GUARD_S)
     homes = placement_group_table(pg)["bundles_to_node_id"]

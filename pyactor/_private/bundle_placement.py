@@ -53,6 +53,7 @@ def place_bundles(bundles: Sequence[ResourceSet], strategy: str,
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     placed = dict(placed or {})
     todo = [i for i in range(len(bundles)) if i not in placed]
+    # A private copy: the greedy strategies take each bundle from it as they place it.
     free = {n.node_id: n.free.units_dict() for n in sorted(nodes, key=lambda n: n.node_id)}
     if strategy == "STRICT_PACK":
         choice = _strict_pack(bundles, todo, free, placed)
@@ -78,11 +79,6 @@ def _fits(demand: ResourceSet, units: dict) -> bool:
 def _take(demand: ResourceSet, units: dict) -> None:
     for name, amount in demand.units:
         units[name] = units.get(name, 0) - amount
-
-
-def _give(demand: ResourceSet, units: dict) -> None:
-    for name, amount in demand.units:
-        units[name] += amount
 
 
 def _strict_pack(bundles, todo, free, placed) -> dict[int, str] | None:
@@ -142,8 +138,6 @@ def _greedy(bundles, todo, free, placed, spread: bool) -> dict[int, str] | None:
     for index in todo:
         fitting = [n for n, units in free.items() if _fits(bundles[index], units)]
         if not fitting:
-            for i, node_id in choice.items():  # undo: nothing was committed
-                _give(bundles[i], free[node_id])
             return None
         if spread:
             node_id = min(fitting, key=lambda n: (count[n], n))
@@ -152,6 +146,4 @@ def _greedy(bundles, todo, free, placed, spread: bool) -> dict[int, str] | None:
         _take(bundles[index], free[node_id])
         count[node_id] += 1
         choice[index] = node_id
-    for i, node_id in choice.items():  # the caller's view stays unchanged
-        _give(bundles[i], free[node_id])
     return choice
