@@ -402,13 +402,6 @@ def test_work_spills_to_the_least_loaded_node_when_the_local_one_is_full():
     assert (decision.placement, decision.node_id) == (Placement.SCHEDULE, "c")
 
 
-def test_gpu_actor_is_placed_only_on_a_gpu_node():
-    """An actor needing a GPU skips the idle local CPU-only node."""
-    nodes = [view("cpu-node", rs(CPU=16), is_local=True), view("gpu-node", rs(CPU=4, GPU=1))]
-    decision = CLUSTER.pick_node_for_actor(rs(GPU=1), nodes)
-    assert (decision.placement, decision.node_id) == (Placement.SCHEDULE, "gpu-node")
-
-
 def test_dead_nodes_are_skipped_and_infeasible_names_the_alive_totals():
     """If the only GPU node is dead, a GPU request is INFEASIBLE with an exact message."""
     nodes = [view("a", rs(CPU=2)), view("g", rs(CPU=4, GPU=1), alive=False)]

@@ -70,7 +70,7 @@ class ActorClass:
         return merged
 
     def remote(self, *args, **kwargs) -> "ActorHandle":
-        from pyactor._private.api import get_namespace, runtime_for_call
+        from pyactor._private.api import get_job_id, get_namespace, runtime_for_call
         if self._init_check is not None:
             try:
                 self._init_check(*args, **kwargs)
@@ -98,6 +98,7 @@ class ActorClass:
             "class_blob": self._blob, "args": wire_args, "kwargs": wire_kwargs,
             "class_name": self.__name__,
             "namespace": get_namespace(),  # the actor's code runs in its creator's namespace
+            "job_id": get_job_id(), "resources": demand_of(options), "name": options["name"] or "",
             "methods": self._methods,  # for get_actor(), which need not import the class
             "signatures": self._signatures,
             "options": {"max_restarts": options["max_restarts"],

@@ -10,6 +10,12 @@ an actor's next incarnation with WaitActor; they are answered from here.
     node N --StartActor--> worker; worker --ActorReady--> node N --ActorHosted--> head
     caller --WaitActor--> head: answered once the actor is alive (address) or dead (cause)
 
+Where an actor goes is actor_placement.place_actor's decision over the directory's ledger: the
+nodes' heartbeat figures minus what the directory granted since (reserved from placement until a
+heartbeat sent after the actor came up reflects it). An actor no node can take now waits here
+(`held`) and is tried again at every beat; a node that finds it cannot take an actor after all
+(ActorDeferred) sends it back here to be placed again.
+
 The directory never does I/O itself: `host`, `kill_process` and `reply` are the node's.
 """
 
@@ -21,12 +27,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pyactor._private import protocol as P
+from pyactor._private.actor_placement import ActorPlacement, NodeLedger, place_actor
 from pyactor._private.resources import ResourceSet
-from pyactor._private.scheduler import ClusterScheduler, NodeView, Placement
+from pyactor._private.scheduler import NodeView
 
 logger = logging.getLogger("pyactor.actors")
 
 WAIT = b"wait"  # _place's answer for an actor whose placement group is not placed yet
+HOLD = b"hold"  # _place's answer for an actor no node can take now: the directory keeps it
 
 
 @dataclass
@@ -60,15 +68,22 @@ class ActorDirectory:
     def __init__(self, *, nodes: Callable[[], list[NodeView]],
                  host: Callable[[bytes, ActorRecord], None],
                  kill_process: Callable[[bytes, bytes], None],
-                 reply: Callable[..., None]):
+                 reply: Callable[..., None], local_node_id: bytes = b""):
         self.actors: dict[bytes, ActorRecord] = {}
         self.named: dict[tuple[str, str], bytes] = {}
         self._nodes = nodes  # snapshots of alive nodes, node_id as hex
         self._host = host  # (node_id, record): ask that node to start the actor
         self._kill_process = kill_process  # (node_id, actor_id)
         self._reply = reply  # (conn, request_id, value=None, error=None)
-        self._placer = ClusterScheduler()
+        self._local_node_id = local_node_id  # the head's own row is always fresh
         self.groups = None  # the head's PlacementGroupTable, set by the node
+        # The placement ledger (see the module docstring).
+        self._reserved: dict[bytes, dict[bytes, ResourceSet]] = {}  # node -> actor -> demand
+        self._reserved_sum: dict[bytes, ResourceSet] = {}  # node -> sum of the above
+        self._settling: dict[bytes, set[bytes]] = {}  # node -> actors up, reserved until a beat
+        self._placed: dict[bytes, int] = {}  # node -> actors placed there, not dead
+        self.held: dict[bytes, None] = {}  # actors waiting for room, oldest first
+        self._turn = 0  # round robin among equally good nodes
 
     # ------------------------------------------------------------------ requests
     def create(self, conn, message: P.CreateActor) -> None:
@@ -144,14 +159,43 @@ class ActorDirectory:
         actor.address = address
         actor.control_address = control_address
         actor.incarnation += 1
+        self._settle(actor)
         self._notify(actor)
+
+    def on_deferred(self, actor_id: bytes, restarts: int) -> None:
+        """Its node could not take it now: place it again (not a restart)."""
+        actor = self.actors.get(actor_id)
+        if actor is None or actor.state in ("dead", "alive") or actor.restarts != restarts or \
+                actor.node_id is None:
+            return
+        self._unassign(actor)
+        self._start_later(actor)
+
+    def on_heartbeat(self, node_id: bytes) -> None:
+        """A heartbeat from `node_id` counts the actors that came up there before it."""
+        for actor_id in self._settling.pop(node_id, ()):
+            self._unreserve(node_id, actor_id)
+
+    def retry_held(self) -> None:
+        """Each beat: place the actors that waited for room, oldest first."""
+        still_full: set[tuple] = set()  # demands held again in this pass: skip their like
+        for actor_id in list(self.held):
+            actor = self.actors.get(actor_id)
+            shape = tuple(sorted(actor.demand.items())) if actor is not None else ()
+            if shape in still_full:
+                continue
+            del self.held[actor_id]
+            if actor is not None and actor.state != "dead" and actor.node_id is None:
+                self._start_later(actor)
+                if actor_id in self.held:
+                    still_full.add(shape)
 
     def on_process_died(self, actor_id: bytes, cause: str = "") -> None:
         actor = self.actors.get(actor_id)
         if actor is None or actor.state == "dead":
             return
         actor.address = None
-        actor.node_id = None
+        self._unassign(actor)
         can_restart = not actor.no_restart and (actor.max_restarts == -1 or
                                                 actor.restarts < actor.max_restarts)
         if can_restart:
@@ -172,6 +216,10 @@ class ActorDirectory:
         for actor in list(self.actors.values()):
             if actor.node_id == node_id and actor.state != "dead":
                 self.on_process_died(actor.actor_id, f"its node {node_id.hex()[:12]} died")
+        self._reserved.pop(node_id, None)
+        self._reserved_sum.pop(node_id, None)
+        self._settling.pop(node_id, None)
+        self._placed.pop(node_id, None)
 
     def on_owner_exited(self, owner: tuple) -> None:
         """A driver is gone: its actors go too, except detached ones (like Ray)."""
@@ -196,11 +244,22 @@ class ActorDirectory:
         why) when it cannot run."""
         if actor.placement is not None:
             return self._place_in_group(actor)
-        decision = self._placer.pick_node_for_actor(ResourceSet.from_dict(actor.demand),
-                                                    self._nodes())
-        if decision.placement is Placement.INFEASIBLE:
+        self._turn += 1
+        decision = place_actor(ResourceSet.from_dict(actor.demand), self._ledger(), self._turn)
+        if decision.outcome is ActorPlacement.INFEASIBLE:
             return None, decision.reason
-        return bytes.fromhex(decision.node_id), ""
+        if decision.outcome is ActorPlacement.HOLD:
+            return HOLD, ""
+        return decision.node_id, ""
+
+    def _ledger(self) -> list[NodeLedger]:
+        ledger = []
+        for view in sorted(self._nodes(), key=lambda v: v.node_id):
+            node_id = bytes.fromhex(view.node_id)
+            ledger.append(NodeLedger(node_id, view.total, view.available,
+                                     self._reserved_sum.get(node_id, ResourceSet()),
+                                     self._placed.get(node_id, 0)))
+        return ledger
 
     def _place_in_group(self, actor: ActorRecord) -> tuple[bytes | None, str]:
         pg_id, index = actor.placement
@@ -218,13 +277,54 @@ class ActorDirectory:
         return None, value[1]
 
     def _start(self, actor: ActorRecord, node_id: bytes) -> None:
+        if node_id == HOLD:  # no node has room now: tried again at each beat
+            actor.node_id = None
+            self.held[actor.actor_id] = None
+            return
         if node_id == WAIT:  # host it once its bundle is reserved
             actor.node_id = None
             if not self.groups.when_placed(actor.placement[0], lambda: self._start_later(actor)):
                 self._start_later(actor)
             return
         actor.node_id = node_id
+        self._placed[node_id] = self._placed.get(node_id, 0) + 1
+        if actor.placement is None:  # work in a group is counted against its bundle
+            demand = ResourceSet.from_dict(actor.demand)
+            self._reserved.setdefault(node_id, {})[actor.actor_id] = demand
+            self._reserved_sum[node_id] = self._reserved_sum.get(node_id, ResourceSet()) + demand
         self._host(node_id, actor)
+
+    def _unassign(self, actor: ActorRecord) -> None:
+        node_id, actor.node_id = actor.node_id, None
+        if node_id is None:
+            return
+        if self._placed.get(node_id, 0) > 0:
+            self._placed[node_id] -= 1
+        self._unreserve(node_id, actor.actor_id)
+        settling = self._settling.get(node_id)
+        if settling is not None:
+            settling.discard(actor.actor_id)
+
+    def _unreserve(self, node_id: bytes, actor_id: bytes) -> None:
+        reserved = self._reserved.get(node_id)
+        demand = reserved.pop(actor_id, None) if reserved is not None else None
+        if demand is None:
+            return
+        if reserved:
+            self._reserved_sum[node_id] = self._reserved_sum[node_id] - demand
+        else:
+            del self._reserved[node_id], self._reserved_sum[node_id]
+
+    def _settle(self, actor: ActorRecord) -> None:
+        """The actor is up: its node's next heartbeat counts it (the head's own row already
+        does)."""
+        node_id = actor.node_id
+        if node_id is None or actor.actor_id not in self._reserved.get(node_id, {}):
+            return
+        if node_id == self._local_node_id:
+            self._unreserve(node_id, actor.actor_id)
+        else:
+            self._settling.setdefault(node_id, set()).add(actor.actor_id)
 
     def _start_later(self, actor: ActorRecord) -> None:
         if actor.state == "dead" or actor.node_id is not None:
@@ -250,6 +350,8 @@ class ActorDirectory:
 
     def _set_dead(self, actor: ActorRecord) -> None:
         actor.state = "dead"
+        self.held.pop(actor.actor_id, None)
+        self._unassign(actor)
         if self.named.get((actor.namespace, actor.name)) == actor.actor_id:
             del self.named[(actor.namespace, actor.name)]
         self._notify(actor)

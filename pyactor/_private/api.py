@@ -23,6 +23,7 @@ _runtime = None  # the process's Runtime (imported lazily: see init)
 _node_process: subprocess.Popen | None = None
 _node_store_name = ""  # the segment of the node init started (removed here if it was killed)
 _namespace = ""
+_job_id = ""  # the driver's, set at init; in workers, the current task's or actor's
 _is_worker = False
 
 
@@ -42,7 +43,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     process and, for the node started here, of the node's and its workers' log lines (user
     code's `logging` calls in tasks included), which reach this process's stderr.
     """
-    global _runtime, _namespace
+    global _runtime, _namespace, _job_id
     if unsupported:
         raise TypeError(f"init() got unexpected argument(s) {sorted(unsupported)}")
     with _lock:
@@ -54,6 +55,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         _validate_init(num_cpus, num_gpus, resources, object_store_memory)
         level = logging_level_number(logging_level) if logging_level is not None else None
         _namespace = namespace if namespace is not None else f"anonymous-{os.getpid()}"
+        _job_id = os.urandom(4).hex()  # as Ray's: 4 bytes, in hex
         if address is None:
             host, port, token_bytes = _start_local_node(num_cpus, num_gpus, resources,
                                                         object_store_memory, level)
@@ -277,6 +279,10 @@ def get_namespace() -> str:
     return _namespace
 
 
+def get_job_id() -> str:
+    return _job_id
+
+
 def _context_info() -> dict:
     runtime = _runtime
     return {"node_id": runtime.node_id.hex(), "address": runtime.address,
@@ -420,5 +426,10 @@ def nodes() -> list[dict]:
     return runtime_for_call().node_request(P.ClusterInfo, "nodes")
 
 
-def get_runtime_context() -> dict:
-    return _context_info()
+def get_runtime_context():
+    """Where the calling code runs (a RuntimeContext, as Ray's)."""
+    import sys
+
+    from pyactor._private.runtime_context import RuntimeContext
+    runtime_for_call()
+    return RuntimeContext(sys.modules[__name__])

@@ -7,7 +7,9 @@ that hold objects. A node is declared dead when its connection to the head close
 sent no heartbeat for NODE_TIMEOUT_S: so a node that dies is known dead within NODE_TIMEOUT_S
 (3 s) at worst, and at once when its process exits (the OS closes its connection).
 
-Dead is final: a node that loses the head (declared dead while stopped or cut off, or the head
+A dead node's row stays in the table (and in the views the head sends) for DEAD_NODE_KEEP_S, so
+`pyactor status` shows what died; then the head drops it, and members drop rows the head's view
+no longer has. Dead is final: a node that loses the head (declared dead while stopped or cut off, or the head
 itself died) stops, killing its workers; started again, it joins as a new node with a new id.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -26,6 +29,21 @@ logger = logging.getLogger("pyactor.cluster")
 
 HEARTBEAT_S = 0.5
 NODE_TIMEOUT_S = 3.0
+DEAD_NODE_KEEP_S = 300.0  # PYACTOR_DEAD_NODE_KEEP_S on the head overrides it
+
+
+def dead_node_keep_s() -> float:
+    value = os.environ.get("PYACTOR_DEAD_NODE_KEEP_S")
+    if value is None:
+        return DEAD_NODE_KEEP_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"PYACTOR_DEAD_NODE_KEEP_S must be a number of seconds, got "
+                         f"{value!r}") from None
+    if not seconds >= 0:
+        raise ValueError(f"PYACTOR_DEAD_NODE_KEEP_S must be >= 0, got {value!r}")
+    return seconds
 
 
 @dataclass
@@ -41,6 +59,7 @@ class NodeInfo:
     workers: int = 0
     conn: Any = None  # head side: the member's connection
     last_heartbeat: float = 0.0
+    died_at: float = 0.0  # head side: when it was declared dead (monotonic)
 
     def wire(self) -> list:
         return [self.node_id, self.address, self.total, self.available, self.alive,
@@ -78,6 +97,7 @@ class Membership:
         self._on_head_lost = on_head_lost
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self.dead_keep_s = dead_node_keep_s() if self.is_head else DEAD_NODE_KEEP_S
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -115,6 +135,7 @@ class Membership:
             for info in list(self.nodes.values()):
                 if info.alive and not info.is_head and now - info.last_heartbeat > NODE_TIMEOUT_S:
                     self._declare_dead(info, f"no heartbeat for {NODE_TIMEOUT_S} s")
+            self.forget_dead(now)
             self._broadcast()
         elif self.head_conn is not None and not self.head_conn.closed:
             self.head_conn.send(P.encode(P.Heartbeat(me.wire())))
@@ -147,8 +168,17 @@ class Membership:
             self._declare_dead(info, "its connection to the head closed")
             self._broadcast()
 
+    def forget_dead(self, now: float) -> list[bytes]:
+        """Drop the rows of nodes dead for longer than dead_keep_s; returns their ids."""
+        gone = [info.node_id for info in self.nodes.values()
+                if not info.alive and now - info.died_at >= self.dead_keep_s]
+        for node_id in gone:
+            del self.nodes[node_id]
+        return gone
+
     def _declare_dead(self, info: NodeInfo, reason: str) -> None:
         info.alive = False
+        info.died_at = time.monotonic()
         info.available = {}
         logger.warning("node %s at %s is dead: %s", info.node_id.hex()[:12], info.address,
                        reason)
@@ -166,6 +196,11 @@ class Membership:
     # ------------------------------------------------------------------ member side
     def on_view(self, conn, message: P.ClusterView) -> None:
         newly_dead = []
+        listed = {fields[0] for fields in message.nodes}
+        for node_id in [n for n in self.nodes if n not in listed and n != self.node_id]:
+            old = self.nodes.pop(node_id)  # the head forgot it: long dead (or never told us)
+            if old.alive:
+                newly_dead.append(node_id)
         for fields in message.nodes:
             info = NodeInfo.from_wire(fields)
             old = self.nodes.get(info.node_id)

@@ -147,7 +147,8 @@ class DirectPath:
                 channel.functions.add(spec.function_id)
                 blob = spec.function_blob
             return P.PushTask(spec.task_id, spec.function_id, blob, spec.args, spec.kwargs, 1,
-                              runtime.address, lease.gpu_ids, spec.name, spec.namespace)
+                              runtime.address, lease.gpu_ids, spec.name, spec.namespace,
+                              spec.job_id)
         self._exchange(lease.address, spec, push, deadline, timeout_s,
                        lambda done, lost: self._settle_task(spec, lease, done, lost))
 

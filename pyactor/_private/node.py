@@ -35,7 +35,7 @@ from pyactor._private.cluster import Membership, NodeInfo
 from pyactor._private.ids import new_node_id, new_worker_id
 from pyactor._private.object_transfer import ObjectTransfers
 from pyactor._private.placement_groups import (PlacementGroupTable, bundle_offer,
-                                               is_group_work)
+                                               is_any_group_work, is_group_work)
 from pyactor._private.rejections import RejectionReporter, RejectionTally, log_rejections
 from pyactor._private.resources import ResourceSet
 from pyactor._private.scheduler import (ClusterScheduler, LeaseRequest, LocalScheduler,
@@ -172,7 +172,7 @@ class Node:
             P.RemovePlacementGroup: self._on_group_request,
             P.PlacementGroupInfo: self._on_group_request, P.LocateBundle: self._on_group_request,
             P.ReserveBundle: self._on_reserve_bundle, P.ReturnBundles: self._on_return_bundles,
-            P.BundleReserved: self._on_bundle_reserved,
+            P.BundleReserved: self._on_bundle_reserved, P.ActorDeferred: self._on_actor_deferred,
         }
         # A node of `pyactor start` logs to its own file; one started by pa.init() shares the
         # program's stderr, the user's output: there the summary needs PYACTOR_LOG_LEVEL=INFO.
@@ -194,7 +194,8 @@ class Node:
         self.address = [self.config.host, self.server.port]
         if self.is_head:
             self.directory = ActorDirectory(nodes=self._node_views, host=self._host_on,
-                                            kill_process=self._kill_actor_on, reply=self._reply)
+                                            kill_process=self._kill_actor_on, reply=self._reply,
+                                            local_node_id=self.node_id)
             self.groups = PlacementGroupTable(
                 nodes=self._node_views, address_of=lambda n: self.membership.address_of(n),
                 reserve=self._reserve_on, release=self._release_on, reply=self._reply,
@@ -504,8 +505,14 @@ class Node:
     def host_actor(self, actor_id: bytes, spec: bytes, demand: dict, restarts: int) -> None:
         """Lease a worker for the actor here; when granted the worker runs its __init__."""
         key = ("actor", actor_id, restarts)
-        self.hosted[actor_id] = key
         demand = ResourceSet.from_dict(demand)
+        if not demand.fits_in(self.scheduler.available_resources()) and \
+                not is_any_group_work(demand):
+            # The head placed it from an old view of this node: it goes back to be placed
+            # elsewhere rather than wait here while other nodes have room.
+            self._to_directory(P.ActorDeferred(actor_id, restarts))
+            return
+        self.hosted[actor_id] = key
         lease = LeaseRecord(key, None, 0, demand=demand)
         lease.actor = (actor_id, spec, restarts)
         self.leases[key] = lease
@@ -573,6 +580,8 @@ class Node:
                                          message.control_address)
             elif isinstance(message, P.ActorProcessDied):
                 self.directory.on_process_died(message.actor_id, message.cause)
+            elif isinstance(message, P.ActorDeferred):
+                self.directory.on_deferred(message.actor_id, message.restarts)
             elif isinstance(message, P.OwnerExited):
                 self.directory.on_owner_exited(tuple(message.owner))
                 self.groups.on_owner_exited(tuple(message.owner))
@@ -588,6 +597,9 @@ class Node:
         self._to_directory(message)
 
     def _on_owner_exited(self, conn, message: P.OwnerExited) -> None:
+        self._to_directory(message)
+
+    def _on_actor_deferred(self, conn, message: P.ActorDeferred) -> None:
         self._to_directory(message)
 
     def _host_on(self, node_id: bytes, actor) -> None:
@@ -753,6 +765,8 @@ class Node:
         if not self.is_head:
             raise P.ProtocolError("only the head takes Heartbeat")
         self.membership.on_heartbeat(conn, message)
+        if isinstance(conn.user_data, NodeInfo) and conn.user_data.alive:
+            self.directory.on_heartbeat(conn.user_data.node_id)
 
     def _on_view(self, conn, message: P.ClusterView) -> None:
         if conn is not self.membership.head_conn:
@@ -768,6 +782,7 @@ class Node:
         """Tell runtimes about nodes appearing or dying (they track objects' locations)."""
         if self.groups is not None:  # each beat on the head: fresher views may fit a group
             self.groups.retry_pending()
+            self.directory.retry_held()
         alive = frozenset(i.node_id for i in self.membership.nodes.values() if i.alive)
         if alive == self._known_alive:
             return

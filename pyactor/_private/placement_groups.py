@@ -62,6 +62,11 @@ def is_group_work(demand: ResourceSet, pg_hex: str) -> bool:
                for name in demand.names)
 
 
+def is_any_group_work(demand: ResourceSet) -> bool:
+    """Whether a demand was scheduled into some group (it asks for a bundle marker)."""
+    return any(name.startswith(BUNDLE + "_group_") for name in demand.names)
+
+
 def demand_in_bundle(demand: dict, pg_hex: str, index: int) -> dict:
     """A task's or actor's demand rewritten to be served by the group's bundle(s)."""
     rewritten = {group_resource(name, pg_hex, index): amount for name, amount in demand.items()

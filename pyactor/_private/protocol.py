@@ -20,8 +20,8 @@ Who sends what:
     borrower -> owner              GetObject, AddBorrower, RemoveBorrower, CancelTask
     node -> worker                 StartActor (answered by ActorReady)
     node <-> head                  JoinCluster, Heartbeat, ClusterView, HostActor, ActorHosted,
-                                   ActorProcessDied, KillActorProcess, OwnerExited, and the actor
-                                   requests a node forwards
+                                   ActorProcessDied, ActorDeferred, KillActorProcess, OwnerExited,
+                                   and the actor requests a node forwards
     node <-> node                  PullObject (answered by ObjectChunk + raw payloads)
 """
 
@@ -86,6 +86,7 @@ class PushTask(NamedTuple):
     gpu_ids: list
     name: str
     namespace: str  # the submitter's: named-actor lookups inside the task use it
+    job_id: str  # the driver the task works for (get_runtime_context().get_job_id())
 
 
 class ActorCall(NamedTuple):
@@ -279,6 +280,13 @@ class ActorProcessDied(NamedTuple):
     cause: str
 
 
+class ActorDeferred(NamedTuple):
+    """Node to head: the actor (incarnation `restarts`) does not fit here now (the head placed
+    it from an old view): place it again."""
+    actor_id: bytes
+    restarts: int
+
+
 class KillActorProcess(NamedTuple):
     """Head to node: kill the process hosting this actor (it reports ActorProcessDied)."""
     actor_id: bytes
@@ -382,7 +390,7 @@ _KINDS: list[type] = [
     ActorProcessDied, KillActorProcess, OwnerExited, ConnectionsRejected,
     GeneratorStart, GeneratorItem, GeneratorAck,
     CreatePlacementGroup, RemovePlacementGroup, PlacementGroupInfo, LocateBundle, ReserveBundle,
-    BundleReserved, ReturnBundles,
+    BundleReserved, ReturnBundles, ActorDeferred,
 ]
 KIND_OF: dict[type, int] = {cls: i for i, cls in enumerate(_KINDS)}
 _ARITY = [len(cls._fields) for cls in _KINDS]

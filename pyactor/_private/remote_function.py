@@ -116,7 +116,7 @@ class RemoteFunction:
             self._function))
 
     def remote(self, *args, **kwargs):
-        from pyactor._private.api import get_namespace, runtime_for_call
+        from pyactor._private.api import get_job_id, get_namespace, runtime_for_call
         runtime = runtime_for_call()
         if self._blob is None:
             self._export()
@@ -138,6 +138,7 @@ class RemoteFunction:
         spec.placement = self._placement
         spec.retries_left = options["max_retries"]
         spec.namespace = get_namespace()
+        spec.job_id = get_job_id()
         spec.retry_exceptions = options["retry_exceptions"]
         if self._streaming:
             return self._submit_streaming(runtime, spec)

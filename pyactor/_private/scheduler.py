@@ -318,7 +318,7 @@ class PlacementDecision:
 
 @dataclass(frozen=True)
 class ClusterScheduler:
-    """Picks a node for a task or actor from node snapshots; stateless and deterministic.
+    """Picks a node for a task from node snapshots (actors: actor_placement); stateless.
 
     Order of preference among alive nodes whose totals fit the demand:
       1. capacity now, holding the most bytes of the task's arguments (no transfer);
@@ -362,10 +362,6 @@ class ClusterScheduler:
         best = min(feasible, key=lambda n: (n.queue_len, -locality.get(n.node_id, 0),
                                             not n.is_local, n.node_id))
         return PlacementDecision(Placement.QUEUE, best.node_id)
-
-    def pick_node_for_actor(self, demand: ResourceSet, nodes: Sequence[NodeView], *,
-                            affinity: NodeAffinity | None = None) -> PlacementDecision:
-        return self.pick_node_for_task(demand, nodes, affinity=affinity)
 
     def _place_with_affinity(self, demand: ResourceSet, by_id: Mapping[str, NodeView],
                              affinity: NodeAffinity) -> PlacementDecision | None:

@@ -20,7 +20,8 @@ class TaskSpec:
     __slots__ = ("task_id", "function_id", "function_blob", "name", "args", "kwargs",
                  "has_ref_args", "held_refs", "num_returns", "entries", "demand",
                  "scheduling_key", "retries_left", "retry_exceptions", "actor", "method",
-                 "cancelled", "lease", "attempt", "namespace", "route", "placement")
+                 "cancelled", "lease", "attempt", "namespace", "route", "placement",
+                 "job_id")
 
     def __init__(self):
         self.held_refs: list = []  # ObjectRefs kept alive until the task finishes

@@ -232,7 +232,8 @@ class TaskSubmitter:
         try:
             lease.conn.send(P.encode(P.PushTask(spec.task_id, spec.function_id, blob, args,
                                                 kwargs, spec.num_returns, self.runtime.address,
-                                                lease.gpu_ids, spec.name, spec.namespace)))
+                                                lease.gpu_ids, spec.name, spec.namespace,
+                                                spec.job_id)))
         except transport.ConnectionClosedError:
             self._push_refused(lease, spec)
 

@@ -72,6 +72,12 @@ class Executor:
         self.async_calls: dict[bytes, asyncio.Task] = {}  # an async actor's running calls
         self.actor_pool: ThreadPoolExecutor | None = None
         self.gpu_ids: list | None = None
+        # What get_runtime_context() reports about the actor this worker became.
+        self.assigned: dict = {}
+        self.actor_name = ""
+        self.placement = None
+        self.actor_restarts = 0
+        runtime.executor = self
         self.main_thread_id = threading.get_ident()
         self._blocked_depth = 0
         self._borrows_at_start = 0
@@ -129,6 +135,7 @@ class Executor:
         if message.gpu_ids != self.gpu_ids:
             self._set_gpus(message.gpu_ids)
         api._namespace = message.namespace  # workers serve every driver: use the submitter's
+        api._job_id = message.job_id
         self.current_owner = message.owner
         self._invoke(conn, task_id, message.name, message.num_returns, message.owner,
                      lambda: self._function(message.function_id), message.args, message.kwargs)
@@ -328,6 +335,11 @@ class Executor:
         self.actor_id = message.actor_id
         # get_actor()/named actors inside use its namespace
         api._namespace = spec.get("namespace", api._namespace)
+        api._job_id = spec.get("job_id", api._job_id)
+        self.assigned = spec.get("resources", {})
+        self.actor_name = spec.get("name", "")
+        self.placement = spec.get("options", {}).get("placement_group")
+        self.actor_restarts = message.restart_count
         try:
             cls = serialization.loads_function(spec["class_blob"])
             args = [self._decode_arg(a) for a in spec["args"]]
