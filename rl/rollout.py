@@ -18,6 +18,7 @@ actions, rewards, terminateds, truncateds, plus what the module's forward_explor
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -144,7 +145,6 @@ class EnvRunner:
         return fragment
 
     def pid(self) -> int:
-        import os
         return os.getpid()
 
     def close(self) -> None:
