@@ -164,7 +164,7 @@ def test_a_push_on_a_closed_lease_connection_requeues_the_task_without_spending_
     queue.leases.append(lease)
     spec = TaskSpec()
     for name, value in dict(task_id=b"t" * 16, function_id=b"f", function_blob=b"", args=[],
-                            kwargs={}, num_returns=1, name="f", namespace="", retries_left=3,
+                            kwargs={}, num_returns=1, name="f", namespace="", job_id="", retries_left=3,
                             lease=None, has_ref_args=False).items():
         setattr(spec, name, value)
     queue.tasks.append(spec)
