@@ -1,2 +1,41 @@
-"""pyactor.rl: reinforcement learning as async actor pipelines (gymnasium environments in rollout
-actors, a torch learner). Its modules arrive with the RL issue; see the README's layout."""
+"""pyactor.rl: reinforcement learning as async actor pipelines (RLlib-like API).
+
+    from pyactor import rl
+    algo = rl.PPOConfig(env="CartPole-v1", seed=0).build()
+    async for result in algo.results(stop={"episode_return_mean": 475}): ...
+
+Modules: envs (env specs -> vector envs), module (torch networks), rollout (env-runner actors),
+learner (model + optimiser), config / algorithm (the driver loop, results, checkpoints), logger
+(run directory), one file per algorithm (ppo), cli (`pyactor rl ...`). Names load on first use, so
+`from pyactor import rl` does not import torch or gymnasium until something needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Algorithm": "pyactor.rl.algorithm", "AlgorithmConfig": "pyactor.rl.config",
+    "ALGORITHMS": "pyactor.rl.config", "get_config_class": "pyactor.rl.config",
+    "PPO": "pyactor.rl.ppo", "PPOConfig": "pyactor.rl.ppo",
+    "register_env": "pyactor.rl.envs", "make_vector_env": "pyactor.rl.envs",
+    "EnvError": "pyactor.rl.envs",
+    "RLModule": "pyactor.rl.module", "ActorCriticModule": "pyactor.rl.module",
+    "EnvRunner": "pyactor.rl.rollout", "EnvRunnerGroup": "pyactor.rl.rollout",
+    "Learner": "pyactor.rl.learner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pyactor.rl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,254 @@
+"""Env runners: actors that step vectorised envs with a CPU copy of the policy, and the group that
+keeps them alive and fed with weights.
+
+    EnvRunnerGroup (driver)                        EnvRunner actor i (one process each)
+      sync_weights: one pa.put(flat float32) ----> set_weights(ref, version, obs stats): read in place
+      request(T): sample.remote(T) -----------------> T steps of N envs, policy in the loop
+      collect(): await fragment refs <-------------- fragment: dict of [T, N] numpy arrays in the
+                                                     object store + the episodes finished in it
+      a runner that died (ActorDiedError) is restarted by the runtime (max_restarts); the group
+      counts it, re-sends the last weights, and the iteration goes on with the other fragments.
+
+A fragment: obs, next_obs (the true last observation at episode ends: same-step autoreset),
+actions, rewards, terminateds, truncateds, plus what the module's forward_exploration returned
+(PPO: logp, values); `episode_returns` / `episode_lengths` / `episode_env_indices` of the episodes that ended inside it;
+`env_steps`, `weights_version` (the policy that acted, for the policy lag), `runner_index`, and
+`obs_stats` (raw observation statistics seen, when normalising).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+import pyactor as pa
+from pyactor.exceptions import ActorDiedError
+from pyactor.rl import envs as rl_envs
+from pyactor.rl.module import ModuleSpec
+from pyactor.rl.normalize import RunningMeanStd
+
+# A runner that dies this many times in a row without delivering a fragment is broken, not unlucky.
+MAX_CONSECUTIVE_DEATHS = 5
+
+
+class EnvRunner:
+    """Steps `num_envs` copies of an env with the policy in the loop. Used as an actor (one per
+    runner) and, with num_env_runners=0 or for evaluation, as a plain object in the driver."""
+
+    def __init__(self, env: Any, env_config: dict, num_envs: int, module_spec: ModuleSpec,
+                 seed: int | None, runner_index: int = 0, normalize_observations: bool = False):
+        torch.set_num_threads(1)  # tiny networks: threads cost more than they give
+        self.name = rl_envs.env_name(env)
+        self.runner_index = runner_index
+        self.num_envs = num_envs
+        self.envs = rl_envs.make_vector_env(env, env_config, num_envs)
+        self.module = module_spec.build()
+        self.module.eval()
+        space = module_spec.action_space
+        self.discrete = not hasattr(space, "low")
+        self.action_low = None if self.discrete else space.low.astype(np.float32)
+        self.action_high = None if self.discrete else space.high.astype(np.float32)
+        runner_seed = None if seed is None else seed + 10_000 * runner_index
+        self.generator = torch.Generator()
+        if runner_seed is not None:
+            self.generator.manual_seed(runner_seed)
+        else:
+            self.generator.seed()
+        self.obs_stats = RunningMeanStd(module_spec.observation_space.shape) \
+            if normalize_observations else None
+        self.obs_delta = RunningMeanStd(module_spec.observation_space.shape)
+        self.weights_version = 0
+        self.raw_obs = rl_envs.reset_vector_env(self.envs, runner_seed, self.name)
+        rl_envs.check_finite(self.name, "reset() observation", self.raw_obs)
+        self.episode_return = np.zeros(num_envs, np.float64)
+        self.episode_length = np.zeros(num_envs, np.int64)
+
+    def set_weights(self, flat: np.ndarray, version: int, obs_stats: dict | None = None) -> None:
+        with warnings.catch_warnings():  # the array is the store's read-only buffer: read in place
+            warnings.simplefilter("ignore", UserWarning)
+            self.module.set_flat_weights(flat)
+        self.weights_version = version
+        if obs_stats is not None and self.obs_stats is not None:
+            self.obs_stats = RunningMeanStd.from_dict(obs_stats)
+
+    def _normalize(self, raw: np.ndarray) -> np.ndarray:
+        if self.obs_stats is None:
+            return raw.astype(np.float32, copy=False)
+        return self.obs_stats.normalize(raw)
+
+    def sample(self, num_steps: int, explore: bool = True, **explore_kw) -> dict[str, Any]:
+        """Step every env `num_steps` times; return the fragment described in the module note."""
+        T, N = num_steps, self.num_envs
+        obs_shape = self.raw_obs.shape[1:]
+        fragment: dict[str, Any] = {
+            "obs": np.empty((T, N, *obs_shape), np.float32),
+            "next_obs": np.empty((T, N, *obs_shape), np.float32),
+            "rewards": np.empty((T, N), np.float32),
+            "terminateds": np.empty((T, N), bool),
+            "truncateds": np.empty((T, N), bool),
+        }
+        episode_returns: list[float] = []
+        episode_lengths: list[int] = []
+        episode_env_indices: list[int] = []
+        obs = self._normalize(self.raw_obs)
+        with torch.inference_mode():
+            for t in range(T):
+                obs_tensor = torch.from_numpy(obs)
+                if explore:
+                    out = self.module.forward_exploration(obs_tensor, self.generator, **explore_kw)
+                else:
+                    out = self.module.forward_inference(obs_tensor)
+                for key, value in out.items():
+                    if t == 0 and key not in fragment:
+                        fragment[key] = np.empty((T, *value.shape), _numpy_dtype(value))
+                    fragment[key][t] = value.numpy()
+                actions = fragment["actions"][t]
+                if not self.discrete:
+                    actions = np.clip(actions, self.action_low, self.action_high)
+                raw_obs, raw_next, rewards, terminateds, truncateds = rl_envs.step_vector_env(
+                    self.envs, actions, self.name)
+                rl_envs.check_finite(self.name, "observations", raw_next)
+                rl_envs.check_finite(self.name, "rewards", rewards)
+                if self.obs_stats is not None:
+                    self.obs_delta.update(raw_next)
+                fragment["obs"][t] = obs
+                fragment["next_obs"][t] = self._normalize(raw_next)
+                fragment["rewards"][t] = rewards
+                fragment["terminateds"][t] = terminateds
+                fragment["truncateds"][t] = truncateds
+                self.episode_return += rewards
+                self.episode_length += 1
+                done = terminateds | truncateds
+                if done.any():
+                    for i in np.flatnonzero(done):
+                        episode_returns.append(float(self.episode_return[i]))
+                        episode_lengths.append(int(self.episode_length[i]))
+                        episode_env_indices.append(int(i))
+                    self.episode_return[done] = 0.0
+                    self.episode_length[done] = 0
+                self.raw_obs = raw_obs
+                obs = self._normalize(raw_obs) if done.any() or self.obs_stats is not None \
+                    else fragment["next_obs"][t]
+        fragment["episode_returns"] = np.asarray(episode_returns, np.float64)
+        fragment["episode_lengths"] = np.asarray(episode_lengths, np.int64)
+        fragment["episode_env_indices"] = np.asarray(episode_env_indices, np.int64)
+        fragment["env_steps"] = T * N
+        fragment["weights_version"] = self.weights_version
+        fragment["runner_index"] = self.runner_index
+        if self.obs_stats is not None:
+            fragment["obs_stats"] = self.obs_delta.to_dict()
+            self.obs_delta = RunningMeanStd(obs_shape)
+        return fragment
+
+    def pid(self) -> int:
+        import os
+        return os.getpid()
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def _numpy_dtype(tensor: torch.Tensor):
+    return torch.empty((), dtype=tensor.dtype).numpy().dtype
+
+
+class EnvRunnerGroup:
+    """The env-runner actors of one algorithm (or a local runner when num_env_runners=0)."""
+
+    def __init__(self, *, env, env_config: dict, num_env_runners: int, num_envs_per_runner: int,
+                 module_spec: ModuleSpec, seed: int | None, normalize_observations: bool,
+                 num_cpus_per_env_runner: float = 1, custom_resources_per_env_runner=None,
+                 max_env_runner_restarts: int = -1):
+        self.num_restarts = 0
+        self.max_restarts = max_env_runner_restarts
+        self._restarts_of = [0] * num_env_runners
+        self._deaths_in_a_row = [0] * num_env_runners
+        self._pending: list[tuple[int, Any]] = []
+        self._weights: tuple | None = None  # (ref, version, obs_stats) last sent
+        env = rl_envs.portable(env)  # a registered name means nothing in another process
+        args = (env, env_config, num_envs_per_runner, module_spec, seed)
+        if num_env_runners == 0:
+            self.local: EnvRunner | None = EnvRunner(*args, 0, normalize_observations)
+            self.runners: list = []
+            return
+        self.local = None
+        actor_class = pa.remote(EnvRunner).options(
+            num_cpus=num_cpus_per_env_runner, resources=dict(custom_resources_per_env_runner or {}),
+            max_restarts=max_env_runner_restarts, max_task_retries=0)
+        self.runners = [actor_class.remote(*args, i, normalize_observations)
+                        for i in range(num_env_runners)]
+
+    @property
+    def num_envs(self) -> int:
+        return self.local.num_envs if self.local else 0
+
+    def sync_weights(self, flat: np.ndarray, version: int, obs_stats: dict | None) -> None:
+        """Send one copy of the weights to every runner (one put, read in place by each)."""
+        if self.local is not None:
+            self.local.set_weights(flat, version, obs_stats)
+            return
+        ref = pa.put(flat)
+        self._weights = (ref, version, obs_stats)
+        for runner in self.runners:
+            runner.set_weights.remote(ref, version, obs_stats)
+
+    def request(self, num_steps: int, **explore_kw) -> None:
+        """Start one fragment on every runner; `collect` awaits them."""
+        assert not self._pending, "collect() the fragments already requested first"
+        if self.local is not None:
+            self._pending = [(0, self.local.sample(num_steps, **explore_kw))]
+            return
+        self._pending = [(i, runner.sample.remote(num_steps, **explore_kw))
+                         for i, runner in enumerate(self.runners)]
+        self._num_steps, self._explore_kw = num_steps, explore_kw
+
+    async def collect(self) -> list[dict]:
+        """The fragments requested last, without those of runners that died; if none survived,
+        sample again from the restarted runners."""
+        while True:
+            pending, self._pending = self._pending, []
+            fragments = []
+            for index, item in pending:
+                if self.local is not None:
+                    fragments.append(item)
+                    continue
+                try:
+                    fragments.append(await item)
+                    self._deaths_in_a_row[index] = 0
+                except ActorDiedError as error:
+                    self._runner_died(index, error)
+            if fragments:
+                return fragments
+            self.request(self._num_steps, **self._explore_kw)
+
+    def _runner_died(self, index: int, error: Exception) -> None:
+        if "__init__ raised" in str(error):  # dead for good, and every restart would fail alike
+            raise RuntimeError(f"env runner {index} could not start: {error}") from error
+        self.num_restarts += 1
+        self._restarts_of[index] += 1
+        self._deaths_in_a_row[index] += 1
+        if self.max_restarts != -1 and self._restarts_of[index] > self.max_restarts:
+            raise RuntimeError(f"env runner {index} died more than max_env_runner_restarts="
+                               f"{self.max_restarts} times") from error
+        if self._deaths_in_a_row[index] >= MAX_CONSECUTIVE_DEATHS:
+            raise RuntimeError(f"env runner {index} died {MAX_CONSECUTIVE_DEATHS} times in a row "
+                               f"without delivering a fragment; last error: {error}") from error
+        if self._weights is not None:  # the restarted process starts from its initial weights
+            self.runners[index].set_weights.remote(*self._weights)
+
+    def runner_pids(self) -> list[int]:
+        return pa.get([runner.pid.remote() for runner in self.runners])
+
+    def stop(self) -> None:
+        self._pending = []
+        for runner in self.runners:
+            try:
+                pa.kill(runner, no_restart=True)
+            except Exception:  # already gone
+                pass
+        self.runners = []
+        if self.local is not None:
+            self.local.close()
