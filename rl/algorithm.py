@@ -111,15 +111,17 @@ class Algorithm:
         pass
 
     # ------------------------------------------------------------------ pieces for subclasses
-    async def sample(self) -> list[dict]:
-        """The next fragments (one per live runner), double-buffered when async_sampling."""
+    async def sample(self, **explore_kw) -> list[dict]:
+        """The next fragments (one per live runner), double-buffered when async_sampling;
+        `explore_kw` go to the module's forward_exploration (e.g. DQN's epsilon)."""
         group = self.env_runner_group
         length = self.config.rollout_fragment_length
         if not group._pending:
-            group.request(length)
+            group.request(length, **explore_kw)
         fragments = await group.collect()
         if self.config.async_sampling:
-            group.request(length)  # runners step fragment k+1 while the learner works on k
+            # runners step fragment k+1 while the learner works on k
+            group.request(length, **explore_kw)
         for fragment in fragments:
             self.env_steps_total += int(fragment["env_steps"])
             self._policy_lags.append(self.weights_version - int(fragment["weights_version"]))
