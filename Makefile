@@ -21,6 +21,9 @@ $(STAMP): $(SOURCES)
 
 run: $(STAMP)
 	$(BIN)/python -m pyactor.cli microbenchmark --quick
+	# The RL half: PPO on CartPole-v1 until the last 100 episodes average 475 (a few seconds).
+	$(BIN)/python -m pyactor.cli rl train --algo PPO --env CartPole-v1 --seed 0 \
+		--stop '{"episode_return_mean": 475, "env_steps_total": 300000}'
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

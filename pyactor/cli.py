@@ -5,6 +5,7 @@
     pyactor status [--address HOST:PORT] [--token T]
     pyactor stop
     pyactor microbenchmark [--quick] [--json]
+    pyactor rl train|evaluate|plot ...   (see rl/cli.py; loads torch only when used)
 """
 
 from __future__ import annotations
@@ -52,10 +53,17 @@ def main(argv: list[str] | None = None) -> int:
                                 add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER)
 
+    rl = commands.add_parser("rl", help="reinforcement learning: train, evaluate, plot",
+                             add_help=False)
+    rl.add_argument("rest", nargs=argparse.REMAINDER)
+
     args, extra = parser.parse_known_args(argv)
     if args.command == "microbenchmark":
         from pyactor import microbenchmark
         return microbenchmark.main(extra + args.rest)
+    if args.command == "rl":
+        from pyactor.rl import cli as rl_cli  # torch and gymnasium load only for this command
+        return rl_cli.main(extra + args.rest)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return {"start": cmd_start, "status": cmd_status, "stop": cmd_stop}[args.command](args)

@@ -92,9 +92,8 @@ class Algorithm:
         self._policy_version = -1
         self._evaluation_runner: EnvRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.run_dir = make_run_dir(config.output, self.config_class.algo_name,
-                                    rl_envs.env_name(config.env))
-        self.logger = RunLogger(self.run_dir, config.to_dict(), config.log_to_tensorboard)
+        self._run_dir: str | None = None  # made on the first result or save (not by evaluation)
+        self.logger: RunLogger | None = None
         self.sync_weights()
 
     # ------------------------------------------------------------------ subclass interface
@@ -113,15 +112,14 @@ class Algorithm:
     # ------------------------------------------------------------------ pieces for subclasses
     async def sample(self, **explore_kw) -> list[dict]:
         """The next fragments (one per live runner), double-buffered when async_sampling;
-        `explore_kw` go to the module's forward_exploration (e.g. DQN's epsilon)."""
+        `explore_kw` goes to the module's forward_exploration (e.g. epsilon)."""
         group = self.env_runner_group
         length = self.config.rollout_fragment_length
         if not group._pending:
             group.request(length, **explore_kw)
         fragments = await group.collect()
         if self.config.async_sampling:
-            # runners step fragment k+1 while the learner works on k
-            group.request(length, **explore_kw)
+            group.request(length, **explore_kw)  # runners step k+1 while the learner works on k
         for fragment in fragments:
             self.env_steps_total += int(fragment["env_steps"])
             self._policy_lags.append(self.weights_version - int(fragment["weights_version"]))
@@ -149,8 +147,19 @@ class Algorithm:
         self.iteration += 1
         elapsed = time.monotonic() - start
         result = self._result(metrics, elapsed, self.env_steps_total - steps_before)
+        if self.logger is None:
+            self.logger = RunLogger(self.run_dir, self.config.to_dict(),
+                                    self.config.log_to_tensorboard)
         self.logger.log(result)
         return result
+
+    @property
+    def run_dir(self) -> str:
+        """`<output or ~/pyactor_results>/<algo>_<env>_<time>`, made when first needed."""
+        if self._run_dir is None:
+            self._run_dir = make_run_dir(self.config.output, self.config_class.algo_name,
+                                         rl_envs.env_name(self.config.env))
+        return self._run_dir
 
     def _result(self, metrics: dict, elapsed: float, env_steps: int) -> dict[str, Any]:
         returns = self._returns

@@ -67,3 +67,9 @@ class KillOnceEnv(CountEnv):
             else:
                 os.kill(os.getpid(), signal.SIGKILL)
         return super().step(action)
+
+
+class NaNObsEnv(CountEnv):
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return np.array([np.nan], np.float32), reward, terminated, truncated, info

@@ -78,6 +78,7 @@ def _comparable(result):
     return {k: v for k, v in result.items() if k not in TIME_KEYS}
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_runs(pa_module, tmp_path):
     """With async_sampling=False and a seed, two runs agree iteration by iteration."""
     runs = []
@@ -127,6 +128,7 @@ async def test_results_is_an_async_iterator_with_stop(pa_module, tmp_path):
         algo.stop()
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_restores_policy_and_counters(pa_module, tmp_path):
     """A restored algorithm acts identically and continues with the saved counters."""
     algo = tiny(tmp_path, normalize_observations=True).build()
@@ -138,6 +140,7 @@ def test_checkpoint_round_trip_restores_policy_and_counters(pa_module, tmp_path)
         actions = [algo.compute_single_action(o) for o in observations]
         stats = algo.obs_stats.to_dict()
         steps = algo.env_steps_total
+        learner_state = algo.learner.call("get_state")
     finally:
         algo.stop()
     assert stats["count"] == steps  # every runner's observations were merged
@@ -146,6 +149,10 @@ def test_checkpoint_round_trip_restores_policy_and_counters(pa_module, tmp_path)
         assert isinstance(restored, rl.PPO)
         assert [restored.compute_single_action(o) for o in observations] == actions
         assert restored.obs_stats.to_dict() == stats
+        restored_state = restored.learner.call("get_state")
+        for key, value in learner_state["optimizer"]["state"].items():  # Adam's moments
+            for name in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(restored_state["optimizer"]["state"][key][name], value[name])
         result = restored.train()
         assert result["training_iteration"] == 3 and result["env_steps_total"] == steps + 64
     finally:
@@ -166,6 +173,7 @@ def test_foreign_or_newer_checkpoints_are_refused(tmp_path):
         rl.Algorithm.from_checkpoint(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_learner_as_an_actor_trains(pa_module, tmp_path):
     """num_learners=1 runs the learner in an actor (CPU here) and the loop is unchanged."""
     algo = tiny(tmp_path, num_learners=1).build()

@@ -1,0 +1,204 @@
+"""Benchmark of pyactor.rl: PPO on CartPole-v1 and Pendulum-v1, and env-runner sampling
+throughput, each beside a baseline measured in the same run.
+
+    ppo_cartpole_s{0,1,2}   wall time from build() (actor start included) to a 100-episode mean
+                            training return >= 475, and the env steps used; when
+                            stable-baselines3 is installed, its PPO with rl-zoo's CartPole-v1
+                            settings runs in alternation with ours, same seeds, and `ratio` is
+                            ours / SB3 (below 1: faster). Both use one torch thread.
+    sampling_2x16           env steps/s of 2 runner actors x 16 CartPole envs, policy in the
+                            loop; baseline: the same two runners' work done by one process
+                            (ratio: actors / one process; two cores bound it by 2)
+    ppo_pendulum            env steps and time for PPO to reach a mean return >= -300 on
+                            Pendulum-v1 (budget 200k env steps)
+
+    python bench/rl_bench.py [--json] [--seeds 0 1 2] [--skip sb3 pendulum ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import pyactor as pa
+from pyactor import rl
+from pyactor.rl import envs as rl_envs
+from pyactor.rl.module import ActorCriticModule, ModuleSpec
+from pyactor.rl.rollout import EnvRunner, EnvRunnerGroup
+
+CARTPOLE_TARGET = 475.0
+PENDULUM_TARGET = -300.0
+# Pendulum: short horizon (gamma 0.9), long fragments, several epochs (rl-zoo's Pendulum layout).
+PENDULUM_CONFIG = dict(env="Pendulum-v1", num_env_runners=2, num_envs_per_runner=4,
+                       rollout_fragment_length=256, gamma=0.9, lambda_=0.95, lr=1e-3,
+                       num_epochs=10, minibatch_size=64, normalize_observations=False)
+
+
+def ours_time_to(config: rl.PPOConfig, target: float, max_steps: int) -> dict:
+    start = time.monotonic()
+    algo = config.build()
+    try:
+        while True:
+            result = algo.train()
+            if result["episode_return_mean"] >= target or result["env_steps_total"] >= max_steps:
+                break
+    finally:
+        algo.stop()
+    reached = result["episode_return_mean"] >= target
+    return {"time_s": time.monotonic() - start, "env_steps": result["env_steps_total"],
+            "reached": reached, "return": result["episode_return_mean"]}
+
+
+def sb3_time_to_475(seed: int, max_steps: int = 100_000) -> dict:
+    """rl-zoo's CartPole-v1 PPO: 8 envs x 32 steps, batch 256, 20 epochs, gamma 0.98,
+    lambda 0.8, lr and clip linearly to 0 over its 1e5 steps."""
+    from stable_baselines3 import PPO as SB3PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    class StopAt(BaseCallback):
+        def _on_step(self) -> bool:
+            buffer = self.model.ep_info_buffer
+            return not (len(buffer) == 100 and np.mean([e["r"] for e in buffer]) >= CARTPOLE_TARGET)
+
+    start = time.monotonic()
+    env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
+    model = SB3PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
+                   n_epochs=20, ent_coef=0.0, learning_rate=lambda p: 1e-3 * p,
+                   clip_range=lambda p: 0.2 * p, seed=seed, device="cpu", verbose=0)
+    model.learn(total_timesteps=max_steps, callback=StopAt())
+    buffer = model.ep_info_buffer
+    ret = float(np.mean([e["r"] for e in buffer])) if buffer else float("nan")
+    return {"time_s": time.monotonic() - start, "env_steps": int(model.num_timesteps),
+            "reached": len(buffer) == 100 and ret >= CARTPOLE_TARGET, "return": ret}
+
+
+def sampling_throughput(rounds: int, fragments: int = 40, length: int = 64) -> dict:
+    obs_space, act_space = rl_envs.probe_spaces("CartPole-v1", {})
+    spec = ModuleSpec(ActorCriticModule, obs_space, act_space, {})
+    weights = spec.build().get_flat_weights()
+    group = EnvRunnerGroup(env="CartPole-v1", env_config={}, num_env_runners=2,
+                           num_envs_per_runner=16, module_spec=spec, seed=0,
+                           normalize_observations=False)
+    local = [EnvRunner("CartPole-v1", {}, 16, spec, seed=i) for i in range(2)]
+    for runner in local:
+        runner.set_weights(weights, 1)
+    group.sync_weights(weights, 1, None)
+    loop = asyncio_loop()
+
+    def actors() -> float:
+        start = time.perf_counter()
+        steps = 0
+        group.request(length)
+        for _ in range(fragments):
+            got = loop.run_until_complete(group.collect())
+            group.request(length)
+            steps += sum(f["env_steps"] for f in got)
+        loop.run_until_complete(group.collect())
+        return steps / (time.perf_counter() - start)
+
+    def one_process() -> float:
+        start = time.perf_counter()
+        steps = 0
+        for _ in range(fragments):
+            for runner in local:
+                steps += runner.sample(length)["env_steps"]
+        return steps / (time.perf_counter() - start)
+
+    actors()  # warm-up: first calls, imports in the runners
+    ours, base = [], []
+    for _ in range(rounds):
+        ours.append(actors())
+        base.append(one_process())
+    group.stop()
+    loop.close()
+    return {"value": statistics.median(ours), "baseline": statistics.median(base)}
+
+
+def asyncio_loop():
+    import asyncio
+    return asyncio.new_event_loop()
+
+
+def rows(args) -> list[dict]:
+    out = []
+    output = tempfile.mkdtemp(prefix="rl_bench_")
+    torch.set_num_threads(1)
+    have_sb3 = "sb3" not in args.skip
+    if have_sb3:
+        try:
+            import stable_baselines3  # noqa: F401
+        except ImportError:
+            have_sb3 = False
+    if "cartpole" not in args.skip:
+        ours_times, sb3_times = [], []
+        for seed in args.seeds:
+            config = rl.PPOConfig(env="CartPole-v1", seed=seed, output=output,
+                                  log_to_tensorboard=False)
+            ours = ours_time_to(config, CARTPOLE_TARGET, 300_000)
+            row = {"name": f"ppo_cartpole_s{seed}", "value": ours["time_s"], "unit": "s",
+                   "env_steps": ours["env_steps"], "reached": ours["reached"]}
+            ours_times.append(ours["time_s"] if ours["reached"] else float("inf"))
+            if have_sb3:
+                sb3 = sb3_time_to_475(seed)
+                row.update(baseline=sb3["time_s"], baseline_env_steps=sb3["env_steps"],
+                           baseline_reached=sb3["reached"], ratio=ours["time_s"] / sb3["time_s"])
+                sb3_times.append(sb3["time_s"] if sb3["reached"] else float("inf"))
+            out.append(emit(row, args))
+        median = {"name": "ppo_cartpole_median", "value": statistics.median(ours_times),
+                  "unit": "s"}
+        if sb3_times:
+            median.update(baseline=statistics.median(sb3_times),
+                          ratio=statistics.median(ours_times) / statistics.median(sb3_times))
+        out.append(emit(median, args))
+    if "sampling" not in args.skip:
+        sampled = sampling_throughput(args.rounds)
+        out.append(emit({"name": "sampling_2x16", "value": sampled["value"], "unit": "steps/s",
+                         "baseline": sampled["baseline"],
+                         "ratio": sampled["value"] / sampled["baseline"]}, args))
+    if "pendulum" not in args.skip:
+        config = rl.PPOConfig(seed=0, output=output, log_to_tensorboard=False, **PENDULUM_CONFIG)
+        result = ours_time_to(config, PENDULUM_TARGET, 200_000)
+        out.append(emit({"name": "ppo_pendulum", "value": result["env_steps"], "unit": "env steps",
+                         "time_s": result["time_s"], "reached": result["reached"],
+                         "return": result["return"]}, args))
+    import shutil
+    shutil.rmtree(output, ignore_errors=True)
+    return out
+
+
+def emit(row: dict, args) -> dict:
+    if args.json:
+        print(json.dumps(row), flush=True)
+    else:
+        extras = "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in row.items() if k not in ("name", "value", "unit"))
+        print(f"{row['name']:22s} {row['value']:12,.2f} {row['unit']:10s} {extras}", flush=True)
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=3, help="sampling rounds (median)")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["cartpole", "sb3", "sampling", "pendulum"])
+    args = parser.parse_args(argv)
+    pa.init(num_cpus=2)
+    try:
+        rows(args)
+    finally:
+        pa.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
