@@ -5,13 +5,20 @@ that the defaults learn CartPole-v1."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from pyactor import rl
-from pyactor.rl.dqn import (QModule, epsilon_greedy, q_targets, td_loss, update_target)
+from pyactor.rl import cli as rl_cli
+from pyactor.rl.dqn import QModule, epsilon_greedy, q_targets, td_loss, update_target
 
 TIME_KEYS = {"time_total_s", "time_this_iter_s", "env_steps_per_s"}
 
@@ -199,6 +206,28 @@ def test_learner_as_an_actor_reads_batches_from_the_replay(pa_module, tmp_path):
     finally:
         algo.stop()
     assert results[-1]["learner/num_updates"] == 8 and np.isfinite(results[-1]["learner/loss"])
+
+
+@pytest.mark.slow
+def test_cli_trains_and_evaluates_dqn(tmp_path, pa_module, capsys):
+    """`pyactor rl train --algo DQN` runs to its stop condition and writes a checkpoint that
+    `pyactor rl evaluate` loads."""
+    env = {**os.environ}
+    env.pop("PYACTOR_ADDRESS", None)
+    config = json.dumps({"num_envs_per_runner": 2, "rollout_fragment_length": 8,
+                         "learning_starts": 16, "train_batch_size": 8, "model": {"hidden": [16]}})
+    out = subprocess.run([sys.executable, "-m", "pyactor.cli", "rl", "train", "--algo", "DQN",
+                          "--env", "CartPole-v1", "--stop", '{"training_iteration": 3}',
+                          "--config", config, "--seed", "0", "--output", str(tmp_path)],
+                         capture_output=True, text=True, timeout=240, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.startswith("iter ")]
+    assert len(lines) == 3 and re.match(r"iter +3  env steps +48 ", lines[-1])
+    checkpoint = re.search(r"final checkpoint: (\S+)", out.stdout).group(1)
+    assert "DQN_CartPole-v1_" in checkpoint
+    assert rl_cli.main(["evaluate", checkpoint, "--episodes", "2"]) == 0
+    assert re.search(r"DQN CartPole-v1: mean return over 2 episodes: [\d.]+",
+                     capsys.readouterr().out)
 
 
 @pytest.mark.slow
