@@ -63,15 +63,17 @@ class DQNConfig(AlgorithmConfig):
     model: dict = dataclasses.field(
         default_factory=lambda: {"hidden": [128, 128], "activation": "relu"})
     train_batch_size: int = 128
-    replay_ratio: float = 0.25  # SGD updates per env step sampled
+    replay_ratio: float = 0.5  # SGD updates per env step sampled
     learning_starts: int = 1000  # env steps in the replay buffer before the first update
     replay_buffer_capacity: int = 50_000  # transitions
     n_step: int = 3
     double_q: bool = True
     dueling: bool = True
-    target_network_update_freq: int = 250  # learner updates between target updates
+    # Learner updates between target updates. Frequent: with gamma 0.99 a value must bootstrap
+    # through ~100 target refreshes to reach its horizon, so rare refreshes bound learning speed.
+    target_network_update_freq: int = 10
     tau: float = 1.0  # 1.0: hard copy; < 1: theta' <- tau theta + (1 - tau) theta'
-    epsilon: list = dataclasses.field(default_factory=lambda: [[0, 1.0], [10_000, 0.02]])
+    epsilon: list = dataclasses.field(default_factory=lambda: [[0, 1.0], [5_000, 0.02]])
     td_error_loss_fn: str = "huber"
     prioritized_replay: bool = True
     prioritized_replay_alpha: float = 0.6
