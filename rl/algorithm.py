@@ -63,8 +63,33 @@ class Algorithm:
         self._build_start = time.monotonic()
         self.config = config
         self._started_pyactor = not pa.is_initialized()
+        self.env_runner_group: EnvRunnerGroup | None = None
+        self.learner: LearnerHandle | None = None
+        self.logger: RunLogger | None = None
+        self._evaluation_runner: EnvRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.iteration = 0
+        self.env_steps_total = 0
+        self.episodes_total = 0
+        self._time_before_s = 0.0  # time_total_s carried over from a checkpoint
+        window = config.metrics_num_episodes_for_smoothing
+        self._returns: deque = deque(maxlen=window)
+        self._lengths: deque = deque(maxlen=window)
+        self.weights_version = 0
+        self._policy_lags: list[int] = []
+        self._policy: RLModule | None = None  # driver copy for compute_single_action
+        self._policy_version = -1
+        self._run_dir: str | None = None  # made on the first result or save (not by evaluation)
         if self._started_pyactor:
             pa.init()
+        try:
+            self._start_pipeline(config)
+            self.sync_weights()
+        except BaseException:
+            self.stop()  # no actor, learner or node left behind by a failed build
+            raise
+
+    def _start_pipeline(self, config: AlgorithmConfig) -> None:
         observation_space, action_space = rl_envs.probe_spaces(config.env, config.env_config)
         self.module_spec = ModuleSpec(self.module_class, observation_space, action_space,
                                       config.model)
@@ -79,22 +104,6 @@ class Algorithm:
             num_cpus_per_env_runner=config.num_cpus_per_env_runner,
             custom_resources_per_env_runner=config.custom_resources_per_env_runner,
             max_env_runner_restarts=config.max_env_runner_restarts)
-        self.iteration = 0
-        self.env_steps_total = 0
-        self.episodes_total = 0
-        self._time_before_s = 0.0  # time_total_s carried over from a checkpoint
-        window = config.metrics_num_episodes_for_smoothing
-        self._returns: deque = deque(maxlen=window)
-        self._lengths: deque = deque(maxlen=window)
-        self.weights_version = 0
-        self._policy_lags: list[int] = []
-        self._policy: RLModule | None = None  # driver copy for compute_single_action
-        self._policy_version = -1
-        self._evaluation_runner: EnvRunner | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._run_dir: str | None = None  # made on the first result or save (not by evaluation)
-        self.logger: RunLogger | None = None
-        self.sync_weights()
 
     # ------------------------------------------------------------------ subclass interface
     async def training_step(self) -> dict[str, Any]:
@@ -322,7 +331,7 @@ class Algorithm:
 
     def _restore(self, path: str, meta: dict) -> None:
         self.learner.call("set_state", torch.load(os.path.join(path, "learner.pt"),
-                                                  weights_only=False))
+                                                  map_location="cpu", weights_only=False))
         with open(os.path.join(path, "state.pkl"), "rb") as f:
             state = pickle.load(f)
         counters = meta["counters"]
@@ -351,6 +360,7 @@ class Algorithm:
             self.learner.stop()
         if getattr(self, "logger", None) is not None:
             self.logger.close()
+            self.logger = None
         if self._evaluation_runner is not None:
             self._evaluation_runner.close()
             self._evaluation_runner = None

@@ -44,8 +44,8 @@ class PPOConfig(AlgorithmConfig):
     vf_clip_param: typing.Optional[float] = None  # None: no value clipping
     vf_loss_coeff: float = 0.5
     entropy_coeff: float = 0.0
-    num_epochs: int = 6
-    minibatch_size: int = 256
+    num_epochs: int = 4
+    minibatch_size: int = 128
     normalize_advantages: bool = True
     grad_clip: typing.Optional[float] = 0.5
 

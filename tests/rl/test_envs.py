@@ -74,3 +74,23 @@ def test_nan_is_named():
     rl_envs.reset_vector_env(envs, 0, "x")
     _, _, rewards, _, _ = rl_envs.step_vector_env(envs, np.zeros(1, np.int64), "x")
     assert np.isnan(rewards).all()
+
+
+
+def test_native_cartpole_resets_ended_copies_in_the_same_step():
+    """An ended CartPole copy reports its out-of-bounds last state in next_obs and starts its
+    next episode from a fresh state (within +-0.05) in the same step; the others carry on."""
+    envs = rl_envs.make_vector_env("CartPole-v1", {}, 3)
+    obs = rl_envs.reset_vector_env(envs, 0, "CartPole-v1")
+    actions = np.array([1, 1, 0])  # copy 2 pushes the other way: its episode ends at another time
+    for _ in range(200):
+        previous = obs
+        obs, next_obs, _, terminateds, _ = rl_envs.step_vector_env(envs, actions, "CartPole-v1")
+        if terminateds.any():
+            break
+    ended = np.flatnonzero(terminateds)
+    assert ended.size and (np.abs(next_obs[ended][:, 2]) > 0.2094).all()  # the pole fell
+    assert (np.abs(obs[ended]) <= 0.05).all()
+    running = np.flatnonzero(~terminateds)
+    assert np.array_equal(obs[running], next_obs[running])
+    assert not np.array_equal(obs[running], previous[running])
