@@ -59,6 +59,9 @@ class DQNConfig(AlgorithmConfig):
     rollout_fragment_length: int = 16
     gamma: float = 0.99
     lr: float = 1e-3
+    # Decaying the step size keeps late updates from undoing a solved policy (Q-value divergence).
+    lr_schedule: typing.Optional[list] = dataclasses.field(
+        default_factory=lambda: [[0, 1e-3], [30_000, 1e-4]])
     grad_clip: typing.Optional[float] = 10.0
     model: dict = dataclasses.field(
         default_factory=lambda: {"hidden": [128, 128], "activation": "relu"})
@@ -69,9 +72,10 @@ class DQNConfig(AlgorithmConfig):
     n_step: int = 3
     double_q: bool = True
     dueling: bool = True
-    # Learner updates between target updates. Frequent: with gamma 0.99 a value must bootstrap
-    # through ~100 target refreshes to reach its horizon, so rare refreshes bound learning speed.
-    target_network_update_freq: int = 10
+    # Learner updates between target updates. Often: with gamma 0.99 a value must bootstrap
+    # through ~75 target refreshes to reach its horizon, so rare refreshes bound learning speed;
+    # every 10 updates diverged (Q-values past 1/(1 - gamma)) after ~15k updates.
+    target_network_update_freq: int = 50
     tau: float = 1.0  # 1.0: hard copy; < 1: theta' <- tau theta + (1 - tau) theta'
     epsilon: list = dataclasses.field(default_factory=lambda: [[0, 1.0], [5_000, 0.02]])
     td_error_loss_fn: str = "huber"
@@ -280,11 +284,16 @@ class DQN(Algorithm):
             raise TypeError(f"DQN needs a DQNConfig, got {type(config).__name__}")
         # The module reads its head and its default exploration from the model config.
         final_epsilon = float(config.epsilon[-1][1])
+        self.replay = None
         super().__init__(config.replace(model={**config.model, "dueling": config.dueling,
                                                "explore_epsilon": final_epsilon}))
-        self.replay = pa.remote(ReplayActor).remote(
-            config.replay_buffer_capacity, config.prioritized_replay,
-            config.prioritized_replay_alpha, config.n_step, config.gamma, config.seed)
+        try:
+            self.replay = pa.remote(ReplayActor).remote(
+                config.replay_buffer_capacity, config.prioritized_replay,
+                config.prioritized_replay_alpha, config.n_step, config.gamma, config.seed)
+        except BaseException:
+            self.stop()  # leave no runner or learner behind
+            raise
         self.transitions_added = 0  # n-step transitions sent to the replay actor
         self._update_credit = 0.0  # updates owed by replay_ratio, carried across iterations
         self._replay_stats: dict = {}
@@ -306,9 +315,13 @@ class DQN(Algorithm):
             self._update_credit += c.replay_ratio * new_steps
         num_updates = int(self._update_credit)
         self._update_credit -= num_updates
+        lr = schedule_value(c.lr_schedule, c.lr, self.env_steps_total)
+        if num_updates:
+            self.learner.call("set_lr", lr)
         metrics = await self._learn(num_updates)
         self.sync_weights()
-        metrics.update(epsilon=epsilon, num_updates_total=self.learner.call("num_updates_done"))
+        metrics.update(epsilon=epsilon, lr=lr,
+                       num_updates_total=self.learner.call("num_updates_done"))
         self._replay_stats = await self.replay.stats.remote()
         metrics["replay/size"] = self._replay_stats["size"]
         metrics["replay/size_bytes"] = self._replay_stats["size_bytes"]
