@@ -146,7 +146,7 @@ def test_train_save_restore_evaluate(pa_module, tmp_path):
     per_transition = 32 + 8 + 4 + 1 + 4 + 8
     assert results[-1]["replay/size_bytes"] == 1000 * per_transition + 2 * 2 * 1024 * 8
     assert np.isfinite(results[-1]["learner/loss"]) and results[-1]["learner/epsilon"] < 1.0
-    assert results[-1]["learner/lr"] == pytest.approx(1e-3 - 9e-4 * 64 / 30_000)  # lr_schedule
+    assert results[-1]["learner/lr"] == pytest.approx(1e-3 - 9e-4 * 96 / 30_000)  # lr_schedule
     assert evaluation["episodes"] == 3 and evaluation["episode_return_mean"] > 0
 
     restored = rl.Algorithm.from_checkpoint(path)
