@@ -11,8 +11,15 @@ throughput, each beside a baseline measured in the same run.
                             (ratio: actors / one process; two cores bound it by 2)
     ppo_pendulum            env steps and time for PPO to reach a mean return >= -300 on
                             Pendulum-v1 (budget 200k env steps)
+    dqn_cartpole_s{0,1,2}   wall time from build() to the first evaluation in which DQN's greedy
+                            policy has a mean return >= 475 over 20 episodes (evaluated every
+                            2,000 env steps; evaluation time counts), with the env steps and
+                            learner updates used (budget --dqn-budget-s)
+    dqn_updates_per_s       DQN learner updates/s through the pipeline (the replay actor draws
+                            the next prioritized batch while the driver runs SGD); baseline: the
+                            same sampling and SGD one after the other in one process
 
-    python bench/rl_bench.py [--json] [--seeds 0 1 2] [--skip sb3 pendulum ...]
+    python bench/rl_bench.py [--json] [--seeds 0 1 2] [--skip sb3 pendulum dqn ...]
 """
 
 from __future__ import annotations
@@ -148,6 +155,68 @@ def sampling_throughput(rounds: int, fragments: int = 40, length: int = 64) -> d
     return {"value": statistics.median(ours), "baseline": statistics.median(base)}
 
 
+def dqn_time_to_475(seed: int, budget_s: float, output: str) -> dict:
+    start = time.monotonic()
+    algo = rl.DQNConfig(env="CartPole-v1", seed=seed, output=output,
+                        log_to_tensorboard=False).build()
+    try:
+        best, evaluated_at, eval_s = 0.0, 0, 0.0
+        while best < CARTPOLE_TARGET and time.monotonic() - start < budget_s:
+            result = algo.train()
+            if result["env_steps_total"] - evaluated_at >= 2_000:
+                evaluated_at = result["env_steps_total"]
+                eval_start = time.monotonic()
+                best = max(best, algo.evaluate(episodes=20)["episode_return_mean"])
+                eval_s += time.monotonic() - eval_start
+        return {"time_s": time.monotonic() - start, "env_steps": algo.env_steps_total,
+                "updates": result["learner/num_updates_total"], "reached": best >= CARTPOLE_TARGET,
+                "best_eval": best, "eval_s": eval_s}
+    finally:
+        algo.stop()
+
+
+def dqn_updates_per_s(num_updates: int, output: str) -> dict:
+    """Updates/s of DQN's loop once learning started (iteration time: sampling included), and of
+    the same prioritized sampling + SGD step done in turn in one process."""
+    from pyactor.rl.buffers import PrioritizedReplayBuffer
+    from pyactor.rl.dqn import DQNLearner, QModule
+
+    config = rl.DQNConfig(env="CartPole-v1", seed=0, output=output, log_to_tensorboard=False)
+    algo = config.build()
+    try:
+        while algo.train()["learner/num_updates_total"] == 0:
+            pass
+        done, elapsed = 0, 0.0
+        while done < num_updates:
+            result = algo.train()
+            done += result["learner/num_updates"]
+            elapsed += result["time_this_iter_s"]
+    finally:
+        algo.stop()
+    obs_space, act_space = rl_envs.probe_spaces("CartPole-v1", {})
+    spec = ModuleSpec(QModule, obs_space, act_space, {**config.model, "dueling": config.dueling})
+    learner = DQNLearner(spec, config.to_dict(), seed=0)
+    buffer = PrioritizedReplayBuffer(config.replay_buffer_capacity,
+                                     config.prioritized_replay_alpha, seed=0)
+    rng = np.random.default_rng(0)
+    size = 20_000
+    buffer.add({"obs": rng.normal(size=(size, 4)).astype(np.float32),
+                "actions": rng.integers(0, 2, size), "rewards": np.ones(size, np.float32),
+                "next_obs": rng.normal(size=(size, 4)).astype(np.float32),
+                "terminateds": np.zeros(size, bool),
+                "discounts": np.full(size, config.gamma ** config.n_step, np.float32)})
+    start = time.perf_counter()
+    for _ in range(num_updates):
+        out = learner.update([buffer.sample(config.train_batch_size, 0.4)])
+        buffer.update_priorities(out["ids"], out["priorities"])
+    return {"value": done / elapsed, "baseline": num_updates / (time.perf_counter() - start)}
+
+
+def asyncio_loop():
+    import asyncio
+    return asyncio.new_event_loop()
+
+
 def rows(args) -> list[dict]:
     out = []
     output = tempfile.mkdtemp(prefix="rl_bench_")
@@ -191,6 +260,19 @@ def rows(args) -> list[dict]:
         out.append(emit({"name": "ppo_pendulum", "value": result["env_steps"], "unit": "env steps",
                          "time_s": result["time_s"], "reached": result["reached"],
                          "return": result["return"]}, args))
+    if "dqn" not in args.skip:
+        times = []
+        for seed in args.seeds:
+            run = dqn_time_to_475(seed, args.dqn_budget_s, output)
+            times.append(run["time_s"] if run["reached"] else float("inf"))
+            out.append(emit({"name": f"dqn_cartpole_s{seed}", "value": run.pop("time_s"),
+                             "unit": "s", **run}, args))
+        out.append(emit({"name": "dqn_cartpole_median", "value": statistics.median(times),
+                         "unit": "s"}, args))
+        rates = dqn_updates_per_s(args.dqn_updates, output)
+        out.append(emit({"name": "dqn_updates_per_s", "value": rates["value"], "unit": "1/s",
+                         "baseline": rates["baseline"],
+                         "ratio": rates["value"] / rates["baseline"]}, args))
     import shutil
     shutil.rmtree(output, ignore_errors=True)
     return out
@@ -212,7 +294,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3, help="sampling rounds (median)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["cartpole", "sb3", "sampling", "pendulum"])
+                        choices=["cartpole", "sb3", "sampling", "pendulum", "dqn"])
+    parser.add_argument("--dqn-budget-s", type=float, default=120.0,
+                        help="DQN's time limit per seed")
+    parser.add_argument("--dqn-updates", type=int, default=2_000,
+                        help="updates timed for dqn_updates_per_s")
     args = parser.parse_args(argv)
     pa.init(num_cpus=2)
     try:

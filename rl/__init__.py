@@ -18,6 +18,7 @@ _EXPORTS = {
     "Algorithm": "pyactor.rl.algorithm", "AlgorithmConfig": "pyactor.rl.config",
     "ALGORITHMS": "pyactor.rl.config", "get_config_class": "pyactor.rl.config",
     "PPO": "pyactor.rl.ppo", "PPOConfig": "pyactor.rl.ppo",
+    "DQN": "pyactor.rl.dqn", "DQNConfig": "pyactor.rl.dqn",
     "register_env": "pyactor.rl.envs", "make_vector_env": "pyactor.rl.envs",
     "EnvError": "pyactor.rl.envs",
     "RLModule": "pyactor.rl.module", "ActorCriticModule": "pyactor.rl.module",

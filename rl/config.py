@@ -18,6 +18,7 @@ from typing import Any
 # name -> "module:ConfigClass"; an algorithm registers itself with one line here.
 ALGORITHMS: dict[str, str] = {
     "PPO": "pyactor.rl.ppo:PPOConfig",
+    "DQN": "pyactor.rl.dqn:DQNConfig",
 }
 
 

@@ -210,17 +210,20 @@ class EnvRunnerGroup:
         sample again from the restarted runners."""
         while True:
             pending, self._pending = self._pending, []
-            fragments = []
+            fragments, refs = [], []
             for index, item in pending:
                 if self.local is not None:
                     fragments.append(item)
+                    refs.append(None)
                     continue
                 try:
                     fragments.append(await item)
+                    refs.append(item)
                     self._deaths_in_a_row[index] = 0
                 except ActorDiedError as error:
                     self._runner_died(index, error)
             if fragments:
+                self.collected_refs = refs  # the fragments' refs (None: local), e.g. for a replay
                 return fragments
             self.request(self._num_steps, **self._explore_kw)
 

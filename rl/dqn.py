@@ -1,0 +1,385 @@
+"""DQN: deep Q-learning from replay (Mnih et al. 2015, Nature 518:529) with the Rainbow pieces as
+options (Hessel et al. 2018): double Q (van Hasselt et al. 2016), dueling heads (Wang et al.
+2016), n-step returns, prioritized replay (Schaul et al. 2016), a target network updated by hard
+copies or softly (tau), and an epsilon-greedy schedule.
+
+The pipeline (the Ape-X layout of Horgan et al. 2018, on one host):
+
+    EnvRunner actors (epsilon-greedy, CPU copy of Q)
+        | fragment refs [T, N]                       ^ one weights ref per iteration
+        v                                            |
+    ReplayActor (rl/buffers.py)                 driver: DQN.training_step
+        add_fragment(ref): n-step transitions        |
+        sample(B, beta) ------- batch -------------> DQNLearner.update: loss, Adam step, target
+        update_priorities(ids, |delta|) <----------- (one batch request kept in flight, so the
+                                                      replay draws batch k+1 during SGD on k)
+
+One iteration (DQN.training_step), top to bottom:
+    fragments = await sample(epsilon)            # one fragment per runner; the next round starts
+    replay.add_fragment(ref) for each            # the runners' refs, never copied by the driver
+    for each update owed (replay_ratio * env steps, once learning_starts steps are in):
+        batch = replay.sample(B, beta)           # uniform, or P(i) ~ p_i**alpha with weights w_i
+        y = r^(n) + gamma^n (1 - done) Q_target(s', argmax_a' Q(s', a'))     # q_targets
+        loss = mean(w * huber(y - Q(s, a)))      # td_loss; |y - Q(s, a)| -> new priorities
+        Adam step; every target_network_update_freq updates: theta' <- tau theta + (1-tau) theta'
+    sync_weights()                               # one put, read by every runner
+
+The defaults are tuned for CartPole-v1 (the target: the greedy policy's mean return over 20
+episodes >= 475 within 30 s); bench/rl_bench.py's dqn rows measure it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+import pyactor as pa
+from pyactor.rl.algorithm import Algorithm
+from pyactor.rl.buffers import ReplayActor
+from pyactor.rl.config import AlgorithmConfig, check_schedule, schedule_value
+from pyactor.rl.learner import Learner
+from pyactor.rl.module import ACTIVATIONS, RLModule, functional_layers, mlp, run_mlp
+
+try:
+    import gymnasium as gym
+except ImportError as error:  # pragma: no cover
+    raise ImportError("pyactor.rl needs gymnasium: pip install 'pyactor[rl]'") from error
+
+
+@dataclasses.dataclass(frozen=True)
+class DQNConfig(AlgorithmConfig):
+    num_env_runners: int = 1
+    num_envs_per_runner: int = 8
+    rollout_fragment_length: int = 16
+    gamma: float = 0.99
+    lr: float = 1e-3
+    # Decaying the step size keeps late updates from undoing a solved policy (Q-value divergence).
+    lr_schedule: typing.Optional[list] = dataclasses.field(
+        default_factory=lambda: [[0, 1e-3], [30_000, 1e-4]])
+    grad_clip: typing.Optional[float] = 10.0
+    model: dict = dataclasses.field(
+        default_factory=lambda: {"hidden": [128, 128], "activation": "relu"})
+    train_batch_size: int = 128
+    replay_ratio: float = 0.5  # SGD updates per env step sampled
+    learning_starts: int = 1000  # env steps in the replay buffer before the first update
+    replay_buffer_capacity: int = 50_000  # transitions
+    n_step: int = 3
+    double_q: bool = True
+    dueling: bool = True
+    # Learner updates between target updates. Often: with gamma 0.99 a value must bootstrap
+    # through ~75 target refreshes to reach its horizon, so rare refreshes bound learning speed;
+    # every 10 updates diverged (Q-values past 1/(1 - gamma)) after ~15k updates.
+    target_network_update_freq: int = 50
+    tau: float = 1.0  # 1.0: hard copy; < 1: theta' <- tau theta + (1 - tau) theta'
+    epsilon: list = dataclasses.field(default_factory=lambda: [[0, 1.0], [5_000, 0.02]])
+    td_error_loss_fn: str = "huber"
+    prioritized_replay: bool = True
+    prioritized_replay_alpha: float = 0.6
+    prioritized_replay_beta: list = dataclasses.field(
+        default_factory=lambda: [[0, 0.4], [50_000, 1.0]])
+    prioritized_replay_eps: float = 1e-6
+    store_buffer_in_checkpoints: bool = False
+
+    algo_name = "DQN"
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("train_batch_size", "replay_buffer_capacity", "n_step",
+                     "target_network_update_freq"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.replay_ratio <= 0:
+            raise ValueError(f"replay_ratio must be > 0, got {self.replay_ratio}")
+        if self.learning_starts < 0:
+            raise ValueError(f"learning_starts must be >= 0, got {self.learning_starts}")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if self.td_error_loss_fn not in ("huber", "mse"):
+            raise ValueError(f"td_error_loss_fn must be 'huber' or 'mse', got "
+                             f"{self.td_error_loss_fn!r}")
+        if self.prioritized_replay_alpha < 0 or self.prioritized_replay_eps <= 0:
+            raise ValueError("prioritized_replay_alpha must be >= 0 and prioritized_replay_eps > 0")
+        check_schedule("epsilon", self.epsilon)
+        check_schedule("prioritized_replay_beta", self.prioritized_replay_beta)
+
+    @classmethod
+    def algorithm_class(cls):
+        return DQN
+
+
+# ---------------------------------------------------------------------- the Q network
+class QModule(RLModule):
+    """Q(s, .) for every discrete action: an MLP trunk, then either one linear head or the
+    dueling heads of Wang et al. 2016 (eq. 9):
+        Q(s, a) = V(s) + A(s, a) - mean_a' A(s, a')"""
+
+    def __init__(self, observation_space, action_space, model_config=None):
+        super().__init__(observation_space, action_space, model_config)
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise ValueError(f"DQN needs a Discrete action space, the env has {action_space}")
+        n_obs = int(np.prod(observation_space.shape))
+        hidden = list(self.model_config["hidden"])
+        activation = self.model_config["activation"]
+        self.num_actions = int(action_space.n)
+        self.dueling = bool(self.model_config.get("dueling", False))
+        self.trunk = nn.Sequential(*mlp([n_obs, *hidden], activation, out_gain=np.sqrt(2)),
+                                   ACTIVATIONS[activation]())
+        self.advantage = mlp([hidden[-1], self.num_actions], activation, out_gain=0.01)
+        self.value = mlp([hidden[-1], 1], activation, out_gain=1.0) if self.dueling else None
+        # Functional calls: the same maths without nn.Module's per-call overhead.
+        self._trunk_layers = functional_layers(self.trunk)
+        self._advantage_layers = functional_layers(self.advantage)
+        self._value_layers = functional_layers(self.value) if self.dueling else None
+
+    def q_values(self, obs: torch.Tensor) -> torch.Tensor:
+        features = run_mlp(self._trunk_layers, obs)
+        advantage = run_mlp(self._advantage_layers, features)
+        if self._value_layers is None:
+            return advantage
+        value = run_mlp(self._value_layers, features)
+        return value + advantage - advantage.mean(-1, keepdim=True)
+
+    def forward_exploration(self, obs, generator=None, epsilon: float | None = None, **explore_kw):
+        """Epsilon-greedy (Mnih et al. 2015): a uniform action with probability epsilon, else the
+        greedy one. epsilon defaults to the model config's `explore_epsilon` (the end of the
+        training schedule, set by DQN), for compute_single_action(explore=True)."""
+        if epsilon is None:
+            epsilon = float(self.model_config.get("explore_epsilon", 0.0))
+        return {"actions": epsilon_greedy(self.q_values(obs), epsilon, generator)}
+
+    def forward_inference(self, obs):
+        return {"actions": self.q_values(obs).argmax(-1)}
+
+    def forward_train(self, batch):
+        return {"q_values": self.q_values(batch["obs"])}
+
+
+def epsilon_greedy(q_values: torch.Tensor, epsilon: float, generator=None) -> torch.Tensor:
+    greedy = q_values.argmax(-1)
+    if epsilon <= 0.0:
+        return greedy
+    batch, num_actions = q_values.shape
+    explore = torch.rand(batch, generator=generator) < epsilon
+    random_actions = torch.randint(num_actions, (batch,), generator=generator)
+    return torch.where(explore, random_actions, greedy)
+
+
+# ---------------------------------------------------------------------- the loss
+def q_targets(rewards: torch.Tensor, terminateds: torch.Tensor, discounts: torch.Tensor,
+              next_q_target: torch.Tensor, next_q_online: torch.Tensor | None) -> torch.Tensor:
+    """The n-step TD target for each transition (rewards and discounts are the n-step sums and
+    gamma**m of buffers.n_step_transitions):
+        DQN (Mnih et al. 2015, eq. 2):          y = r + gamma^m (1 - done) max_a' Q_target(s', a')
+        double DQN (van Hasselt et al. 2016, eq. 4):
+                                                y = r + gamma^m (1 - done) Q_target(s', argmax_a' Q(s', a'))
+    with next_q_online = Q(s', .) of the online network for double Q, None for plain DQN."""
+    if next_q_online is None:
+        bootstrap = next_q_target.max(-1).values
+    else:
+        best = next_q_online.argmax(-1, keepdim=True)
+        bootstrap = next_q_target.gather(-1, best).squeeze(-1)
+    return rewards + discounts * (1.0 - terminateds) * bootstrap
+
+
+def td_loss(q_taken: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor,
+            loss_fn: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, TD errors). Huber loss is Mnih et al.'s clipping of the error term to [-1, 1];
+    `weights` are prioritized replay's importance weights w_i (Schaul et al. 2016, algorithm 1
+    line 12), all ones under uniform replay."""
+    errors = targets - q_taken
+    if loss_fn == "huber":
+        per_sample = nn.functional.huber_loss(q_taken, targets, reduction="none", delta=1.0)
+    else:
+        per_sample = 0.5 * errors ** 2
+    return (weights * per_sample).mean(), errors
+
+
+def update_target(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """theta' <- tau theta + (1 - tau) theta' (Lillicrap et al. 2016); tau=1 is DQN's copy."""
+    with torch.no_grad():
+        for target_param, param in zip(target.parameters(), online.parameters()):
+            if tau >= 1.0:
+                target_param.copy_(param)
+            else:
+                target_param.lerp_(param, tau)
+
+
+class DQNLearner(Learner):
+    def __init__(self, module_spec, config: dict, seed: int | None = None):
+        super().__init__(module_spec, config, seed)
+        self.target = copy.deepcopy(self.module)
+        self.target.requires_grad_(False)
+
+    def update(self, batches: list[dict], **kw) -> dict:
+        # Batches arrive as read-only views of the object store; torch only reads them.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return self._update(batches)
+
+    def _update(self, batches: list[dict]) -> dict:
+        """One SGD step per batch; returns the metrics summed over the batches, and the batches'
+        transition `ids` with their |TD error| as `priorities` (the new p_i, Schaul et al. 2016)."""
+        c = self.config
+        totals = {"loss": 0.0, "q_mean": 0.0, "td_error_abs": 0.0, "grad_norm": 0.0}
+        priorities = []
+        for batch in batches:
+            obs = self.to_tensor(batch["obs"])
+            next_obs = self.to_tensor(batch["next_obs"])
+            actions = self.to_tensor(batch["actions"]).long()
+            rewards = self.to_tensor(batch["rewards"])
+            terminateds = self.to_tensor(batch["terminateds"]).float()
+            discounts = self.to_tensor(batch["discounts"])
+            weights = self.to_tensor(batch["weights"])
+            if c["double_q"]:  # one pass of the online net over s and s'
+                both = self.module.q_values(torch.cat([obs, next_obs]))
+                q_all, next_q_online = both[:len(obs)], both[len(obs):].detach()
+            else:
+                q_all, next_q_online = self.module.q_values(obs), None
+            with torch.no_grad():
+                targets = q_targets(rewards, terminateds, discounts, self.target.q_values(next_obs),
+                                    next_q_online)
+            q_taken = q_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+            loss, errors = td_loss(q_taken, targets, weights, c["td_error_loss_fn"])
+            totals["grad_norm"] += self.apply_gradients(loss, c["grad_clip"])
+            self.num_updates += 1
+            if self.num_updates % c["target_network_update_freq"] == 0:
+                update_target(self.target, self.module, c["tau"])
+            errors = errors.detach().abs()
+            priorities.append(errors.cpu().numpy())
+            totals["loss"] += float(loss.detach())
+            totals["q_mean"] += float(q_taken.detach().mean())
+            totals["td_error_abs"] += float(errors.mean())
+        totals["num_updates"] = len(batches)
+        totals["ids"] = np.concatenate([batch["ids"] for batch in batches])
+        totals["priorities"] = np.concatenate(priorities)
+        return totals
+
+    def num_updates_done(self) -> int:
+        return self.num_updates
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        state["target"] = {k: v.cpu() for k, v in self.target.state_dict().items()}
+        return state
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        self.target.load_state_dict(state["target"])
+
+
+# ---------------------------------------------------------------------- the algorithm
+class DQN(Algorithm):
+    config_class = DQNConfig
+    learner_class = DQNLearner
+    module_class = QModule
+
+    def __init__(self, config: DQNConfig):
+        if not isinstance(config, DQNConfig):
+            raise TypeError(f"DQN needs a DQNConfig, got {type(config).__name__}")
+        # The module reads its head and its default exploration from the model config.
+        final_epsilon = float(config.epsilon[-1][1])
+        self.replay = None
+        super().__init__(config.replace(model={**config.model, "dueling": config.dueling,
+                                               "explore_epsilon": final_epsilon}))
+        try:
+            self.replay = pa.remote(ReplayActor).remote(
+                config.replay_buffer_capacity, config.prioritized_replay,
+                config.prioritized_replay_alpha, config.n_step, config.gamma, config.seed)
+        except BaseException:
+            self.stop()  # leave no runner or learner behind
+            raise
+        self.transitions_added = 0  # n-step transitions sent to the replay actor
+        self._update_credit = 0.0  # updates owed by replay_ratio, carried across iterations
+        self._replay_stats: dict = {}
+
+    async def training_step(self) -> dict:
+        c = self.config
+        epsilon = schedule_value(c.epsilon, 0.0, self.env_steps_total)
+        fragments = await self.sample(epsilon=epsilon)
+        refs = self.env_runner_group.collected_refs
+        new_steps = 0
+        for fragment, ref in zip(fragments, refs):
+            # The runner's ref: the replay actor reads the arrays from the store itself.
+            self.replay.add_fragment.remote(ref if ref is not None else fragment)
+            new_steps += int(fragment["env_steps"])
+        self.transitions_added += new_steps
+        ready = min(self.transitions_added, c.replay_buffer_capacity) >= max(
+            c.learning_starts, c.train_batch_size)
+        if ready:
+            self._update_credit += c.replay_ratio * new_steps
+        num_updates = int(self._update_credit)
+        self._update_credit -= num_updates
+        lr = schedule_value(c.lr_schedule, c.lr, self.env_steps_total)
+        if num_updates:
+            self.learner.call("set_lr", lr)
+        metrics = await self._learn(num_updates)
+        self.sync_weights()
+        metrics.update(epsilon=epsilon, lr=lr,
+                       num_updates_total=self.learner.call("num_updates_done"))
+        self._replay_stats = await self.replay.stats.remote()
+        metrics["replay/size"] = self._replay_stats["size"]
+        metrics["replay/size_bytes"] = self._replay_stats["size_bytes"]
+        return metrics
+
+    async def _learn(self, num_updates: int) -> dict:
+        """num_updates SGD steps, each on a fresh replay batch. The request for batch k+1 goes out
+        before the update on batch k, so the replay actor draws it while the learner computes
+        (its priorities then lag one update, as in Ape-X)."""
+        c = self.config
+        beta = schedule_value(c.prioritized_replay_beta, 0.4, self.env_steps_total)
+        totals: dict[str, float] = {}
+        next_ref = self.replay.sample.remote(c.train_batch_size, beta) if num_updates else None
+        for i in range(num_updates):
+            batch_ref = next_ref
+            next_ref = self.replay.sample.remote(c.train_batch_size, beta) \
+                if i + 1 < num_updates else None
+            out = await self._update_on(batch_ref)
+            ids, priorities = out.pop("ids"), out.pop("priorities")
+            if c.prioritized_replay:
+                self.replay.update_priorities.remote(ids, priorities)
+            for key, value in out.items():
+                totals[key] = totals.get(key, 0.0) + value
+        metrics = {key: value / max(num_updates, 1) for key, value in totals.items()
+                   if key != "num_updates"}
+        metrics["num_updates"] = num_updates
+        if c.prioritized_replay:
+            metrics["prioritized_replay_beta"] = beta
+        return metrics
+
+    async def _update_on(self, batch_ref) -> dict:
+        if self.learner.local is not None:
+            return self.learner.local.update([await batch_ref])
+        # The learner actor reads the batch from the store; the driver never holds it.
+        return await self.learner.update([], fragment_refs=[batch_ref])
+
+    # ------------------------------------------------------------------ checkpoints
+    def get_extra_state(self) -> dict:
+        state = {"transitions_added": self.transitions_added,
+                 "update_credit": self._update_credit, "replay": None}
+        if self.config.store_buffer_in_checkpoints:
+            state["replay"] = pa.get(self.replay.get_state.remote())
+        return state
+
+    def set_extra_state(self, state: dict) -> None:
+        self.transitions_added = state["transitions_added"]
+        self._update_credit = state["update_credit"]
+        if state["replay"] is not None:
+            pa.get(self.replay.set_state.remote(state["replay"]))
+        else:  # an empty buffer: learning waits for learning_starts new transitions again
+            self.transitions_added = 0
+
+    def stop(self) -> None:
+        replay = getattr(self, "replay", None)
+        if replay is not None:
+            try:
+                pa.kill(replay, no_restart=True)
+            except Exception:  # already gone
+                pass
+            self.replay = None
+        super().stop()
