@@ -18,6 +18,9 @@ from typing import Any
 # name -> "module:ConfigClass"; an algorithm registers itself with one line here.
 ALGORITHMS: dict[str, str] = {
     "PPO": "pyactor.rl.ppo:PPOConfig",
+    "ES": "pyactor.rl.es:ESConfig",
+    "ARS": "pyactor.rl.ars:ARSConfig",
+    "A2C": "pyactor.rl.a2c:A2CConfig",
 }
 
 

@@ -284,9 +284,9 @@ class EvolutionConfig(AlgorithmConfig):
     in the driver); num_envs_per_runner the episodes a worker runs at once (one perturbation per
     env copy)."""
     num_env_runners: int = 2
-    num_envs_per_runner: int = 32
+    num_envs_per_runner: int = 16
     async_sampling: bool = False  # an update needs the returns around the current theta
-    num_perturbations: int = 32   # antithetic pairs per iteration, split over the workers
+    num_perturbations: int = 16   # antithetic pairs per iteration, split over the workers
     noise_stdev: float = 0.02
     noise_table_size: int = 2 ** 22  # 16 MiB of float32
     noise_table_seed: int = 0
