@@ -63,16 +63,11 @@ class Algorithm:
         self._build_start = time.monotonic()
         self.config = config
         self._started_pyactor = not pa.is_initialized()
-        if self._started_pyactor:
-            pa.init()
-        observation_space, action_space = rl_envs.probe_spaces(config.env, config.env_config)
-        self.module_spec = ModuleSpec(self.module_class, observation_space, action_space,
-                                      config.model)
-        self.obs_stats = RunningMeanStd(observation_space.shape) \
-            if config.normalize_observations else None
-        self.learner = LearnerHandle(self.learner_class, self.module_spec, config.to_dict(),
-                                     config.seed, config.num_learners, config.num_gpus_per_learner)
-        self.env_runner_group = self.make_env_runner_group()
+        self.env_runner_group: EnvRunnerGroup | None = None
+        self.learner: LearnerHandle | None = None
+        self.logger: RunLogger | None = None
+        self._evaluation_runner: EnvRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.iteration = 0
         self.env_steps_total = 0
         self.episodes_total = 0
@@ -84,11 +79,25 @@ class Algorithm:
         self._policy_lags: list[int] = []
         self._policy: RLModule | None = None  # driver copy for compute_single_action
         self._policy_version = -1
-        self._evaluation_runner: EnvRunner | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._run_dir: str | None = None  # made on the first result or save (not by evaluation)
-        self.logger: RunLogger | None = None
-        self.sync_weights()
+        if self._started_pyactor:
+            pa.init()
+        try:
+            self._start_pipeline(config)
+            self.sync_weights()
+        except BaseException:
+            self.stop()  # no actor, learner or node left behind by a failed build
+            raise
+
+    def _start_pipeline(self, config: AlgorithmConfig) -> None:
+        observation_space, action_space = rl_envs.probe_spaces(config.env, config.env_config)
+        self.module_spec = ModuleSpec(self.module_class, observation_space, action_space,
+                                      config.model)
+        self.obs_stats = RunningMeanStd(observation_space.shape) \
+            if config.normalize_observations else None
+        self.learner = LearnerHandle(self.learner_class, self.module_spec, config.to_dict(),
+                                     config.seed, config.num_learners, config.num_gpus_per_learner)
+        self.env_runner_group = self.make_env_runner_group()
 
     # ------------------------------------------------------------------ subclass interface
     async def training_step(self) -> dict[str, Any]:
@@ -328,7 +337,7 @@ class Algorithm:
 
     def _restore(self, path: str, meta: dict) -> None:
         self.learner.call("set_state", torch.load(os.path.join(path, "learner.pt"),
-                                                  weights_only=False))
+                                                  map_location="cpu", weights_only=False))
         with open(os.path.join(path, "state.pkl"), "rb") as f:
             state = pickle.load(f)
         counters = meta["counters"]
@@ -357,6 +366,7 @@ class Algorithm:
             self.learner.stop()
         if getattr(self, "logger", None) is not None:
             self.logger.close()
+            self.logger = None
         if self._evaluation_runner is not None:
             self._evaluation_runner.close()
             self._evaluation_runner = None

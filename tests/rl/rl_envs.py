@@ -73,3 +73,12 @@ class NaNObsEnv(CountEnv):
     def step(self, action):
         obs, reward, terminated, truncated, info = super().step(action)
         return np.array([np.nan], np.float32), reward, terminated, truncated, info
+
+
+class FailsAwayFromDriver(CountEnv):
+    """Builds in the process whose pid is `driver_pid` and raises in any other (a runner)."""
+
+    def __init__(self, driver_pid: int):
+        if os.getpid() != driver_pid:
+            raise RuntimeError("no licence server on this host")
+        super().__init__()

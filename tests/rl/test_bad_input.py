@@ -69,3 +69,19 @@ def test_wrong_values_are_named(pa_module, tmp_path):
             asyncio.run(drain())
     finally:
         algo.stop()
+
+
+@pytest.mark.slow
+def test_runner_that_cannot_build_its_env_stops_training(pa_module, tmp_path):
+    """An env that fails to build inside the runners fails train() with the env's error instead
+    of restarting the runner forever."""
+    import os
+    from rl_envs import FailsAwayFromDriver
+    algo = _config(tmp_path, env=FailsAwayFromDriver, env_config={"driver_pid": os.getpid()},
+                   num_env_runners=1).build()
+    try:
+        with pytest.raises(RuntimeError, match="(?s)env runner 0 could not start.*no licence server"):
+            algo.train()
+        assert algo.env_runner_group.num_restarts == 0
+    finally:
+        algo.stop()

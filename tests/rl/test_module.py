@@ -39,3 +39,23 @@ def test_flat_weights_round_trip_between_modules():
                        second.forward_train({"obs": obs})["values"])
     assert torch.equal(first.forward_inference(obs)["actions"],
                        second.forward_inference(obs)["actions"])
+
+
+def test_learner_clips_the_gradient_norm_like_torch():
+    """Learner.apply_gradients scales gradients exactly as nn.utils.clip_grad_norm_ does."""
+    from pyactor.rl.learner import Learner
+    from pyactor.rl.module import ModuleSpec
+    space = gym.spaces.Box(-1, 1, (4,), np.float32)
+    learner = Learner(ModuleSpec(ActorCriticModule, space, gym.spaces.Discrete(2)), {"lr": 0.0}, 0)
+    reference = ActorCriticModule(space, gym.spaces.Discrete(2))
+    reference.load_state_dict(learner.module.state_dict())
+    obs = torch.randn(32, 4) * 10
+    loss = lambda module: module.forward_train({"obs": obs})["values"].pow(2).sum()  # noqa: E731
+    norm = learner.apply_gradients(loss(learner.module), grad_clip=0.5)
+    loss(reference).backward()
+    expected = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
+    assert abs(norm - float(expected)) < 1e-3 * float(expected)
+    for ours, theirs in zip(learner.module.parameters(), reference.parameters()):
+        assert (ours.grad is None) == (theirs.grad is None)  # the policy net has no value loss
+        if theirs.grad is not None:
+            assert torch.allclose(ours.grad, theirs.grad, atol=1e-6)
