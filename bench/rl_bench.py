@@ -1,5 +1,5 @@
-"""Benchmark of pyactor.rl: PPO on CartPole-v1 and Pendulum-v1, and env-runner sampling
-throughput, each beside a baseline measured in the same run.
+"""Benchmark of pyactor.rl: PPO on CartPole-v1 and Pendulum-v1, env-runner sampling and ES
+throughput, ES/ARS/A2C time to solve CartPole-v1, each beside a baseline measured in the same run.
 
     ppo_cartpole_s{0,1,2}   wall time from build() (actor start included) to a 100-episode mean
                             training return >= 475, and the env steps used; when
@@ -18,8 +18,14 @@ throughput, each beside a baseline measured in the same run.
     dqn_updates_per_s       DQN learner updates/s through the pipeline (the replay actor draws
                             the next prioritized batch while the driver runs SGD); baseline: the
                             same sampling and SGD one after the other in one process
+    es_steps_per_s          simulator steps/s of ES with 2 workers on CartPole-v1 over training
+                            iterations 2-9 of the default config (the episode length grows as
+                            the policy learns: the mean is in `episode_len`); baseline: a bare `env.step` loop on one
+                            CartPole-v1 in one process, alternated with it in the same run
+    {es,ars,a2c}_cartpole_s{0,1,2}  wall time from build() to a 100-episode mean training return
+                            >= 475 on CartPole-v1 with the default config, and the env steps used
 
-    python bench/rl_bench.py [--json] [--seeds 0 1 2] [--skip sb3 pendulum dqn ...]
+    python bench/rl_bench.py [--json] [--seeds 0 1 2] [--skip sb3 pendulum dqn es ...]
 """
 
 from __future__ import annotations
@@ -212,9 +218,48 @@ def dqn_updates_per_s(num_updates: int, output: str) -> dict:
     return {"value": done / elapsed, "baseline": num_updates / (time.perf_counter() - start)}
 
 
-def asyncio_loop():
-    import asyncio
-    return asyncio.new_event_loop()
+def bare_env_steps_per_s(seconds: float = 1.0) -> float:
+    """One gymnasium CartPole-v1 stepped in a plain loop (alternating actions, reset at the end
+    of each episode): the simulator's own speed in one process."""
+    import gymnasium as gym
+    env = gym.make("CartPole-v1")
+    env.reset(seed=0)
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(1000):
+            _, _, terminated, truncated, _ = env.step(steps & 1)
+            steps += 1
+            if terminated or truncated:
+                env.reset()
+    rate = steps / (time.perf_counter() - start)
+    env.close()
+    return rate
+
+
+def es_throughput(rounds: int, output: str, iterations: int = 8) -> dict:
+    def ours() -> tuple[float, float]:
+        algo = rl.ESConfig(env="CartPole-v1", seed=0, output=output,
+                           log_to_tensorboard=False).build()
+        try:
+            algo.train()  # warm-up: first calls and imports in the workers
+            steps, episodes = algo.env_steps_total, algo.episodes_total
+            start = time.perf_counter()
+            for _ in range(iterations):
+                algo.train()
+            elapsed = time.perf_counter() - start
+            steps, episodes = algo.env_steps_total - steps, algo.episodes_total - episodes
+        finally:
+            algo.stop()
+        return steps / elapsed, steps / episodes
+
+    ours_rates, bare_rates, lengths = [], [], []
+    for _ in range(rounds):
+        rate, length = ours()
+        ours_rates.append(rate)
+        lengths.append(length)
+        bare_rates.append(bare_env_steps_per_s())
+    return {"value": statistics.median(ours_rates), "baseline": statistics.median(bare_rates),
+            "episode_len": statistics.median(lengths)}
 
 
 def rows(args) -> list[dict]:
@@ -273,6 +318,25 @@ def rows(args) -> list[dict]:
         out.append(emit({"name": "dqn_updates_per_s", "value": rates["value"], "unit": "1/s",
                          "baseline": rates["baseline"],
                          "ratio": rates["value"] / rates["baseline"]}, args))
+    if "es" not in args.skip:
+        es = es_throughput(args.rounds, output)
+        out.append(emit({"name": "es_steps_per_s", "value": es["value"], "unit": "steps/s",
+                         "baseline": es["baseline"], "ratio": es["value"] / es["baseline"],
+                         "episode_len": es["episode_len"]}, args))
+    for name, config_class in (("es", rl.ESConfig), ("ars", rl.ARSConfig), ("a2c", rl.A2CConfig)):
+        if name in args.skip:
+            continue
+        times = []
+        for seed in args.seeds:
+            config = config_class(env="CartPole-v1", seed=seed, output=output,
+                                  log_to_tensorboard=False)
+            result = ours_time_to(config, CARTPOLE_TARGET, 1_000_000)
+            times.append(result["time_s"] if result["reached"] else float("inf"))
+            out.append(emit({"name": f"{name}_cartpole_s{seed}", "value": result["time_s"],
+                             "unit": "s", "env_steps": result["env_steps"],
+                             "reached": result["reached"]}, args))
+        out.append(emit({"name": f"{name}_cartpole_median", "value": statistics.median(times),
+                         "unit": "s"}, args))
     import shutil
     shutil.rmtree(output, ignore_errors=True)
     return out
@@ -294,7 +358,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3, help="sampling rounds (median)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["cartpole", "sb3", "sampling", "pendulum", "dqn"])
+                        choices=["cartpole", "sb3", "sampling", "pendulum", "dqn", "es",
+                                 "ars", "a2c"])
     parser.add_argument("--dqn-budget-s", type=float, default=120.0,
                         help="DQN's time limit per seed")
     parser.add_argument("--dqn-updates", type=int, default=2_000,

@@ -97,13 +97,7 @@ class Algorithm:
             if config.normalize_observations else None
         self.learner = LearnerHandle(self.learner_class, self.module_spec, config.to_dict(),
                                      config.seed, config.num_learners, config.num_gpus_per_learner)
-        self.env_runner_group = EnvRunnerGroup(
-            env=config.env, env_config=config.env_config, num_env_runners=config.num_env_runners,
-            num_envs_per_runner=config.num_envs_per_runner, module_spec=self.module_spec,
-            seed=config.seed, normalize_observations=config.normalize_observations,
-            num_cpus_per_env_runner=config.num_cpus_per_env_runner,
-            custom_resources_per_env_runner=config.custom_resources_per_env_runner,
-            max_env_runner_restarts=config.max_env_runner_restarts)
+        self.env_runner_group = self.make_env_runner_group()
 
     # ------------------------------------------------------------------ subclass interface
     async def training_step(self) -> dict[str, Any]:
@@ -118,12 +112,24 @@ class Algorithm:
     def set_extra_state(self, state: dict) -> None:
         pass
 
+    def make_env_runner_group(self) -> EnvRunnerGroup:
+        """The runner actors; an algorithm with another kind of runner (ES's workers) overrides."""
+        config = self.config
+        return EnvRunnerGroup(
+            env=config.env, env_config=config.env_config, num_env_runners=config.num_env_runners,
+            num_envs_per_runner=config.num_envs_per_runner, module_spec=self.module_spec,
+            seed=config.seed, normalize_observations=config.normalize_observations,
+            num_cpus_per_env_runner=config.num_cpus_per_env_runner,
+            custom_resources_per_env_runner=config.custom_resources_per_env_runner,
+            max_env_runner_restarts=config.max_env_runner_restarts)
+
     # ------------------------------------------------------------------ pieces for subclasses
-    async def sample(self, **explore_kw) -> list[dict]:
+    async def sample(self, num_steps: int | None = None, **explore_kw) -> list[dict]:
         """The next fragments (one per live runner), double-buffered when async_sampling;
-        `explore_kw` goes to the module's forward_exploration (e.g. epsilon)."""
+        `num_steps` defaults to rollout_fragment_length; `explore_kw` goes to the module's
+        forward_exploration (e.g. epsilon)."""
         group = self.env_runner_group
-        length = self.config.rollout_fragment_length
+        length = num_steps or self.config.rollout_fragment_length
         if not group._pending:
             group.request(length, **explore_kw)
         fragments = await group.collect()

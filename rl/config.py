@@ -19,6 +19,9 @@ from typing import Any
 ALGORITHMS: dict[str, str] = {
     "PPO": "pyactor.rl.ppo:PPOConfig",
     "DQN": "pyactor.rl.dqn:DQNConfig",
+    "ES": "pyactor.rl.es:ESConfig",
+    "ARS": "pyactor.rl.ars:ARSConfig",
+    "A2C": "pyactor.rl.a2c:A2CConfig",
 }
 
 
