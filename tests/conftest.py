@@ -36,9 +36,14 @@ tempfile.tempdir = RUN_TMP
 os.environ["TMPDIR"] = RUN_TMP
 
 
+# Caches that libraries keep in the temporary folder on purpose (torch's compiled kernels): they
+# are removed with the run's folder, and are no test's leftover.
+LIBRARY_CACHES = ("pytest-of-", "torchinductor_")
+
+
 def leftover_files() -> list[str]:
-    """What tests left in this run's temporary folder (pytest's own tmp_path folders aside)."""
-    return sorted(name for name in os.listdir(RUN_TMP) if not name.startswith("pytest-of-"))
+    """What tests left in this run's temporary folder (pytest's folders and caches aside)."""
+    return sorted(name for name in os.listdir(RUN_TMP) if not name.startswith(LIBRARY_CACHES))
 
 
 def pytest_sessionfinish(session, exitstatus):
