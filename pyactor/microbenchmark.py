@@ -51,6 +51,10 @@ ROWS = {
     "n_n_actor_calls_with_arg_async": "2 actors each calling its own actor, with an argument",
     "n_n_async_actor_calls_async": "2 actors each calling its own async actor",
     "client_wait_1k_refs": "wait on 1,000 refs",
+    "generator_items": "items of one generator task, vs the same items from separate tasks",
+    "actor_pool_map": "ActorPool.map over 2 actors, vs Pool(2).map of the same function",
+    "placement_group_create_ready_remove": "placement group create + ready + remove, vs a task "
+                                           "on a new lease",
 }
 
 

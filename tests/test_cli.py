@@ -148,3 +148,11 @@ def test_readme_benchmark_table_names_its_rows_as_the_benchmark_does():
         names = re.findall(r"`([^`]+)`", first_cell.split(":")[0])
         assert names, f"README row without a benchmark name: {row}"
         assert set(names) <= set(microbenchmark.ROWS), f"unknown benchmark rows in: {row}"
+
+
+def test_every_row_the_benchmark_makes_is_named_in_rows():
+    """Each Row(...) the microbenchmark builds names an entry of ROWS (a missing one stopped
+    `make run` with a ValueError after its first rows)."""
+    source = open(microbenchmark.__file__).read()
+    made = set(re.findall(r'Row\(\s*"([^"]+)"', source))
+    assert made and made <= set(microbenchmark.ROWS), sorted(made - set(microbenchmark.ROWS))
