@@ -53,7 +53,7 @@ def pbt_trainable(config):
     while step < 12:
         step += 1
         score += config["lr"]
-        time.sleep(0.01)  # a step of real work: slower than 5 ms, so trials run in lockstep
+        time.sleep(config.get("step_s", 0.01))  # real work: over 5 ms, so trials run in lockstep
         # In the trial's folder: a trial whose actor ends mid-step leaves it there, not in /tmp.
         with tempfile.TemporaryDirectory(dir=tune.get_trial_dir()) as directory:
             json.dump([step, score], open(os.path.join(directory, "s.json"), "w"))
@@ -68,7 +68,8 @@ def test_pbt_exploits_the_best_trials_checkpoint(tmp_path):
         hyperparam_mutations={"lr": [0.01, 0.1, 1.0]}, seed=0)
     # All four at once (0.5 CPU each), so every trial passes every perturbation point.
     grid = _fit(tmp_path, tune.with_resources(pbt_trainable, {"cpu": 0.5}),
-                {"lr": tune.grid_search([0.01, 0.01, 0.01, 1.0])},
+                # 0.1 s steps: the four trials overlap even when their actors start far apart
+                {"lr": tune.grid_search([0.01, 0.01, 0.01, 1.0]), "step_s": 0.1},
                 metric="score", mode="max", scheduler=scheduler)
     assert scheduler.decisions, "PBT took no decision"
     alone = 12 * 0.01
