@@ -160,6 +160,11 @@ class PlacementGroupRemovedError(PyActorError):
     work still waiting for its bundles fails with this; work running in them was killed."""
 
 
+class RuntimeEnvSetupError(PyActorError):
+    """A worker could not set up the runtime_env its task or actor asked for (a package that
+    could not be fetched or unpacked); the work fails with this instead of running elsewhere."""
+
+
 class AuthenticationError(PyActorError):
     """A connection did not prove it holds the cluster token (a wrong or missing token)."""
 
@@ -172,5 +177,5 @@ __all__ = [
     "PyActorError", "TaskError", "GetTimeoutError", "TaskCancelledError", "WorkerCrashedError",
     "ActorDiedError", "ObjectLostError", "ObjectStoreFullError", "ObjectStoreError",
     "AuthenticationError", "ProtocolError", "InfeasibleResourcesError",
-    "PlacementGroupRemovedError",
+    "PlacementGroupRemovedError", "RuntimeEnvSetupError",
 ]

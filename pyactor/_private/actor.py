@@ -7,7 +7,7 @@ import pickle
 import weakref
 
 from pyactor._private import protocol as P
-from pyactor._private import signatures
+from pyactor._private import runtime_env, signatures
 from pyactor._private.ids import new_actor_id, new_task_id
 from pyactor._private.references import FAILED, PENDING
 from pyactor._private.remote_function import demand_of, validate_options
@@ -15,12 +15,12 @@ from pyactor._private.task_spec import TaskSpec, encode_args
 
 ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_restarts",
                  "max_task_retries", "max_concurrency", "name", "namespace", "get_if_exists",
-                 "lifetime", "scheduling_strategy"}
+                 "lifetime", "scheduling_strategy", "runtime_env"}
 # Like Ray: an actor holds no CPU while it lives unless asked to, so a 2-CPU host can hold many.
 DEFAULT_ACTOR_OPTIONS = {"num_cpus": 0, "num_gpus": 0, "resources": None, "memory": None,
                          "max_restarts": 0, "max_task_retries": 0, "max_concurrency": None,
                          "name": None, "namespace": None, "get_if_exists": False,
-                         "lifetime": None, "scheduling_strategy": None}
+                         "lifetime": None, "scheduling_strategy": None, "runtime_env": None}
 
 
 STREAMING = "streaming"  # num_returns of a generator method (streaming.py)
@@ -58,6 +58,7 @@ class ActorClass:
                          if not name.startswith("__")}
         self._signatures, self._init_check = _argument_checks(cls, self._methods)
         self._blob: bytes | None = None
+        self._runtime_env_cache = [-1, None]  # runtime_env.effective's [generation, wire env]
 
     def __call__(self, *args, **kwargs):
         raise TypeError(f"actor class {self.__name__} cannot be instantiated directly; "
@@ -105,7 +106,10 @@ class ActorClass:
                         "max_task_retries": options["max_task_retries"],
                         "max_concurrency": options["max_concurrency"],
                         "placement_group": placement},
-            "max_concurrency": options["max_concurrency"]})
+            "max_concurrency": options["max_concurrency"],
+            # the node reads it to pick (or start) a worker of that environment
+            "runtime_env": runtime_env.effective(options["runtime_env"],
+                                                 self._runtime_env_cache, runtime)})
         namespace = options["namespace"] if options["namespace"] is not None else \
             get_namespace()
         name = options["name"] or ""

@@ -34,7 +34,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          object_store_memory: int | None = None, namespace: str | None = None,
          log_to_driver: bool = True, ignore_reinit_error: bool = False,
          token: str | bytes | None = None, logging_level: int | str | None = None,
-         **unsupported) -> dict:
+         runtime_env: dict | None = None, **unsupported) -> dict:
     """Start pyactor in this process.
 
     With no address, a node (daemon, store and workers) starts in the background and stops with
@@ -42,6 +42,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     `logging_level` (logging.INFO, "DEBUG"...) is the level of pyactor's log lines in this
     process and, for the node started here, of the node's and its workers' log lines (user
     code's `logging` calls in tasks included), which reach this process's stderr.
+    `runtime_env` ({"env_vars", "working_dir", "py_modules", "excludes"}) is the environment
+    of every task and actor of this program (theirs are merged over it); folders are packed
+    here, once, and reach the workers of every node through the object store.
     """
     global _runtime, _namespace, _job_id
     if unsupported:
@@ -53,6 +56,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             raise RuntimeError("pyactor.init() was already called; call pyactor.shutdown() "
                                "first or pass ignore_reinit_error=True")
         _validate_init(num_cpus, num_gpus, resources, object_store_memory)
+        from pyactor._private import runtime_env as runtime_env_module
+        job_env = runtime_env_module.validate(runtime_env)
         level = logging_level_number(logging_level) if logging_level is not None else None
         _namespace = namespace if namespace is not None else f"anonymous-{os.getpid()}"
         _job_id = os.urandom(4).hex()  # as Ray's: 4 bytes, in hex
@@ -82,6 +87,15 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                 raise _not_listening(host, port, error) from None
             raise
         _runtime = runtime
+        if job_env is not None:
+            try:
+                runtime_env_module.set_job_env(
+                    runtime_env_module.to_wire(job_env, None, runtime))
+            except BaseException:
+                _runtime = None
+                runtime.shutdown()
+                _stop_local_node()
+                raise
         if level is not None:
             _configure_driver_logging(level)
         atexit.register(shutdown)
@@ -221,6 +235,9 @@ def shutdown() -> None:
     global _runtime
     with _lock:
         runtime, _runtime = _runtime, None
+        from pyactor._private import runtime_env
+        runtime_env.set_job_env(None)
+        runtime_env.forget_packages()
         if runtime is not None:
             runtime.shutdown()
         _stop_local_node()

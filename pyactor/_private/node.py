@@ -20,9 +20,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 import logging
 import os
+import pickle
+import shutil
 import signal
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -91,6 +95,7 @@ class WorkerRecord:
     lease_id: Any = None
     actor_id: bytes | None = None
     started_at: float = 0.0  # time.monotonic() of the fork request
+    env_key: str = ""  # the runtime_env it runs in ("" = none); it serves only work of that env
 
 
 # A worker that has not registered this long after its fork is taken for lost (stuck or dead
@@ -109,6 +114,11 @@ class LeaseRecord:
     blocked: bool = False
     actor: tuple | None = None  # (actor_id, spec, restarts) when the lease hosts an actor
     demand: ResourceSet | None = None  # what it asked for (a placement group's work names it)
+    runtime_env: Any = None  # the wire env (runtime_env.py) its worker must run in
+
+    @property
+    def env_key(self) -> str:
+        return self.runtime_env["key"] if self.runtime_env else ""
 
 
 class Node:
@@ -140,9 +150,11 @@ class Node:
         self.bundles: dict[tuple, ResourceSet] = {}
         self.offered: set[tuple] = set()
         self.workers: dict[bytes, WorkerRecord] = {}
-        self.idle: deque[bytes] = deque()
+        self.idle: dict[str, deque[bytes]] = {"": deque()}  # runtime_env key -> idle workers
+        self._runtime_env_dir: str | None = None  # packages unpacked here, by content hash
         self.leases: dict[Any, LeaseRecord] = {}
-        self.waiting_for_worker: deque = deque()
+        # Granted leases waiting for a worker, by the runtime_env key their worker must have.
+        self.waiting_for_worker: dict[str, deque] = {"": deque()}
         self.hosted: dict[bytes, tuple] = {}  # actor_id -> its lease key, on this node
         self.drivers: set = set()
         self.clients: dict[Any, str] = {}
@@ -228,16 +240,26 @@ class Node:
         if self.store is not None:
             self.store.destroy()
             self.store = None
+        if self._runtime_env_dir is not None:
+            shutil.rmtree(self._runtime_env_dir, ignore_errors=True)
 
-    def _start_worker(self) -> WorkerRecord:
-        """Ask the fork server for a worker; the pid arrives from a thread (the first fork
-        waits for the fork server's imports, which must not block this loop)."""
+    def _start_worker(self, runtime_env: dict | None = None) -> WorkerRecord:
+        """Ask the fork server for a worker (of a runtime_env: with its env vars, told where
+        its packages are); the pid arrives from a thread (the first fork waits for the fork
+        server's imports, which must not block this loop)."""
         worker_id = new_worker_id()
-        record = WorkerRecord(worker_id, 0, started_at=time.monotonic())
+        record = WorkerRecord(worker_id, 0, started_at=time.monotonic(),
+                              env_key=runtime_env["key"] if runtime_env else "")
         self.workers[worker_id] = record
+        env = {}
+        if runtime_env:
+            if self._runtime_env_dir is None:
+                self._runtime_env_dir = tempfile.mkdtemp(prefix="pyactor-runtime-env-")
+            env = {**runtime_env["env_vars"], "PYACTOR_RUNTIME_ENV": json.dumps(runtime_env),
+                   "PYACTOR_RUNTIME_ENV_DIR": self._runtime_env_dir}
         loop = asyncio.get_running_loop()
         spawn = loop.run_in_executor(None, self.fork_server.spawn, worker_id, self.config.host,
-                                     self.server.port, {})
+                                     self.server.port, env)
 
         def spawned(future):
             if future.exception() is not None:
@@ -272,10 +294,7 @@ class Node:
                     self.workers.pop(worker.worker_id, None)
                     _kill(worker.pid)
                     self._top_up_pool()
-                    waiting = len(self.waiting_for_worker)
-                    starting = sum(1 for w in self.workers.values() if w.state == "starting")
-                    for _ in range(waiting - starting):
-                        self._start_worker()
+                    self._start_workers_for_waiting()
 
     # ------------------------------------------------------------------ messages
     def _on_message(self, conn, raw) -> None:
@@ -340,23 +359,55 @@ class Node:
     def _worker_idle(self, worker: WorkerRecord) -> None:
         worker.state = "idle"
         worker.lease_id = None
-        self.idle.append(worker.worker_id)
+        self.idle.setdefault(worker.env_key, deque()).append(worker.worker_id)
         self._match_workers()
+        if worker.env_key and worker.state == "idle":
+            self._trim_env_workers()
 
-    def _take_idle_worker(self) -> WorkerRecord | None:
-        while self.idle:
-            worker = self.workers.get(self.idle.popleft())
+    def _take_idle_worker(self, env_key: str = "") -> WorkerRecord | None:
+        idle = self.idle.get(env_key)
+        while idle:
+            worker = self.workers.get(idle.popleft())
             if worker is not None and worker.state == "idle":
                 return worker
         return None
 
     def _match_workers(self) -> None:
-        while self.waiting_for_worker:
-            worker = self._take_idle_worker()
-            if worker is None:
-                break
-            lease_id = self.waiting_for_worker.popleft()
-            self._bind(lease_id, worker)
+        for key, waiting in self.waiting_for_worker.items():
+            while waiting:
+                worker = self._take_idle_worker(key)
+                if worker is None:
+                    break
+                self._bind(waiting.popleft(), worker)
+
+    def _start_workers_for_waiting(self) -> None:
+        """Fork workers for leases that wait for one, counting those already starting for the
+        same runtime_env (the pool starts ahead of demand)."""
+        needed = {key: len(waiting) for key, waiting in self.waiting_for_worker.items()
+                  if waiting}
+        for worker in self.workers.values():
+            if worker.state == "starting" and worker.env_key in needed:
+                needed[worker.env_key] -= 1
+        for key, count in needed.items():
+            lease = self.leases.get(self.waiting_for_worker[key][0])
+            for _ in range(count):
+                self._start_worker(lease.runtime_env if lease is not None else None)
+
+    def _trim_env_workers(self) -> None:
+        """Workers of runtime_envs start on demand: keep at most pool_size of them idle,
+        stopping those of the oldest environments first (they may never be asked for again)."""
+        while True:
+            idle_env = [(key, queue) for key, queue in self.idle.items() if key and queue]
+            if sum(len(queue) for _, queue in idle_env) <= self.pool_size:
+                return
+            key, queue = idle_env[0]
+            worker = self._take_idle_worker(key)
+            if not queue:
+                del self.idle[key]
+            if worker is not None:
+                worker.state = "dead"
+                self.workers.pop(worker.worker_id, None)
+                _kill(worker.pid)
 
     def _on_request_lease(self, conn, message: P.RequestLease) -> None:
         demand = ResourceSet.from_dict(message.demand)
@@ -375,7 +426,8 @@ class Node:
                     or reason
             self._reply(conn, message.request_id, error=["InfeasibleResourcesError", reason])
             return
-        self.leases[lease_id] = LeaseRecord(lease_id, conn, message.request_id, demand=demand)
+        self.leases[lease_id] = LeaseRecord(lease_id, conn, message.request_id, demand=demand,
+                                            runtime_env=message.runtime_env or None)
         if decision.outcome is Outcome.GRANTED:
             self._granted(lease_id, decision.allocation)
 
@@ -406,14 +458,17 @@ class Node:
                 self._bundle_granted(lease_id)
             return
         lease.gpu_ids = allocation.gpu_ids
-        worker = self._take_idle_worker()
+        key = lease.env_key
+        worker = self._take_idle_worker(key)
         if worker is None:
-            self.waiting_for_worker.append(lease_id)
+            waiting = self.waiting_for_worker.setdefault(key, deque())
+            waiting.append(lease_id)
             # Workers still starting (the pool started ahead of demand) will serve the queue:
             # fork another only when they are too few.
-            starting = sum(1 for w in self.workers.values() if w.state == "starting")
-            if starting < len(self.waiting_for_worker):
-                self._start_worker()
+            starting = sum(1 for w in self.workers.values()
+                           if w.state == "starting" and w.env_key == key)
+            if starting < len(waiting):
+                self._start_worker(lease.runtime_env)
             return
         self._bind(lease_id, worker)
 
@@ -438,7 +493,8 @@ class Node:
 
     def _top_up_pool(self) -> None:
         """Actors take workers for good: keep enough idle ones for tasks."""
-        spare = sum(1 for w in self.workers.values() if w.state in ("idle", "starting"))
+        spare = sum(1 for w in self.workers.values()
+                    if w.state in ("idle", "starting") and not w.env_key)
         if spare < self.pool_size:
             self._start_worker()
 
@@ -450,8 +506,9 @@ class Node:
         lease = self.leases.pop(lease_id, None)
         if lease is None:
             return None
-        if lease_id in self.waiting_for_worker:
-            self.waiting_for_worker.remove(lease_id)
+        waiting = self.waiting_for_worker.get(lease.env_key)
+        if waiting is not None and lease_id in waiting:
+            waiting.remove(lease_id)
         try:
             grants = self.scheduler.release(lease_id)
         except KeyError:
@@ -513,7 +570,8 @@ class Node:
             self._to_directory(P.ActorDeferred(actor_id, restarts))
             return
         self.hosted[actor_id] = key
-        lease = LeaseRecord(key, None, 0, demand=demand)
+        lease = LeaseRecord(key, None, 0, demand=demand,
+                            runtime_env=pickle.loads(spec).get("runtime_env"))
         lease.actor = (actor_id, spec, restarts)
         self.leases[key] = lease
         decision = self.scheduler.submit(LeaseRequest(key, demand))

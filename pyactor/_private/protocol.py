@@ -62,6 +62,7 @@ class RequestLease(NamedTuple):
     demand: dict  # resource name -> amount
     scheduling_key: bytes
     spillable: bool  # False once the request was already sent on by a node
+    runtime_env: Any  # the wire env (runtime_env.py) its worker must run in, or None
 
 
 class ReturnLease(NamedTuple):

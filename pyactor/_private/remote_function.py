@@ -5,18 +5,18 @@ from __future__ import annotations
 import hashlib
 import inspect
 
-from pyactor._private import serialization, signatures
+from pyactor._private import runtime_env, serialization, signatures
 from pyactor._private.resources import ResourceSet, check_gpu_demand
 from pyactor._private.ids import new_task_id
 from pyactor._private.task_spec import TaskSpec
 
 TASK_OPTIONS = {"num_cpus", "num_gpus", "resources", "num_returns", "max_retries",
                 "retry_exceptions", "name", "memory", "_generator_backpressure_num_objects",
-                "scheduling_strategy"}
+                "scheduling_strategy", "runtime_env"}
 DEFAULT_TASK_OPTIONS = {"num_cpus": 1, "num_gpus": 0, "resources": None, "num_returns": 1,
                         "max_retries": 3, "retry_exceptions": False, "name": None, "memory": None,
                         "_generator_backpressure_num_objects": None,
-                        "scheduling_strategy": None}
+                        "scheduling_strategy": None, "runtime_env": None}
 
 
 def validate_options(options: dict, allowed: set, what: str) -> None:
@@ -47,6 +47,8 @@ def validate_options(options: dict, allowed: set, what: str) -> None:
         for name in ("CPU", "GPU"):
             if name in resources:
                 raise ValueError(f"use num_cpus/num_gpus instead of resources={{{name!r}: ...}}")
+    if options.get("runtime_env") is not None:
+        options["runtime_env"] = runtime_env.validate(options["runtime_env"])
     # The scheduler's own checks (exact amounts, whole GPUs above 1), at the call site.
     demand = ResourceSet.from_dict(demand_of(options))
     check_gpu_demand(demand)
@@ -83,6 +85,7 @@ class RemoteFunction:
             self._demand, self._placement = resolve_scheduling_strategy(
                 self._options["scheduling_strategy"], self._demand)
         self._scheduling_key = repr(sorted(self._demand.items())).encode()
+        self._runtime_env_cache = [-1, None]  # runtime_env.effective's [generation, wire env]
         self.__name__ = getattr(function, "__name__", "remote_function")
         self.__qualname__ = getattr(function, "__qualname__", self.__name__)
         self.__doc__ = getattr(function, "__doc__", None)
@@ -135,6 +138,11 @@ class RemoteFunction:
         spec.num_returns = options["num_returns"]
         spec.demand = self._demand
         spec.scheduling_key = self._scheduling_key
+        if options["runtime_env"] is not None or runtime_env.job_env is not None:
+            wire = runtime_env.effective(options["runtime_env"], self._runtime_env_cache, runtime)
+            if wire is not None:  # its own workers: its own queue
+                spec.runtime_env = wire
+                spec.scheduling_key = self._scheduling_key + wire["key"].encode()
         spec.placement = self._placement
         spec.retries_left = options["max_retries"]
         spec.namespace = get_namespace()

@@ -21,7 +21,7 @@ class TaskSpec:
                  "has_ref_args", "held_refs", "num_returns", "entries", "demand",
                  "scheduling_key", "retries_left", "retry_exceptions", "actor", "method",
                  "cancelled", "lease", "attempt", "namespace", "route", "placement",
-                 "job_id")
+                 "job_id", "runtime_env")
 
     def __init__(self):
         self.held_refs: list = []  # ObjectRefs kept alive until the task finishes
@@ -32,6 +32,7 @@ class TaskSpec:
         self.actor = None
         self.method = ""
         self.route = ROUTE_OPEN  # which path sends it (direct.py)
+        self.runtime_env = None  # its wire env (runtime_env.py), when it has one
 
     def encode_call(self, runtime, args: tuple, kwargs: dict) -> None:
         """Encode the call's arguments (in the submitting thread), noting whether any must be

@@ -71,14 +71,17 @@ class Lease:
 
 
 class SchedulingQueue:
-    """Tasks of one resource shape waiting for a worker, and the leases serving them."""
+    """Tasks of one resource shape (and runtime_env) waiting for a worker, and the leases
+    serving them."""
 
-    __slots__ = ("key", "demand", "tasks", "leases", "requests_pending", "placement")
+    __slots__ = ("key", "demand", "tasks", "leases", "requests_pending", "placement",
+                 "runtime_env")
 
-    def __init__(self, key, demand, placement=None):
+    def __init__(self, key, demand, placement=None, runtime_env=None):
         self.key = key
         self.demand = demand
         self.placement = placement  # (pg_id, bundle index): its leases come from that bundle
+        self.runtime_env = runtime_env  # the wire env its workers run in (runtime_env.py)
         self.tasks: deque[TaskSpec] = deque()
         self.leases: list[Lease] = []
         self.requests_pending = 0
@@ -105,7 +108,7 @@ class TaskSubmitter:
         queue = self.queues.get(spec.scheduling_key)
         if queue is None:
             queue = self.queues[spec.scheduling_key] = SchedulingQueue(
-                spec.scheduling_key, spec.demand, spec.placement)
+                spec.scheduling_key, spec.demand, spec.placement, spec.runtime_env)
         if first:
             queue.tasks.appendleft(spec)
         else:
@@ -156,8 +159,8 @@ class TaskSubmitter:
                     node_conn, node_id = await self.runtime.peer(
                         self.runtime.nodes[preferred][0]), preferred
             while True:
-                grant = await self.runtime._request(node_conn, P.RequestLease, queue.demand, queue.key,
-                                            spillable)
+                grant = await self.runtime._request(node_conn, P.RequestLease, queue.demand,
+                                                    queue.key, spillable, queue.runtime_env)
                 if grant[0] != "spill":
                     break
                 # That node is busy or too small and named one with room: ask it, once.

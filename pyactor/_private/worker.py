@@ -41,7 +41,8 @@ from pyactor._private import protocol as P
 from pyactor._private import serialization, transport
 from pyactor._private.ids import object_id_for
 from pyactor._private.streaming import StreamSender
-from pyactor.exceptions import ObjectLostError, ProtocolError, TaskCancelledError, TaskError
+from pyactor.exceptions import (ObjectLostError, ProtocolError, RuntimeEnvSetupError,
+                                TaskCancelledError, TaskError)
 
 logger = logging.getLogger("pyactor.worker")
 
@@ -77,6 +78,8 @@ class Executor:
         self.actor_name = ""
         self.placement = None
         self.actor_restarts = 0
+        # Set when this worker's runtime_env could not be set up: its work fails with it.
+        self.runtime_env_error: str | None = None
         runtime.executor = self
         self.main_thread_id = threading.get_ident()
         self._blocked_depth = 0
@@ -127,6 +130,10 @@ class Executor:
             self._started[task_id] = None
             if len(self._started) > _STARTED_MEMORY:
                 self._started.popitem(last=False)
+        if self.runtime_env_error is not None:
+            self._reply_error(conn, task_id, RuntimeEnvSetupError(self.runtime_env_error), "",
+                              message.name, retryable=False)
+            return
         if task_id in self.cancelled:
             self.cancelled.discard(task_id)
             self._reply_error(conn, task_id, TaskCancelledError(
@@ -340,6 +347,10 @@ class Executor:
         self.actor_name = spec.get("name", "")
         self.placement = spec.get("options", {}).get("placement_group")
         self.actor_restarts = message.restart_count
+        if self.runtime_env_error is not None:
+            self.runtime.run_in_loop(conn.try_send, P.encode(P.ActorReady(
+                message.actor_id, f"RuntimeEnvSetupError: {self.runtime_env_error}")))
+            return
         try:
             cls = serialization.loads_function(spec["class_blob"])
             args = [self._decode_arg(a) for a in spec["args"]]

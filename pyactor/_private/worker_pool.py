@@ -148,6 +148,10 @@ def run_worker(node_host: str, node_port: int, token: bytes, worker_id: bytes) -
     forwarder.start()
     import pyactor._private.api as api
     api.attach_worker_runtime(runtime)
+    if os.environ.get("PYACTOR_RUNTIME_ENV"):  # a worker of a runtime_env: set it up first
+        from pyactor._private import runtime_env
+        executor.runtime_env_error = runtime_env.set_up_worker(
+            os.environ["PYACTOR_RUNTIME_ENV"], os.environ["PYACTOR_RUNTIME_ENV_DIR"], api)
     executor.run_forever()
 
 
