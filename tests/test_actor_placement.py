@@ -11,7 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from pyactor._private import protocol as P
 from pyactor._private.actor_directory import ActorDirectory
-from pyactor._private.actor_placement import (ActorPlacement, NodeLedger, fits_now,
+from pyactor._private.actor_placement import (ActorPlacement, NodeLedger, PlacementIndex,
+                                              _actors_per_cpu, _load_after, fits_now,
                                               place_actor)
 from pyactor._private.resources import ResourceSet
 from pyactor._private.scheduler import NodeView
@@ -105,6 +106,55 @@ def test_zero_resource_actors_spread_in_proportion_to_cpus(cpus, count):
         nodes[index] = NodeLedger(n.node_id, n.total, n.available, n.reserved, n.actors + 1)
     per_cpu = [n.actors / n.total.get("CPU") for n in nodes]
     assert max(per_cpu) - min(per_cpu) <= 1 + 1e-9
+
+
+@settings(max_examples=80, deadline=None)
+@given(totals=st.lists(st.tuples(st.integers(1, 4), st.integers(0, 3)), min_size=1, max_size=6),
+       steps=st.lists(st.tuples(st.sampled_from(["place", "beat", "free", "die"]),
+                                st.integers(0, 2), st.integers(0, 5)), max_size=50))
+def test_the_index_decides_as_place_actor_does(totals, steps):
+    """Through placements, heartbeats that change free figures, releases and node deaths, the
+    PlacementIndex gives place_actor's outcome, and its node ranks as place_actor's pick does
+    (same load after placing, same actors per CPU); ties may go to another equal node."""
+    index = PlacementIndex()
+    nodes = {}
+    for i, (cpus, slots) in enumerate(totals):
+        nodes[bytes([i]) * 4] = ledger(i, rs(CPU=cpus, slot=slots))
+        index.set_node(bytes([i]) * 4, nodes[bytes([i]) * 4].total, nodes[bytes([i]) * 4].total)
+    for what, amount, which in steps:
+        alive = sorted(nodes)
+        if what == "place":
+            demand = rs(slot=amount) if amount else ResourceSet()
+            expected = place_actor(demand, [nodes[n] for n in alive])
+            got = index.place(demand)
+            assert got.outcome is expected.outcome
+            if got.outcome is ActorPlacement.PLACE:
+                chosen, best = nodes[got.node_id], nodes[expected.node_id]
+                assert fits_now(demand, chosen)
+                assert (_load_after(demand, chosen), _actors_per_cpu(chosen)) == \
+                    (_load_after(demand, best), _actors_per_cpu(best))
+                nodes[got.node_id] = NodeLedger(chosen.node_id, chosen.total, chosen.available,
+                                                chosen.reserved + demand, chosen.actors + 1)
+                index.reserve(got.node_id, demand)
+                index.count_actor(got.node_id, +1)
+        elif not alive:
+            continue
+        elif what == "beat":  # a heartbeat: the node reports a different free figure
+            n = nodes[alive[which % len(alive)]]
+            free = rs(CPU=n.total.get("CPU"), slot=min(amount, n.total.get("slot")))
+            nodes[n.node_id] = NodeLedger(n.node_id, n.total, free, n.reserved, n.actors)
+            index.set_node(n.node_id, n.total, free)
+        elif what == "free":  # what was reserved there is released
+            n = nodes[alive[which % len(alive)]]
+            index.reserve(n.node_id, n.reserved, -1)
+            nodes[n.node_id] = NodeLedger(n.node_id, n.total, n.available, ResourceSet(),
+                                          n.actors)
+        else:
+            node_id = alive[which % len(alive)]
+            del nodes[node_id]
+            index.remove_node(node_id)
+    for node_id, n in nodes.items():
+        assert index.ledger(node_id) == n
 
 
 # --- ActorDirectory with lagging heartbeats ---
@@ -228,8 +278,26 @@ def test_member_drops_rows_the_head_view_no_longer_has():
     member, dead = _membership(False)
     other = NodeInfo(b"o" * 16, ["h", 3], {"CPU": 1}, {"CPU": 1})
     head_row = NodeInfo(b"h" * 16, ["h", 1], {"CPU": 1}, {"CPU": 1}, is_head=True)
-    member.on_view(None, P.ClusterView([head_row.wire(), other.wire()]))
+    member.on_snapshot(None, P.ViewSnapshot(2, [[head_row.node_id, head_row.wire()],
+                                                [other.node_id, other.wire()]]))
     assert other.node_id in member.nodes
-    member.on_view(None, P.ClusterView([head_row.wire()]))
+    member.on_delta(None, P.ViewDelta(2, 3, [], [other.node_id]))
     assert other.node_id not in member.nodes and dead == [other.node_id]
     assert member.node_id in member.nodes
+
+
+def test_a_restart_onto_a_node_that_dies_before_it_came_up_is_not_counted():
+    """Two nodes die in one burst: an actor restarted from the first onto the second (not up
+    yet there) is placed again on a third, and still counts one restart, not two."""
+    head = Head(3, 10)
+    first, second, third = head.ids
+    head.alive = {first}
+    actor_id = head.create(0, {"slot": 1}, max_restarts=1)
+    head.directory.on_hosted(actor_id, ["w", 1], None)
+    head.alive = {second}  # the third is not known yet: the restart goes to the second
+    head.directory.on_node_dead(first)
+    actor = head.directory.actors[actor_id]
+    assert actor.node_id == second and actor.state == "restarting" and actor.restarts == 1
+    head.alive = {third}
+    head.directory.on_node_dead(second)
+    assert actor.node_id == third and actor.state == "restarting" and actor.restarts == 1

@@ -10,9 +10,12 @@ an actor's next incarnation with WaitActor; they are answered from here.
     node N --StartActor--> worker; worker --ActorReady--> node N --ActorHosted--> head
     caller --WaitActor--> head: answered once the actor is alive (address) or dead (cause)
 
-Where an actor goes is actor_placement.place_actor's decision over the directory's ledger: the
-nodes' heartbeat figures minus what the directory granted since (reserved from placement until a
-heartbeat sent after the actor came up reflects it). An actor no node can take now waits here
+Where an actor goes is actor_placement's decision over the directory's ledger (a
+PlacementIndex, so a placement costs O(log N) at hundreds of nodes): the nodes' heartbeat
+figures minus what the directory granted since (reserved from placement until a heartbeat sent
+after the actor came up reflects it). The node tells the directory when a node's figures change
+(`on_node_changed`, `on_heartbeat`) or it dies; without `node_view` (tests) the directory reads
+every node from `nodes()` before each placement instead. An actor no node can take now waits here
 (`held`) and is tried again at every beat; a node that finds it cannot take an actor after all
 (ActorDeferred) sends it back here to be placed again.
 
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pyactor._private import protocol as P
-from pyactor._private.actor_placement import ActorPlacement, NodeLedger, place_actor
+from pyactor._private.actor_placement import ActorPlacement, PlacementIndex
 from pyactor._private.resources import ResourceSet
 from pyactor._private.scheduler import NodeView
 
@@ -68,10 +71,12 @@ class ActorDirectory:
     def __init__(self, *, nodes: Callable[[], list[NodeView]],
                  host: Callable[[bytes, ActorRecord], None],
                  kill_process: Callable[[bytes, bytes], None],
-                 reply: Callable[..., None], local_node_id: bytes = b""):
+                 reply: Callable[..., None], local_node_id: bytes = b"",
+                 node_view: Callable[[bytes], NodeView | None] | None = None):
         self.actors: dict[bytes, ActorRecord] = {}
         self.named: dict[tuple[str, str], bytes] = {}
         self._nodes = nodes  # snapshots of alive nodes, node_id as hex
+        self._node_view = node_view  # one alive node's snapshot (None if dead or unknown)
         self._host = host  # (node_id, record): ask that node to start the actor
         self._kill_process = kill_process  # (node_id, actor_id)
         self._reply = reply  # (conn, request_id, value=None, error=None)
@@ -79,11 +84,10 @@ class ActorDirectory:
         self.groups = None  # the head's PlacementGroupTable, set by the node
         # The placement ledger (see the module docstring).
         self._reserved: dict[bytes, dict[bytes, ResourceSet]] = {}  # node -> actor -> demand
-        self._reserved_sum: dict[bytes, ResourceSet] = {}  # node -> sum of the above
         self._settling: dict[bytes, set[bytes]] = {}  # node -> actors up, reserved until a beat
-        self._placed: dict[bytes, int] = {}  # node -> actors placed there, not dead
+        self._index = PlacementIndex()  # free units (heartbeat - reserved) and actors per node
+        self._on_node: dict[bytes, set[bytes]] = {}  # node -> actors placed there, not dead
         self.held: dict[bytes, None] = {}  # actors waiting for room, oldest first
-        self._turn = 0  # round robin among equally good nodes
 
     # ------------------------------------------------------------------ requests
     def create(self, conn, message: P.CreateActor) -> None:
@@ -171,13 +175,28 @@ class ActorDirectory:
         self._unassign(actor)
         self._start_later(actor)
 
-    def on_heartbeat(self, node_id: bytes) -> None:
-        """A heartbeat from `node_id` counts the actors that came up there before it."""
+    def on_heartbeat(self, node_id: bytes, changed: bool = True) -> None:
+        """A heartbeat from `node_id` counts the actors that came up there before it; `changed`:
+        its figures differ from the last ones."""
         for actor_id in self._settling.pop(node_id, ()):
             self._unreserve(node_id, actor_id)
+        if changed:
+            self.on_node_changed(node_id)
+
+    def on_node_changed(self, node_id: bytes) -> None:
+        """A node joined or its figures changed: read them again."""
+        if self._node_view is None:
+            return
+        view = self._node_view(node_id)
+        if view is None:
+            self._index.remove_node(node_id)
+        else:
+            self._index.set_node(node_id, view.total, view.available)
 
     def retry_held(self) -> None:
         """Each beat: place the actors that waited for room, oldest first."""
+        if self._local_node_id:
+            self.on_node_changed(self._local_node_id)  # the head's row has no heartbeat
         still_full: set[tuple] = set()  # demands held again in this pass: skip their like
         for actor_id in list(self.held):
             actor = self.actors.get(actor_id)
@@ -213,13 +232,21 @@ class ActorDirectory:
         self._set_dead(actor)
 
     def on_node_dead(self, node_id: bytes) -> None:
-        for actor in list(self.actors.values()):
-            if actor.node_id == node_id and actor.state != "dead":
-                self.on_process_died(actor.actor_id, f"its node {node_id.hex()[:12]} died")
+        self._index.remove_node(node_id)  # before the restarts: none goes back there
+        for actor_id in list(self._on_node.get(node_id, ())):
+            actor = self.actors.get(actor_id)
+            if actor is None or actor.node_id != node_id or actor.state == "dead":
+                continue
+            if actor.state in ("pending", "restarting"):
+                # It never came up there (e.g. restarted onto a node that died in the same
+                # burst): place it again, as for ActorDeferred; that is not another restart.
+                self._unassign(actor)
+                self._start_later(actor)
+            else:
+                self.on_process_died(actor_id, f"its node {node_id.hex()[:12]} died")
         self._reserved.pop(node_id, None)
-        self._reserved_sum.pop(node_id, None)
         self._settling.pop(node_id, None)
-        self._placed.pop(node_id, None)
+        self._on_node.pop(node_id, None)
 
     def on_owner_exited(self, owner: tuple) -> None:
         """A driver is gone: its actors go too, except detached ones (like Ray)."""
@@ -244,22 +271,23 @@ class ActorDirectory:
         why) when it cannot run."""
         if actor.placement is not None:
             return self._place_in_group(actor)
-        self._turn += 1
-        decision = place_actor(ResourceSet.from_dict(actor.demand), self._ledger(), self._turn)
+        if self._node_view is None:
+            self._read_all_nodes()
+        elif self._local_node_id:
+            self.on_node_changed(self._local_node_id)  # its row changes without heartbeats
+        decision = self._index.place(ResourceSet.from_dict(actor.demand))
         if decision.outcome is ActorPlacement.INFEASIBLE:
             return None, decision.reason
         if decision.outcome is ActorPlacement.HOLD:
             return HOLD, ""
         return decision.node_id, ""
 
-    def _ledger(self) -> list[NodeLedger]:
-        ledger = []
-        for view in sorted(self._nodes(), key=lambda v: v.node_id):
-            node_id = bytes.fromhex(view.node_id)
-            ledger.append(NodeLedger(node_id, view.total, view.available,
-                                     self._reserved_sum.get(node_id, ResourceSet()),
-                                     self._placed.get(node_id, 0)))
-        return ledger
+    def _read_all_nodes(self) -> None:
+        views = {bytes.fromhex(view.node_id): view for view in self._nodes()}
+        for node_id in [n for n in self._index.nodes if n not in views]:
+            self._index.remove_node(node_id)
+        for node_id in sorted(views):
+            self._index.set_node(node_id, views[node_id].total, views[node_id].available)
 
     def _place_in_group(self, actor: ActorRecord) -> tuple[bytes | None, str]:
         pg_id, index = actor.placement
@@ -287,19 +315,22 @@ class ActorDirectory:
                 self._start_later(actor)
             return
         actor.node_id = node_id
-        self._placed[node_id] = self._placed.get(node_id, 0) + 1
+        self._on_node.setdefault(node_id, set()).add(actor.actor_id)
+        self._index.count_actor(node_id, +1)
         if actor.placement is None:  # work in a group is counted against its bundle
             demand = ResourceSet.from_dict(actor.demand)
             self._reserved.setdefault(node_id, {})[actor.actor_id] = demand
-            self._reserved_sum[node_id] = self._reserved_sum.get(node_id, ResourceSet()) + demand
+            self._index.reserve(node_id, demand)
         self._host(node_id, actor)
 
     def _unassign(self, actor: ActorRecord) -> None:
         node_id, actor.node_id = actor.node_id, None
         if node_id is None:
             return
-        if self._placed.get(node_id, 0) > 0:
-            self._placed[node_id] -= 1
+        placed = self._on_node.get(node_id)
+        if placed is not None and actor.actor_id in placed:
+            placed.discard(actor.actor_id)
+            self._index.count_actor(node_id, -1)
         self._unreserve(node_id, actor.actor_id)
         settling = self._settling.get(node_id)
         if settling is not None:
@@ -310,10 +341,9 @@ class ActorDirectory:
         demand = reserved.pop(actor_id, None) if reserved is not None else None
         if demand is None:
             return
-        if reserved:
-            self._reserved_sum[node_id] = self._reserved_sum[node_id] - demand
-        else:
-            del self._reserved[node_id], self._reserved_sum[node_id]
+        self._index.reserve(node_id, demand, -1)
+        if not reserved:
+            del self._reserved[node_id]
 
     def _settle(self, actor: ActorRecord) -> None:
         """The actor is up: its node's next heartbeat counts it (the head's own row already

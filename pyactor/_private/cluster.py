@@ -1,16 +1,21 @@
 """Cluster membership: which nodes exist, what they have free, and which have died.
 
 The head keeps the table. Every other node joins it (`JoinCluster`) and then sends a `Heartbeat`
-with its free resources every HEARTBEAT_S; the head sends the whole table (`ClusterView`) back to
-every node at the same pace, so each node can place work elsewhere (spillback) and find the nodes
-that hold objects. A node is declared dead when its connection to the head closes or when it has
-sent no heartbeat for NODE_TIMEOUT_S: so a node that dies is known dead within NODE_TIMEOUT_S
-(3 s) at worst, and at once when its process exits (the OS closes its connection).
+with its free resources, and the view version it holds, every HEARTBEAT_S. The head answers a
+join with the whole table (`ViewSnapshot`) and then, each beat, sends each member only the rows
+changed since the version that member acknowledged (`ViewDelta`, cluster_view.py): members in
+step share one encoding, and a beat where nothing changed sends nothing. A member that gets a
+delta it cannot apply (a gap) asks for the whole table (`PullView`). With the table each node
+can place work elsewhere (spillback) and find the nodes that hold objects.
+
+A node is declared dead when its connection to the head closes or when it has sent no heartbeat
+for NODE_TIMEOUT_S: so a node that dies is known dead within NODE_TIMEOUT_S (3 s) at worst, and
+at once when its process exits (the OS closes its connection).
 
 A dead node's row stays in the table (and in the views the head sends) for DEAD_NODE_KEEP_S, so
-`pyactor status` shows what died; then the head drops it, and members drop rows the head's view
-no longer has. Dead is final: a node that loses the head (declared dead while stopped or cut off, or the head
-itself died) stops, killing its workers; started again, it joins as a new node with a new id.
+`pyactor status` shows what died; then the head drops it, and members drop it with the next
+delta. Dead is final: a node that loses the head (declared dead while stopped or cut off, or the
+head itself died) stops, killing its workers; started again, it joins as a new node with a new id.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import msgpack
+
 from pyactor._private import protocol as P
 from pyactor._private import transport
+from pyactor._private.cluster_view import Delta, HeadView, MemberView, Snapshot
 
 logger = logging.getLogger("pyactor.cluster")
 
@@ -32,18 +40,35 @@ NODE_TIMEOUT_S = 3.0
 DEAD_NODE_KEEP_S = 300.0  # PYACTOR_DEAD_NODE_KEEP_S on the head overrides it
 
 
-def dead_node_keep_s() -> float:
-    value = os.environ.get("PYACTOR_DEAD_NODE_KEEP_S")
+def seconds_from_env(name: str, default: float, minimum: float, strict: bool = False) -> float:
+    """A number of seconds from the environment variable `name` (>= minimum, or > it when
+    strict), else `default`; a clear ValueError for anything else."""
+    value = os.environ.get(name)
     if value is None:
-        return DEAD_NODE_KEEP_S
+        return default
     try:
         seconds = float(value)
     except ValueError:
-        raise ValueError(f"PYACTOR_DEAD_NODE_KEEP_S must be a number of seconds, got "
-                         f"{value!r}") from None
-    if not seconds >= 0:
-        raise ValueError(f"PYACTOR_DEAD_NODE_KEEP_S must be >= 0, got {value!r}")
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not (seconds > minimum if strict else seconds >= minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
     return seconds
+
+
+def node_timeout_s() -> float:
+    """PYACTOR_NODE_TIMEOUT_S on the head overrides NODE_TIMEOUT_S (a loaded host, a simulator
+    whose thousands of nodes share one process); more than one heartbeat interval."""
+    return seconds_from_env("PYACTOR_NODE_TIMEOUT_S", NODE_TIMEOUT_S, HEARTBEAT_S, strict=True)
+
+
+def dead_node_keep_s() -> float:
+    return seconds_from_env("PYACTOR_DEAD_NODE_KEEP_S", DEAD_NODE_KEEP_S, 0.0)
+
+
+def view_deltas_enabled() -> bool:
+    """PYACTOR_VIEW_DELTAS=0 on the head makes it send every member the whole view each beat,
+    packed for each (how the head worked before deltas): a baseline for bench/cluster_sim.py."""
+    return os.environ.get("PYACTOR_VIEW_DELTAS", "1") != "0"
 
 
 @dataclass
@@ -60,6 +85,8 @@ class NodeInfo:
     conn: Any = None  # head side: the member's connection
     last_heartbeat: float = 0.0
     died_at: float = 0.0  # head side: when it was declared dead (monotonic)
+    view_acked: int = 0  # head side: the view version its last heartbeat said it holds
+    view_sent: int = 0  # head side: the version last sent to it
 
     def wire(self) -> list:
         return [self.node_id, self.address, self.total, self.available, self.alive,
@@ -98,12 +125,20 @@ class Membership:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self.dead_keep_s = dead_node_keep_s() if self.is_head else DEAD_NODE_KEEP_S
+        self.view = HeadView() if self.is_head else None  # the head's versioned table
+        self.deltas = view_deltas_enabled()
+        self.node_timeout_s = node_timeout_s() if self.is_head else NODE_TIMEOUT_S
+        self.mirror = MemberView()  # a member's copy of it
+        self._pulling = False  # a member asked for a snapshot and waits for it
+        self._broadcast_scheduled = False
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         me = self._local_status()
         self.nodes[self.node_id] = me
-        if not self.is_head:
+        if self.is_head:
+            self.view.upsert(self.node_id, me.wire())
+        else:
             host, _, port = self.head_address.rpartition(":")
             self.head_conn = await transport.connect(host, int(port), self.token,
                                                      self._on_message,
@@ -131,14 +166,16 @@ class Membership:
         if self.is_head:
             me.last_heartbeat = time.monotonic()
             self.nodes[self.node_id] = me
+            self.view.upsert(self.node_id, me.wire())
             now = time.monotonic()
             for info in list(self.nodes.values()):
-                if info.alive and not info.is_head and now - info.last_heartbeat > NODE_TIMEOUT_S:
-                    self._declare_dead(info, f"no heartbeat for {NODE_TIMEOUT_S} s")
+                if info.alive and not info.is_head and \
+                        now - info.last_heartbeat > self.node_timeout_s:
+                    self._declare_dead(info, f"no heartbeat for {self.node_timeout_s} s")
             self.forget_dead(now)
             self._broadcast()
         elif self.head_conn is not None and not self.head_conn.closed:
-            self.head_conn.send(P.encode(P.Heartbeat(me.wire())))
+            self.head_conn.send(P.encode(P.Heartbeat(me.wire(), self.mirror.version)))
 
     # ------------------------------------------------------------------ head side
     def on_join(self, conn, message: P.JoinCluster) -> None:
@@ -149,24 +186,37 @@ class Membership:
         info.last_heartbeat = time.monotonic()
         self.nodes[info.node_id] = info
         conn.user_data = info
+        self.view.upsert(info.node_id, info.wire())
         logger.info("node %s joined from %s", info.node_id.hex()[:12], info.address)
-        self._broadcast()
+        self._send_snapshot(info)  # the others hear of it with the next beat's delta
 
-    def on_heartbeat(self, conn, message: P.Heartbeat) -> None:
-        update = NodeInfo.from_wire(message.node)
-        info = self.nodes.get(update.node_id)
+    def on_heartbeat(self, conn, message: P.Heartbeat) -> bool:
+        """Record a member's heartbeat; True if its figures changed (the common idle beat
+        changes nothing, and costs no more than this comparison)."""
+        node_id, _, _, available, _, _, store, actors, workers = message.node
+        info = self.nodes.get(node_id)
         if info is None or not info.alive:
             conn.close("heartbeat from a node declared dead: it must join again")
-            return
-        info.available, info.store = update.available, update.store
-        info.actors, info.workers = update.actors, update.workers
+            return False
         info.last_heartbeat = time.monotonic()
+        info.view_acked = message.view_version
+        if available == info.available and store == info.store and actors == info.actors \
+                and workers == info.workers:
+            return False
+        info.available, info.store, info.actors, info.workers = available, store, actors, workers
+        self.view.upsert(node_id, info.wire())
+        return True
+
+    def on_pull(self, conn, message: P.PullView) -> None:
+        info = conn.user_data if isinstance(conn.user_data, NodeInfo) else None
+        if info is not None and info.alive:
+            self._send_snapshot(info)
 
     def on_member_closed(self, conn) -> None:
         info = conn.user_data if isinstance(conn.user_data, NodeInfo) else None
         if info is not None and info.alive:
             self._declare_dead(info, "its connection to the head closed")
-            self._broadcast()
+            self._broadcast_soon()  # deaths in the same loop turn share one broadcast
 
     def forget_dead(self, now: float) -> list[bytes]:
         """Drop the rows of nodes dead for longer than dead_keep_s; returns their ids."""
@@ -174,45 +224,107 @@ class Membership:
                 if not info.alive and now - info.died_at >= self.dead_keep_s]
         for node_id in gone:
             del self.nodes[node_id]
+            if self.view is not None:
+                self.view.remove(node_id)
         return gone
 
     def _declare_dead(self, info: NodeInfo, reason: str) -> None:
         info.alive = False
         info.died_at = time.monotonic()
         info.available = {}
+        self.view.upsert(info.node_id, info.wire())
         logger.warning("node %s at %s is dead: %s", info.node_id.hex()[:12], info.address,
                        reason)
         if info.conn is not None:
             info.conn.close(f"declared dead: {reason}")
         self._on_node_dead(info.node_id)
 
+    def _send_snapshot(self, info: NodeInfo) -> None:
+        snapshot = self.view.snapshot()
+        if info.conn is not None and info.conn.try_send(P.encode(P.ViewSnapshot(*snapshot))):
+            # The connection delivers in order or closes: count it as held from now on, so
+            # the next delta does not resend the table (a later heartbeat corrects the count).
+            info.view_sent = info.view_acked = snapshot.version
+
+    def _broadcast_soon(self) -> None:
+        if not self._broadcast_scheduled:
+            self._broadcast_scheduled = True
+            asyncio.get_running_loop().call_soon(self._broadcast)
+
     def _broadcast(self) -> None:
-        view = P.encode(P.ClusterView([info.wire() for info in self.nodes.values()]))
+        """Send each member what changed since the version it acknowledged, encoding each
+        distinct delta once; members already sent the current version get nothing."""
+        self._broadcast_scheduled = False
+        if self._stopping:
+            return
+        view = self.view
+        if not self.deltas:
+            self._broadcast_whole()
+            return
+        encoded: dict[int, bytes] = {}  # base -> packed ViewDelta (or ViewSnapshot)
+        oldest_acked = view.version
+        for info in self.nodes.values():
+            conn = info.conn
+            if not info.alive or conn is None or conn.closed:
+                continue
+            oldest_acked = min(oldest_acked, info.view_acked)
+            if info.view_sent >= view.version:
+                continue  # it has (or is getting) the current version
+            base = min(info.view_acked, info.view_sent)
+            body = encoded.get(base)
+            if body is None:
+                delta = view.delta(base)
+                message = P.ViewDelta(*delta) if delta is not None else \
+                    P.ViewSnapshot(*view.snapshot())
+                body = encoded[base] = msgpack.packb(P.encode(message), use_bin_type=True)
+            conn.send_packed(body)
+            info.view_sent = view.version
+        view.forget_tombstones(oldest_acked)
+        self._on_view_changed()
+
+    def _broadcast_whole(self) -> None:
+        snapshot = self.view.snapshot()
         for info in self.nodes.values():
             if info.alive and info.conn is not None and not info.conn.closed:
-                info.conn.send(view)
+                info.conn.send(P.encode(P.ViewSnapshot(*snapshot)))
         self._on_view_changed()
 
     # ------------------------------------------------------------------ member side
-    def on_view(self, conn, message: P.ClusterView) -> None:
+    def on_delta(self, conn, message: P.ViewDelta) -> None:
+        changes = self.mirror.apply_delta(Delta(*message))
+        if changes is None:  # a gap: what it holds is too old for this delta
+            if not self._pulling and self.head_conn is not None:
+                self._pulling = True
+                self.head_conn.try_send(P.encode(P.PullView(self.mirror.version)))
+            return
+        self._apply(changes)
+
+    def on_snapshot(self, conn, message: P.ViewSnapshot) -> None:
+        self._pulling = False
+        self._apply(self.mirror.apply_snapshot(Snapshot(*message)))
+
+    def _apply(self, changes: list) -> None:
+        """Mirror the view's changed rows in the node table; tell the node who died."""
         newly_dead = []
-        listed = {fields[0] for fields in message.nodes}
-        for node_id in [n for n in self.nodes if n not in listed and n != self.node_id]:
-            old = self.nodes.pop(node_id)  # the head forgot it: long dead (or never told us)
-            if old.alive:
-                newly_dead.append(node_id)
-        for fields in message.nodes:
-            info = NodeInfo.from_wire(fields)
-            old = self.nodes.get(info.node_id)
+        for node_id, row in changes:
+            if node_id == self.node_id:
+                continue  # this node's own row is always fresh here
+            old = self.nodes.get(node_id)
+            if row is None:  # the head forgot it: long dead
+                self.nodes.pop(node_id, None)
+                if old is not None and old.alive:
+                    newly_dead.append(node_id)
+                continue
+            info = NodeInfo.from_wire(row)
             if old is not None and old.alive and not info.alive:
-                newly_dead.append(info.node_id)
+                newly_dead.append(node_id)
             if info.is_head:
-                self.head_node_id = info.node_id
-            if info.node_id != self.node_id:
-                self.nodes[info.node_id] = info
+                self.head_node_id = node_id
+            self.nodes[node_id] = info
         for node_id in newly_dead:
             self._on_node_dead(node_id)
-        self._on_view_changed()
+        if changes:
+            self._on_view_changed()
 
     def _head_lost(self, conn, reason) -> None:
         if self._stopping:

@@ -179,7 +179,8 @@ class Node:
             P.Shutdown: self._on_shutdown, P.Fetch: self._on_fetch,
             P.PullObject: self._on_pull, P.ObjectChunk: self._on_chunk,
             P.JoinCluster: self._on_join, P.Heartbeat: self._on_heartbeat,
-            P.ClusterView: self._on_view, P.ConnectionsRejected: self._on_connections_rejected,
+            P.ViewDelta: self._on_view_delta, P.ViewSnapshot: self._on_view_snapshot,
+            P.PullView: self._on_pull_view, P.ConnectionsRejected: self._on_connections_rejected,
             P.CreatePlacementGroup: self._on_group_request,
             P.RemovePlacementGroup: self._on_group_request,
             P.PlacementGroupInfo: self._on_group_request, P.LocateBundle: self._on_group_request,
@@ -207,7 +208,8 @@ class Node:
         if self.is_head:
             self.directory = ActorDirectory(nodes=self._node_views, host=self._host_on,
                                             kill_process=self._kill_actor_on, reply=self._reply,
-                                            local_node_id=self.node_id)
+                                            local_node_id=self.node_id,
+                                            node_view=self._node_view)
             self.groups = PlacementGroupTable(
                 nodes=self._node_views, address_of=lambda n: self.membership.address_of(n),
                 reserve=self._reserve_on, release=self._release_on, reply=self._reply,
@@ -814,22 +816,45 @@ class Node:
                          info.alive)
                 for info in self.membership.alive_nodes()]
 
+    def _node_view(self, node_id: bytes) -> NodeView | None:
+        """One alive node's view (the head's own row fresh), for the actor directory."""
+        if node_id == self.node_id:
+            info = self._local_status()
+        else:
+            info = self.membership.nodes.get(node_id)
+        if info is None or not info.alive:
+            return None
+        return NodeView(node_id.hex(), ResourceSet.from_dict(info.total),
+                        ResourceSet.from_dict(info.available), node_id == self.node_id, True)
+
     def _on_join(self, conn, message: P.JoinCluster) -> None:
         if not self.is_head:
             raise P.ProtocolError("only the head takes JoinCluster")
         self.membership.on_join(conn, message)
+        if isinstance(conn.user_data, NodeInfo):
+            self.directory.on_node_changed(conn.user_data.node_id)
 
     def _on_heartbeat(self, conn, message: P.Heartbeat) -> None:
         if not self.is_head:
             raise P.ProtocolError("only the head takes Heartbeat")
-        self.membership.on_heartbeat(conn, message)
+        changed = self.membership.on_heartbeat(conn, message)
         if isinstance(conn.user_data, NodeInfo) and conn.user_data.alive:
-            self.directory.on_heartbeat(conn.user_data.node_id)
+            self.directory.on_heartbeat(conn.user_data.node_id, changed)
 
-    def _on_view(self, conn, message: P.ClusterView) -> None:
+    def _on_view_delta(self, conn, message: P.ViewDelta) -> None:
         if conn is not self.membership.head_conn:
-            raise P.ProtocolError("ClusterView comes from the head only")
-        self.membership.on_view(conn, message)
+            raise P.ProtocolError("ViewDelta comes from the head only")
+        self.membership.on_delta(conn, message)
+
+    def _on_view_snapshot(self, conn, message: P.ViewSnapshot) -> None:
+        if conn is not self.membership.head_conn:
+            raise P.ProtocolError("ViewSnapshot comes from the head only")
+        self.membership.on_snapshot(conn, message)
+
+    def _on_pull_view(self, conn, message: P.PullView) -> None:
+        if not self.is_head:
+            raise P.ProtocolError("only the head takes PullView")
+        self.membership.on_pull(conn, message)
 
     def _on_node_dead(self, node_id: bytes) -> None:
         if self.directory is not None:

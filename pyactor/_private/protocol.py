@@ -19,7 +19,8 @@ Who sends what:
     owner -> worker runtime        GeneratorAck (consumed items, stop)
     borrower -> owner              GetObject, AddBorrower, RemoveBorrower, CancelTask
     node -> worker                 StartActor (answered by ActorReady)
-    node <-> head                  JoinCluster, Heartbeat, ClusterView, HostActor, ActorHosted,
+    node <-> head                  JoinCluster, Heartbeat, ViewDelta, ViewSnapshot, PullView,
+                                   HostActor, ActorHosted,
                                    ActorProcessDied, ActorDeferred, KillActorProcess, OwnerExited,
                                    and the actor requests a node forwards
     node <-> node                  PullObject (answered by ObjectChunk + raw payloads)
@@ -252,11 +253,31 @@ class JoinCluster(NamedTuple):
 
 class Heartbeat(NamedTuple):
     node: list
+    view_version: int  # the cluster view's version this node holds (its acknowledgement)
 
 
 class ClusterView(NamedTuple):
-    """The head's table of nodes (to nodes each beat; to runtimes when it changes)."""
+    """A node's table of nodes, to its runtimes (when a node appears or dies)."""
     nodes: list
+
+
+class ViewDelta(NamedTuple):
+    """Head to node: the rows changed and the ids removed after version `base` (cluster_view)."""
+    base: int
+    version: int
+    rows: list  # [node_id, NodeInfo wire row]
+    removed: list
+
+
+class ViewSnapshot(NamedTuple):
+    """Head to node: the whole view, on joining and when asked (PullView)."""
+    version: int
+    rows: list
+
+
+class PullView(NamedTuple):
+    """Node to head: a delta did not follow from what this node holds: send the whole view."""
+    version: int
 
 
 class HostActor(NamedTuple):
@@ -391,7 +412,7 @@ _KINDS: list[type] = [
     ActorProcessDied, KillActorProcess, OwnerExited, ConnectionsRejected,
     GeneratorStart, GeneratorItem, GeneratorAck,
     CreatePlacementGroup, RemovePlacementGroup, PlacementGroupInfo, LocateBundle, ReserveBundle,
-    BundleReserved, ReturnBundles, ActorDeferred,
+    BundleReserved, ReturnBundles, ActorDeferred, ViewDelta, ViewSnapshot, PullView,
 ]
 KIND_OF: dict[type, int] = {cls: i for i, cls in enumerate(_KINDS)}
 _ARITY = [len(cls._fields) for cls in _KINDS]

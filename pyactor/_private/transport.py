@@ -418,9 +418,12 @@ class Connection(asyncio.Protocol):
         Loop thread only. Raises TypeError for a value msgpack cannot encode, ValueError for
         one over `max_frame_bytes`, and ConnectionClosedError once the connection is closed.
         """
+        self.send_packed(self._packer.pack(message))
+
+    def send_packed(self, body: bytes) -> None:
+        """`send` for a message already packed with msgpack (one encoding sent to many)."""
         if self.closed:
             raise self._closed_error()
-        body = self._packer.pack(message)
         body_bytes = len(body)
         if body_bytes > self._endpoint.max_frame_bytes:
             _frame_header(body_bytes, self._endpoint.max_frame_bytes)  # raises
