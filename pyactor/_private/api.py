@@ -385,17 +385,23 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None,
     if isinstance(refs, ObjectRef) or not isinstance(refs, (list, tuple)):
         raise TypeError("wait() takes a list of ObjectRefs")
     refs = list(refs)
-    for ref in refs:
-        if type(ref) is not ObjectRef:
-            raise TypeError(f"wait() takes ObjectRefs, got a {type(ref).__name__}")
-    if len(set(refs)) != len(refs):
+    # Few passes over the refs, most of them C-level (map, set): a Python loop per check would
+    # cost as much as the whole wait on 1,000 ready refs.
+    if refs and set(map(type, refs)) != _ONLY_REFS:
+        bad = next(ref for ref in refs if type(ref) is not ObjectRef)
+        raise TypeError(f"wait() takes ObjectRefs, got a {type(bad).__name__}")
+    ids = [ref.id for ref in refs]
+    if len(set(ids)) != len(ids):
         raise ValueError("wait() got the same ObjectRef more than once")
     if not isinstance(num_returns, int) or not 1 <= num_returns <= max(1, len(refs)):
         raise ValueError(f"num_returns must be between 1 and len(refs)={len(refs)}, "
                          f"got {num_returns!r}")
     if not refs:
         return [], []
-    return runtime_for_call().wait(refs, num_returns, _check_timeout(timeout))
+    return runtime_for_call().wait(refs, num_returns, _check_timeout(timeout), ids)
+
+
+_ONLY_REFS = {ObjectRef}
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

@@ -77,7 +77,7 @@ class Runtime:
         self.namespace = namespace
         self.worker_id = worker_id
         self.bind_host = bind_host
-        self.refs = ReferenceTable(self._schedule_release_drain)
+        self.refs = ReferenceTable(self._schedule_release_drain, self._delete_put)
         self.loop = uvloop.new_event_loop()
         self.address: list | None = None
         self.node_id: bytes = b""
@@ -387,6 +387,20 @@ class Runtime:
             except RuntimeError:  # loop closed at exit
                 pass
 
+    def _delete_put(self, entry: ObjectEntry) -> bool:
+        """A put object nothing refers to any more: delete it from our store now (any thread,
+        even inside __del__: a store call, no I/O), rather than when the IO thread next drains
+        releases. A large put that follows then lands in the pages this one used, which are
+        already mapped, not in fresh ones (measured here: a 1 GB put into untouched pages ran at
+        a tenth of the speed). False (left to the IO thread) if it is not in the store: spilled."""
+        store = self.store
+        if entry.node_id != self.node_id or store is None:
+            return False
+        try:
+            return store.delete(entry.object_id)
+        except Exception:  # noqa: BLE001 - closed, or being restored: the IO thread sees to it
+            return False
+
     def _drain_released(self) -> None:
         self._release_pending = False
         local_deletes = []
@@ -551,13 +565,22 @@ class Runtime:
             self._wait_for(pending, len(pending), timeout_s)
         return [self.value_of(entry) for entry in entries]
 
-    def wait(self, refs: list[ObjectRef], num_returns: int, timeout_s: float | None
-             ) -> tuple[list, list]:
+    def wait(self, refs: list[ObjectRef], num_returns: int, timeout_s: float | None,
+             ids: list[bytes] | None = None) -> tuple[list, list]:
+        """(ready, not_ready), order kept. `ids` are the refs' ids when the caller has them.
+        Refs that are all ready already (the common case of a poll) take C-level loops only."""
+        get_entry = self.refs.entries.get
+        if ids is None:
+            ids = [ref.id for ref in refs]
+        if not [True for entry in map(get_entry, ids) if entry is None or entry.state == PENDING]:
+            return refs[:num_returns], refs[num_returns:]  # all ready: one pass
         entries = self._entries_of(refs)
-        done = sum(1 for e in entries if e.state != PENDING)
-        if done < num_returns:
-            pending = [e for e in entries if e.state == PENDING]
-            self._wait_for(pending, num_returns - done, timeout_s, raise_on_timeout=False)
+        states = [entry.state for entry in entries]
+        pending = states.count(PENDING)
+        if len(states) - pending < num_returns:
+            pending_entries = [e for e, state in zip(entries, states) if state == PENDING]
+            self._wait_for(pending_entries, num_returns - (len(states) - pending), timeout_s,
+                           raise_on_timeout=False)
         ready, not_ready = [], []
         for ref, entry in zip(refs, entries):
             if entry.state != PENDING and len(ready) < num_returns:
