@@ -23,7 +23,7 @@
 #include "store.h"
 
 #define PA_MAGIC 0x3154534f54434150ULL /* "PACTOST1" little-endian */
-#define PA_VERSION 1u
+#define PA_VERSION 2u
 #define PA_NIL 0xffffffffu
 
 /* Heap: blocks of multiples of 64 bytes; a 64-byte header (the boundary tag) precedes the bytes. */
@@ -67,7 +67,7 @@ typedef struct {
     uint32_t lru_prev, lru_next; /* derived */
     uint32_t next_free;          /* derived: entry free list */
     uint32_t hash;
-    uint32_t reserved;
+    uint32_t list; /* derived: PA_LIST_* the lru links belong to */
     uint64_t offset; /* block offset (segment offset of its header) */
     uint64_t size;   /* object bytes as created */
     uint64_t alloc_bytes;
@@ -103,6 +103,8 @@ typedef struct {
     uint32_t pins_hwm, pin_free;
     uint32_t lru_head, lru_tail;
     uint64_t lru_bytes; /* allocated bytes of the objects in the LRU list */
+    uint32_t spill_head, spill_tail; /* the spillable list, same order and links */
+    uint64_t spill_bytes;
     uint64_t object_count, pinned_count, client_count;
     uint64_t clock;
     /* Counters. */
@@ -143,8 +145,14 @@ static inline pa_block *pa_block_at(uint8_t *base, uint64_t off) {
     return (pa_block *)(base + off);
 }
 
-/* evict.c: the LRU list of sealed, evictable, unpinned objects (oldest at the head). */
+/* evict.c: two LRU lists (oldest at the head) over the same links: the sealed, evictable,
+ * unpinned objects (PA_LIST_EVICT), which the store drops when full, and the sealed, unpinned
+ * objects that are not evictable (PA_LIST_SPILL), which only their node may spill to disk. */
+#define PA_LIST_NONE 0u
+#define PA_LIST_EVICT 1u
+#define PA_LIST_SPILL 2u
 int pa_lru_eligible(const pa_entry *e);
+uint32_t pa_list_for(const pa_entry *e); /* the list an entry belongs in now */
 void pa_lru_push(pa_store *s, uint32_t idx);
 void pa_lru_remove(pa_store *s, uint32_t idx);
 /* Re-files idx after a change of state, pins or flags. */
@@ -155,6 +163,8 @@ void pa_lru_rebuild(pa_store *s);
 uint64_t pa_evict_and_alloc(pa_store *s, uint64_t block_bytes, uint32_t entry);
 
 /* store.c helpers shared with evict.c */
+int pa_lock(pa_store *s); /* the store lock (repairs after a dead owner); PA_OK or an error */
+void pa_unlock(pa_store *s);
 void pa_entry_remove(pa_store *s, uint32_t idx); /* unindex, unlist, free block and entry */
 
 static inline int pa_entry_live(const pa_entry *e) {

@@ -320,6 +320,9 @@ static int lock(pa_store *s) {
 
 static inline void unlock(pa_store *s) { pthread_mutex_unlock(&s->hdr->mutex); }
 
+int pa_lock(pa_store *s) { return lock(s); }
+void pa_unlock(pa_store *s) { unlock(s); }
+
 /* ---- clients ---- */
 
 /* Reads the state letter and start time (field 22, clock ticks since boot) of a process. */
@@ -536,7 +539,7 @@ int pa_store_create(const char *name, uint64_t capacity_bytes, uint64_t max_obje
     h->index_mask = (uint32_t)(nbuckets - 1);
     h->max_pins = (uint32_t)max_pins;
     h->entry_free = h->pin_free = PA_NIL;
-    h->lru_head = h->lru_tail = PA_NIL;
+    h->lru_head = h->lru_tail = h->spill_head = h->spill_tail = PA_NIL;
     pa_heap_init(base, &h->heap, heap_off, heap_off + capacity_bytes);
     pthread_mutexattr_t attr;
     pthread_mutexattr_init(&attr);
@@ -697,6 +700,7 @@ pa_new_object pa_create(pa_store *s, const char *id, uint64_t size_bytes, uint32
     e->pin_count = 0;
     e->pin_head = PA_NIL;
     e->lru_prev = e->lru_next = PA_NIL;
+    e->list = PA_LIST_NONE;
     e->hash = hash;
     e->offset = off;
     e->size = size_bytes;
@@ -785,29 +789,47 @@ out:
     return v;
 }
 
-int pa_release(pa_store *s, uint64_t handle, void *unused) {
-    (void)unused;
+/* Under the lock: drops one of this client's pins of the entry a handle names (its count not
+ * yet updated: the caller then calls unpin). Sets *idx_out. */
+static int drop_own_pin(pa_store *s, uint64_t handle, uint32_t *idx_out) {
     uint32_t idx = (uint32_t)handle, gen = (uint32_t)(handle >> 32);
-    int rc = lock(s);
-    if (rc) return rc;
     pa_entry *e = &s->entries[idx];
-    if (idx >= s->hdr->entries_hwm || !pa_entry_live(e) || e->gen != gen) {
-        rc = PA_ERR_NOT_FOUND;
-        goto out;
-    }
+    if (idx >= s->hdr->entries_hwm || !pa_entry_live(e) || e->gen != gen) return PA_ERR_NOT_FOUND;
     uint32_t *link = &e->pin_head;
     while (*link != PA_NIL && s->pins[*link].client != s->client) link = &s->pins[*link].next;
-    if (*link == PA_NIL) {
-        rc = PA_ERR_NOT_PINNED;
-        goto out;
-    }
+    if (*link == PA_NIL) return PA_ERR_NOT_PINNED;
     uint32_t r = *link;
     if (--s->pins[r].count == 0) {
         *link = s->pins[r].next;
         pin_put_back(s, r);
     }
-    unpin(s, idx, 1);
-out:
+    *idx_out = idx;
+    return PA_OK;
+}
+
+int pa_release(pa_store *s, uint64_t handle, void *unused) {
+    (void)unused;
+    int rc = lock(s);
+    if (rc) return rc;
+    uint32_t idx;
+    rc = drop_own_pin(s, handle, &idx);
+    if (rc == PA_OK) unpin(s, idx, 1);
+    unlock(s);
+    return rc;
+}
+
+int pa_spill_done(pa_store *s, uint64_t handle) {
+    int rc = lock(s);
+    if (rc) return rc;
+    uint32_t idx;
+    rc = drop_own_pin(s, handle, &idx);
+    if (rc == PA_OK) {
+        pa_entry *e = &s->entries[idx];
+        if (e->state == PA_STATE_DELETED) rc = PA_ERR_NOT_FOUND; /* its owner deleted it meanwhile */
+        else if (e->pin_count > 1) rc = PA_ERR_BUSY;          /* someone else reads it */
+        unpin(s, idx, 1);                                     /* frees a DELETED entry at the last */
+        if (rc == PA_OK) pa_entry_remove(s, idx);
+    }
     unlock(s);
     return rc;
 }
@@ -872,6 +894,7 @@ int pa_stats_get(pa_store *s, pa_stats *out) {
     out->client_count = h->client_count;
     out->max_objects = h->max_objects;
     out->recoveries = h->recoveries;
+    out->spillable_bytes = h->spill_bytes;
     unlock(s);
     return PA_OK;
 }
@@ -896,6 +919,7 @@ const char *pa_strerror(int code) {
     case PA_ERR_NOT_PINNED: return "this client holds no pin on the object";
     case PA_ERR_CLOSED: return "the store handle is closed";
     case PA_ERR_CORRUPT: return "the store is corrupt";
+    case PA_ERR_BUSY: return "another client pins the object";
     default: return "unknown error";
     }
 }
@@ -916,7 +940,7 @@ int pa_debug_check(pa_store *s, char *message, uint64_t message_size) {
     if (message && message_size) message[0] = 0;
     rc = pa_heap_check(s->base, &h->heap, message, message_size);
     if (rc) goto out;
-    uint64_t used = 0, objects = 0, pinned = 0, eligible = 0, indexed = 0;
+    uint64_t used = 0, objects = 0, pinned = 0, eligible = 0, spillable = 0, indexed = 0;
     for (uint32_t i = 0; i < h->entries_hwm; i++) {
         pa_entry *e = &s->entries[i];
         if (!pa_entry_live(e)) continue;
@@ -942,7 +966,10 @@ int pa_debug_check(pa_store *s, char *message, uint64_t message_size) {
         if (pins != e->pin_count) FAIL("entry %u: pin_count %u, records say %llu", i, e->pin_count,
                                        (unsigned long long)pins);
         if (pins) pinned++;
-        if (pa_lru_eligible(e)) eligible++;
+        if (pa_list_for(e) == PA_LIST_EVICT) eligible++;
+        if (pa_list_for(e) == PA_LIST_SPILL) spillable++;
+        if (e->list != pa_list_for(e)) FAIL("entry %u filed in list %u, belongs in %u", i, e->list,
+                                            pa_list_for(e));
     }
     if (used != h->heap.used_bytes) FAIL("entries hold %llu bytes, heap says %llu",
                                          (unsigned long long)used, (unsigned long long)h->heap.used_bytes);
@@ -954,20 +981,26 @@ int pa_debug_check(pa_store *s, char *message, uint64_t message_size) {
         if (s->index[pos]) indexed++;
     if (indexed != objects) FAIL("%llu index buckets for %llu objects", (unsigned long long)indexed,
                                  (unsigned long long)objects);
-    uint64_t listed = 0, lru_bytes = 0, last = 0;
-    for (uint32_t i = h->lru_head, prev = PA_NIL; i != PA_NIL; prev = i, i = s->entries[i].lru_next) {
-        pa_entry *e = &s->entries[i];
-        if (++listed > eligible) FAIL("LRU list longer than the eligible objects");
-        if (!pa_lru_eligible(e)) FAIL("entry %u in the LRU list but not evictable", i);
-        if (e->lru_prev != prev) FAIL("entry %u: broken LRU back link", i);
-        if (e->last_use < last) FAIL("LRU list out of order at entry %u", i);
-        last = e->last_use;
-        lru_bytes += e->alloc_bytes;
+    const struct { uint32_t head; uint64_t bytes, members; uint32_t list; const char *name; } lists[2] = {
+        {h->lru_head, h->lru_bytes, eligible, PA_LIST_EVICT, "LRU"},
+        {h->spill_head, h->spill_bytes, spillable, PA_LIST_SPILL, "spill"}};
+    for (int l = 0; l < 2; l++) {
+        uint64_t listed = 0, list_bytes = 0, last = 0;
+        for (uint32_t i = lists[l].head, prev = PA_NIL; i != PA_NIL; prev = i, i = s->entries[i].lru_next) {
+            pa_entry *e = &s->entries[i];
+            if (++listed > lists[l].members) FAIL("%s list longer than its eligible objects", lists[l].name);
+            if (pa_list_for(e) != lists[l].list) FAIL("entry %u in the %s list but not eligible", i, lists[l].name);
+            if (e->lru_prev != prev) FAIL("entry %u: broken %s back link", i, lists[l].name);
+            if (e->last_use < last) FAIL("%s list out of order at entry %u", lists[l].name, i);
+            last = e->last_use;
+            list_bytes += e->alloc_bytes;
+        }
+        if (listed != lists[l].members) FAIL("%llu objects eligible for the %s list, %llu in it",
+                                             (unsigned long long)lists[l].members, lists[l].name,
+                                             (unsigned long long)listed);
+        if (list_bytes != lists[l].bytes) FAIL("%s list bytes %llu, list holds %llu", lists[l].name,
+                                               (unsigned long long)lists[l].bytes, (unsigned long long)list_bytes);
     }
-    if (listed != eligible) FAIL("%llu evictable objects, %llu in the LRU list",
-                                 (unsigned long long)eligible, (unsigned long long)listed);
-    if (lru_bytes != h->lru_bytes) FAIL("lru_bytes %llu, list holds %llu",
-                                        (unsigned long long)h->lru_bytes, (unsigned long long)lru_bytes);
 out:
     unlock(s);
     return rc;
@@ -990,8 +1023,8 @@ int pa_debug_tear(pa_store *s, int how) {
     case 2:
         h->object_count += 5;
         h->pinned_count += 3;
-        h->lru_head = h->lru_tail = PA_NIL;
-        h->lru_bytes = 12345;
+        h->lru_head = h->lru_tail = h->spill_head = h->spill_tail = PA_NIL;
+        h->lru_bytes = h->spill_bytes = 12345;
         break;
     case 3: {
         uint32_t idx = entry_take(s);

@@ -12,6 +12,9 @@
  *   pa_abort  (writer)  -> gone      an unsealed object is dropped
  *   pa_delete (owner)   -> gone      the id vanishes at once; the space is freed at the last unpin
  *   eviction  (store)   -> gone      sealed, evictable, unpinned objects, least recently used first
+ *   spilling  (node)    -> gone      sealed, unevictable, unpinned objects, least recently used
+ *                                    first, once the node has written them to disk:
+ *                                    pa_spill_candidates, then pa_get + write + pa_spill_done
  *
  * Every function returns a PA_OK / PA_ERR_* code; the library never prints, aborts or exits.
  *
@@ -53,6 +56,7 @@
 #define PA_ERR_NOT_PINNED 15     /* pa_release of a pin this client does not hold */
 #define PA_ERR_CLOSED 16         /* the handle was detached */
 #define PA_ERR_CORRUPT 17        /* pa_debug_check found an inconsistency; or lock unrecoverable */
+#define PA_ERR_BUSY 18           /* pa_spill_done: another client pins the object */
 
 /* Entry states, as reported by pa_debug_object_info. */
 #define PA_STATE_FREE 0
@@ -77,6 +81,7 @@ typedef struct {
     uint64_t client_count;       /* attached clients */
     uint64_t max_objects;        /* object table capacity */
     uint64_t recoveries;         /* times the lock was found with a dead owner and repaired */
+    uint64_t spillable_bytes;    /* allocated bytes of sealed, unevictable, unpinned objects */
 } pa_stats;
 
 /* What pa_get returns by value. */
@@ -134,6 +139,15 @@ int pa_delete(pa_store *s, const char *id);
 int pa_contains(pa_store *s, const char *id); /* 1 sealed, 0 absent or unsealed, <0 -error */
 int pa_set_evictable(pa_store *s, const char *id, int evictable);
 int pa_stats_get(pa_store *s, pa_stats *out);
+
+/* Spilling. Up to max_ids ids (PA_OBJECT_ID_SIZE bytes each, into ids_out) of sealed, unpinned,
+ * unevictable objects, least recently used first, until their blocks add up to need_bytes. */
+int pa_spill_candidates(pa_store *s, uint64_t need_bytes, char *ids_out, uint64_t max_ids,
+                        uint64_t *count_out);
+/* Releases a pin taken by pa_get and, if no other pin remains, deletes the object (its bytes are
+ * on disk now): PA_OK deleted, PA_ERR_BUSY still pinned by others (kept), PA_ERR_NOT_FOUND its
+ * owner deleted it meanwhile (and it is gone now). */
+int pa_spill_done(pa_store *s, uint64_t handle);
 
 /* Clients. */
 int pa_release_client(pa_store *s, uint32_t client_id);

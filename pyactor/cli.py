@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 
@@ -54,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES",
                        help="size of this node's shared-memory object store in bytes "
                        "(default: 30%% of the host's memory, at most the free space of /dev/shm)")
+    start.add_argument("--spill-dir", default=None, metavar="DIR",
+                       help="where objects go when the store is full (default: a folder in "
+                       "the session's temporary directory); read back when needed")
+    start.add_argument("--spill-limit-bytes", type=int, default=None, metavar="BYTES",
+                       help="most bytes this node may spill to disk at once (default: until "
+                       "the disk is 95%% full)")
     start.add_argument("--node-ip-address", default="127.0.0.1", metavar="IP",
                        help="address to bind and advertise (default: loopback only)")
     start.add_argument("--token", default=None,
@@ -162,7 +169,9 @@ def cmd_start(args) -> int:
     config = {"token_hex": token_hex, "host": args.node_ip_address, "port": port,
               "num_cpus": args.num_cpus, "num_gpus": args.num_gpus, "resources": resources,
               "object_store_memory": args.object_store_memory, "embedded": False,
-              "head_address": head_address}
+              "head_address": head_address,
+              "spill_dir": os.path.abspath(args.spill_dir) if args.spill_dir else None,
+              "spill_limit_bytes": args.spill_limit_bytes}
     # A log of its own from the first line: a node that fails to start (its port is taken by a
     # running head, say) must not write into the running node's log.
     log_fd, starting_log = tempfile.mkstemp(prefix=f"node-{port}-", suffix=".starting.log",
@@ -186,7 +195,7 @@ def cmd_start(args) -> int:
     os.replace(starting_log, log)
     address = f"{args.node_ip_address}:{ready['port']}"
     session.record_node(process.pid, address, args.head, log, ready.get("node_id", ""),
-                        ready.get("store_name", ""))
+                        ready.get("store_name", ""), ready.get("spill_dir", ""))
     if args.head:
         session.write_cluster_address(address, token_hex)
         print(f"Started the head node at {address} (pid {process.pid}).\n"
@@ -279,6 +288,9 @@ def format_status(address: str, nodes: list[dict]) -> str:
         lines.append(f"    actors     {node.get('Actors', 0)}   workers {node.get('Workers', 0)}")
         lines.append(f"    store      {used:,.1f} / {capacity:,.1f} MiB in "
                      f"{store.get('object_count', 0)} objects")
+        lines.append(f"    spilled    {store.get('spilled_bytes', 0) / 2**20:,.1f} MiB on disk, "
+                     f"{store.get('spilled_objects', 0)} objects ({store.get('spills', 0)} "
+                     f"spills, {store.get('restores', 0)} restores so far)")
     return "\n".join(lines)
 
 
@@ -316,6 +328,8 @@ def cmd_stop(args) -> int:
                 os.unlink(os.path.join("/dev/shm", node["store_name"]))
             except OSError:
                 pass
+        if node.get("spill_dir") and not _alive(node["pid"]):  # its spilled objects too
+            shutil.rmtree(node["spill_dir"], ignore_errors=True)
     session.forget_nodes()
     print(f"stopped {stopped} node(s)")
     return 0

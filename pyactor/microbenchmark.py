@@ -14,6 +14,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -29,9 +30,9 @@ ROWS = {
     "startup_init_task_shutdown": "start-up: fresh process, init + one task + shutdown",
     "single_client_get_calls": "get of a small value",
     "single_client_put_calls": "put of a small value",
-    "single_client_put_100MB": "put of 100 MB, vs numpy.copyto",
+    "single_client_put_100MB": "put of 100 MB, vs a two-thread numpy.copyto",
     "single_client_get_100MB": "get of 100 MB (zero-copy)",
-    "single_client_put_1GB": "put of 1 GB, vs numpy.copyto",
+    "single_client_put_1GB": "put of 1 GB, vs a two-thread numpy.copyto",
     "single_client_get_1GB": "get of 1 GB (zero-copy)",
     "single_client_tasks_sync": "tasks one at a time (submit, then get)",
     "single_client_task_roundtrip": "task round trip, one at a time",
@@ -51,6 +52,10 @@ ROWS = {
     "n_n_actor_calls_with_arg_async": "2 actors each calling its own actor, with an argument",
     "n_n_async_actor_calls_async": "2 actors each calling its own async actor",
     "client_wait_1k_refs": "wait on 1,000 refs",
+    "client_wait_1k_ready_refs": "wait on 1,000 refs already ready, vs a Python loop that "
+                                 "looks each up",
+    "spill_to_disk": "spill of a 256 MB object to disk, vs numpy.save of the array",
+    "restore_from_disk": "restore of a spilled 256 MB object, vs numpy.load of the array",
     "generator_items": "items of one generator task, vs the same items from separate tasks",
     "actor_pool_map": "ActorPool.map over 2 actors, vs Pool(2).map of the same function",
     "placement_group_create_ready_remove": "placement group create + ready + remove, vs a task "
@@ -140,24 +145,93 @@ class Client:
         return len(refs)
 
 
-def copyto_gbps(size_bytes: int, repeats: int) -> float:
+def put_and_copyto_gbps(size_bytes: int, repeats: int) -> tuple[float, float]:
+    """GB/s of pa.put of an array and of numpy.copyto of it into an existing array by two
+    threads (each half), measured in turns so that both see the same machine."""
     src = np.ones(size_bytes // 8, dtype=np.float64)
     dst = np.empty_like(src)
-    np.copyto(dst, src)  # fault the pages in
-    seconds = median_seconds(lambda: np.copyto(dst, src), repeats)
-    return size_bytes / seconds / 1e9
+    half = len(src) // 2
 
-
-def put_gbps(size_bytes: int, repeats: int) -> float:
-    array = np.ones(size_bytes // 8, dtype=np.float64)
-    pa.get(pa.put(array))  # warm: the store's pages are faulted in once, as in a running app
-    times = []
+    def copyto_two_threads():
+        helper = threading.Thread(target=np.copyto, args=(dst[:half], src[:half]))
+        helper.start()
+        np.copyto(dst[half:], src[half:])
+        helper.join()
+    copyto_two_threads()  # fault the pages in
+    pa.get(pa.put(src))  # warm: the store's pages are faulted in once, as in a running app
+    puts, copies = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        ref = pa.put(array)
-        times.append(time.perf_counter() - start)
+        ref = pa.put(src)
+        puts.append(time.perf_counter() - start)
         del ref
-    return size_bytes / statistics.median(times) / 1e9
+        copies.append(median_seconds(copyto_two_threads, 1))
+    return size_bytes / statistics.median(puts) / 1e9, \
+        size_bytes / statistics.median(copies) / 1e9
+
+
+def wait_ready_us(repeats: int) -> tuple[float, float]:
+    """Microseconds of pa.wait on 1,000 ready refs, and of the least a Python loop does to
+    answer the same question (look each ref up, check its state), in turns."""
+    from pyactor._private.api import runtime_for_call
+    refs = [noop.remote() for _ in range(1000)]
+    pa.get(refs)
+    entries = runtime_for_call().refs.entries
+    waits, loops = [], []
+    for _ in range(max(repeats, 3) * 40):
+        start = time.perf_counter()
+        pa.wait(refs, num_returns=len(refs))
+        middle = time.perf_counter()
+        [ref for ref in refs if entries[ref.id].state != 0]
+        loops.append(time.perf_counter() - middle)
+        waits.append(middle - start)
+    return statistics.median(waits) * 1e6, statistics.median(loops) * 1e6
+
+
+def spill_restore_gbps(size_bytes: int, repeats: int) -> dict[str, float]:
+    """GB/s of a node's spill of one object (pin, write the file, free it) and of its restore
+    (allocate, read the file, seal), against numpy.save and numpy.load of the same array into
+    the same folder (the default spill directory's disk)."""
+    import os
+    import shutil
+    import tempfile
+    from pyactor._private.spilling import Spiller, default_spill_root
+    from pyactor._private.store import ObjectStore, new_segment_name
+    folder = tempfile.mkdtemp(prefix="bench-spill-", dir=os.path.dirname(default_spill_root()))
+    array = np.ones(size_bytes // 8, dtype=np.float64)
+    object_id = b"spill-benchmark-obj!"
+    store = ObjectStore.create(new_segment_name("bench"), size_bytes + (1 << 20))
+    spiller = Spiller(store, folder)
+    times: dict[str, list] = {"spill": [], "restore": [], "save": [], "load": []}
+
+    async def rounds():
+        for _ in range(repeats + 1):  # the first faults the store's pages in
+            store.put_bytes(object_id, array, evictable=False)  # a primary copy, as a put's
+            start = time.perf_counter()
+            freed, why = await spiller.make_room(store.capacity_bytes)
+            middle = time.perf_counter()
+            assert freed and spiller.is_spilled(object_id), why
+            await spiller.restore(object_id)
+            times["spill"].append(middle - start)
+            times["restore"].append(time.perf_counter() - middle)
+            store.delete(object_id)
+            path = os.path.join(folder, "array.npy")
+            start = time.perf_counter()
+            np.save(path, array)
+            middle = time.perf_counter()
+            loaded = np.load(path)
+            times["save"].append(middle - start)
+            times["load"].append(time.perf_counter() - middle)
+            del loaded
+            os.unlink(path)
+    try:
+        asyncio.run(rounds())
+    finally:
+        spiller.close()
+        store.destroy()
+        shutil.rmtree(folder, ignore_errors=True)
+    return {name: size_bytes / statistics.median(values[1:]) / 1e9
+            for name, values in times.items()}
 
 
 def get_large_us(size_bytes: int, repeats: int) -> float:
@@ -202,12 +276,16 @@ def run(quick: bool) -> list[Row]:
     for label, size in (("100MB", 100 << 20), ("1GB", 1 << 30)):
         if quick and label == "1GB":
             continue
-        baseline = copyto_gbps(size, repeats)
-        value = put_gbps(size, repeats)
+        value, baseline = put_and_copyto_gbps(size, repeats)
         rows.append(Row(f"single_client_put_{label}", value, "GB/s", baseline, value / baseline,
-                        note="baseline: single-threaded numpy.copyto"))
+                        note="baseline: numpy.copyto by two threads"))
         rows.append(Row(f"single_client_get_{label}", get_large_us(size, repeats), "us",
                         note="zero-copy: constant time"))
+    disk = spill_restore_gbps((64 if quick else 256) << 20, repeats)
+    rows.append(Row("spill_to_disk", disk["spill"], "GB/s", disk["save"],
+                    disk["spill"] / disk["save"], note="baseline: numpy.save"))
+    rows.append(Row("restore_from_disk", disk["restore"], "GB/s", disk["load"],
+                    disk["restore"] / disk["load"], note="baseline: numpy.load"))
 
     # --- tasks
     rows.append(Row("single_client_tasks_sync", median_rate(
@@ -332,6 +410,9 @@ def run(quick: bool) -> list[Row]:
         assert len(ready) == 1000
         return 1000
     rows.append(Row("client_wait_1k_refs", median_rate(wait_1k, repeats), "refs/s"))
+    value, baseline = wait_ready_us(repeats)
+    rows.append(Row("client_wait_1k_ready_refs", value, "us", baseline, value / baseline,
+                    note="baseline: a Python loop looking each ref up"))
 
     for handle in [actor, threaded, async_actor] + targets + async_targets + clients + \
             pool_actors:

@@ -71,9 +71,9 @@ class CliCluster:
         return self.pids[-1]
 
     def _start(self, *role: str, num_cpus, resources, ip: str | None = None,
-               prefix: tuple = ()) -> str:
+               prefix: tuple = (), store_bytes: int = STORE_BYTES) -> str:
         args = [*role, "--num-cpus", str(num_cpus), "--resources", json.dumps(resources or {}),
-                "--object-store-memory", str(STORE_BYTES)]
+                "--object-store-memory", str(store_bytes)]
         if ip is not None:
             args += ["--node-ip-address", ip]
         out = self.cli("start", *args, prefix=prefix)

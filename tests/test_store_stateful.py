@@ -1,10 +1,13 @@
 """The object store as a state machine, driven by hypothesis against a dict model.
 
-Rules create, fill, seal, abort, get (keep a view), drop views, delete and flip evictability, with
-sizes that regularly overflow the small store and force evictions. After every step the invariants
-are checked: the C heap walk (no overlapping or lost blocks, coalesced free space), bytes in use =
-the sum of the live objects' blocks (plus deleted objects still pinned), pinned and unevictable
-objects never evicted, evictions in LRU order, sealed contents unchanged, freed space reused.
+Rules create, fill, seal, abort, get (keep a view), drop views, delete, flip evictability and
+spill (what the node does: take the least recently used spill candidate, pin it, maybe see a
+reader or a delete meanwhile, finish), with sizes that regularly overflow the small store and force
+evictions. After every step the invariants are checked: the C heap walk (no overlapping or lost
+blocks, coalesced free space), bytes in use = the sum of the live objects' blocks (plus deleted
+objects still pinned), pinned and unevictable objects never evicted, evictions in LRU order, the
+spill candidates exactly the sealed, unpinned, unevictable objects in LRU order, sealed contents
+unchanged, freed space reused.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ class Obj:
     evictable: bool
     data: bytes = b""
     sealed: bool = False
-    eligible_since: int = -1  # LRU clock when it last became evictable-and-unpinned
+    eligible_since: int = -1  # LRU clock when it last joined a list (evictable or spillable)
+    listed: str = ""          # the list it is in: "evict", "spill" or "" (none)
     writer: memoryview | None = field(default=None, repr=False)
 
 
@@ -70,9 +74,14 @@ class StoreMachine(RuleBasedStateMachine):
     def is_eligible(self, obj: Obj) -> bool:
         return obj.sealed and obj.evictable and obj.token not in self.pinned_tokens()
 
-    def refresh_eligibility(self, obj: Obj, was_eligible: bool) -> None:
-        if self.is_eligible(obj) and not was_eligible:
+    def is_spillable(self, obj: Obj) -> bool:
+        return obj.sealed and not obj.evictable and obj.token not in self.pinned_tokens()
+
+    def refresh_eligibility(self, obj: Obj) -> None:
+        listed = "evict" if self.is_eligible(obj) else "spill" if self.is_spillable(obj) else ""
+        if listed != obj.listed and listed:
             obj.eligible_since = next(self.clock)
+        obj.listed = listed
 
     def sync_evictions(self) -> None:
         """Objects that vanished must have been evictable, and the oldest ones."""
@@ -129,7 +138,7 @@ class StoreMachine(RuleBasedStateMachine):
         obj = self.objects[object_id]
         self.store.seal(object_id)
         obj.sealed, obj.writer = True, None
-        self.refresh_eligibility(obj, False)
+        self.refresh_eligibility(obj)
 
     @precondition(lambda self: any(not o.sealed for o in self.objects.values()))
     @rule(data=st.data())
@@ -155,18 +164,18 @@ class StoreMachine(RuleBasedStateMachine):
         view = self.store.get(object_id)
         assert view.readonly and bytes(view) == obj.data
         self.views.append((obj.token, view, obj.data))
+        self.refresh_eligibility(obj)
 
     @precondition(lambda self: self.views)
     @rule(data=st.data())
     def drop_view(self, data):
         index = data.draw(st.integers(0, len(self.views) - 1))
         token = self.views[index][0]
-        eligible_before = {oid: self.is_eligible(o) for oid, o in self.objects.items()}
         del self.views[index]
         if token not in self.pinned_tokens():
             self.deleted_pinned.pop(token, None)
-        for oid, obj in self.objects.items():
-            self.refresh_eligibility(obj, eligible_before[oid])
+        for obj in self.objects.values():
+            self.refresh_eligibility(obj)
 
     @rule(object_id=st.sampled_from(IDS))
     def delete(self, object_id):
@@ -192,10 +201,36 @@ class StoreMachine(RuleBasedStateMachine):
     def set_evictable(self, data, evictable):
         object_id = data.draw(st.sampled_from(sorted(self.objects)))
         obj = self.objects[object_id]
-        was = self.is_eligible(obj)
         self.store.set_evictable(object_id, evictable)
         obj.evictable = evictable
-        self.refresh_eligibility(obj, was)
+        self.refresh_eligibility(obj)
+
+    @rule(meanwhile=st.sampled_from(["nothing", "reader", "delete"]))
+    def spill(self, meanwhile):
+        """The node's spill of the least recently used candidate: freed from the store unless a
+        reader pinned it meanwhile (kept) or its owner deleted it (gone)."""
+        candidates = self.store.spill_candidates(1)
+        if not candidates:
+            assert not any(self.is_spillable(o) for o in self.objects.values())
+            return
+        object_id = candidates[0]
+        obj = self.objects[object_id]
+        view, handle = self.store.pin_for_spill(object_id)
+        assert bytes(view) == obj.data and object_id not in self.store.spill_candidates(1 << 30)
+        view.release()
+        if meanwhile == "reader":
+            reader = self.store.get(object_id)
+            assert self.store.spill_done(handle) == "busy"
+            self.views.append((obj.token, reader, obj.data))
+            self.refresh_eligibility(obj)
+        elif meanwhile == "delete":
+            assert self.store.delete(object_id) is True
+            assert self.store.spill_done(handle) == "gone"
+            del self.objects[object_id]
+        else:
+            assert self.store.spill_done(handle) == "freed"
+            assert self.store.debug_object_info(object_id) is None
+            del self.objects[object_id]
 
     # ---- invariants ----
 
@@ -219,6 +254,18 @@ class StoreMachine(RuleBasedStateMachine):
             assert bytes(view) == expected
         for object_id, obj in self.objects.items():
             assert self.store.contains(object_id) == obj.sealed
+
+    @invariant()
+    def spill_candidates_are_the_unpinned_primaries_least_recent_first(self):
+        expected = sorted((o.eligible_since, oid) for oid, o in self.objects.items()
+                          if self.is_spillable(o))
+        assert self.store.spill_candidates(1 << 40) == [oid for _, oid in expected]
+        assert self.store.stats().spillable_bytes == sum(
+            self.objects[oid].alloc_bytes for _, oid in expected)
+        if expected:  # a prefix just covering the bytes asked for
+            first = self.objects[expected[0][1]].alloc_bytes
+            assert self.store.spill_candidates(first) == [expected[0][1]]
+            assert self.store.spill_candidates(first + 1) == [oid for _, oid in expected[:2]]
 
     @invariant()
     def empty_store_is_one_block(self):

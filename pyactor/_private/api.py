@@ -34,7 +34,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          object_store_memory: int | None = None, namespace: str | None = None,
          log_to_driver: bool = True, ignore_reinit_error: bool = False,
          token: str | bytes | None = None, logging_level: int | str | None = None,
-         runtime_env: dict | None = None, **unsupported) -> dict:
+         runtime_env: dict | None = None,
+         spill_dir: str | os.PathLike | None = None, spill_limit_bytes: int | None = None,
+         **unsupported) -> dict:
     """Start pyactor in this process.
 
     With no address, a node (daemon, store and workers) starts in the background and stops with
@@ -45,6 +47,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     `runtime_env` ({"env_vars", "working_dir", "py_modules", "excludes"}) is the environment
     of every task and actor of this program (theirs are merged over it); folders are packed
     here, once, and reach the workers of every node through the object store.
+    `spill_dir` is where the node started here writes objects when its store is full (default:
+    a folder in the session's temporary directory), `spill_limit_bytes` the most it may write
+    there (default: until the disk is 95% full); see docs/store.md.
     """
     global _runtime, _namespace, _job_id
     if unsupported:
@@ -58,19 +63,21 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         _validate_init(num_cpus, num_gpus, resources, object_store_memory)
         from pyactor._private import runtime_env as runtime_env_module
         job_env = runtime_env_module.validate(runtime_env)
+        spill = _spill_options(spill_dir, spill_limit_bytes)
         level = logging_level_number(logging_level) if logging_level is not None else None
         _namespace = namespace if namespace is not None else f"anonymous-{os.getpid()}"
         _job_id = os.urandom(4).hex()  # as Ray's: 4 bytes, in hex
         if address is None:
             host, port, token_bytes = _start_local_node(num_cpus, num_gpus, resources,
-                                                        object_store_memory, level)
+                                                        object_store_memory, level, spill)
             # Import the runtime while the node starts on the other core, not before.
             from pyactor._private.runtime import Runtime
             port = _wait_for_node()
         else:
-            if num_cpus is not None or num_gpus is not None or resources:
-                raise ValueError("num_cpus, num_gpus and resources describe a new node; when "
-                                 "joining a cluster (address=...) set them on `pyactor start`")
+            if num_cpus is not None or num_gpus is not None or resources or spill:
+                raise ValueError("num_cpus, num_gpus, resources and spilling describe a new "
+                                 "node; when joining a cluster (address=...) set them on "
+                                 "`pyactor start`")
             host, port, token_bytes = _resolve_address(address, token)
             from pyactor._private.runtime import Runtime
         runtime = Runtime(node_host=host, node_port=port, token=token_bytes, kind="driver",
@@ -125,6 +132,21 @@ def _validate_init(num_cpus, num_gpus, resources, object_store_memory) -> None:
                          f"got {object_store_memory!r}")
 
 
+def _spill_options(spill_dir, spill_limit_bytes) -> dict:
+    """The node config entries for spilling (only those given)."""
+    options = {}
+    if spill_dir is not None:
+        if not isinstance(spill_dir, (str, os.PathLike)) or not os.fspath(spill_dir):
+            raise TypeError(f"spill_dir must be a path, got {spill_dir!r}")
+        options["spill_dir"] = os.path.abspath(os.fspath(spill_dir))
+    if spill_limit_bytes is not None:
+        if not isinstance(spill_limit_bytes, int) or isinstance(spill_limit_bytes, bool) or \
+                spill_limit_bytes < 0:
+            raise ValueError(f"spill_limit_bytes must be an int >= 0, got {spill_limit_bytes!r}")
+        options["spill_limit_bytes"] = spill_limit_bytes
+    return options
+
+
 def logging_level_number(level) -> int:
     """A logging level given as a number or a name ("info", "DEBUG"), as a number."""
     if isinstance(level, str):
@@ -147,12 +169,13 @@ def _configure_driver_logging(level: int) -> None:
         logger.addHandler(handler)
 
 
-def _start_local_node(num_cpus, num_gpus, resources, object_store_memory, logging_level=None):
+def _start_local_node(num_cpus, num_gpus, resources, object_store_memory, logging_level=None,
+                      spill=None):
     global _node_process
     token = os.urandom(32)
     config = {"token_hex": token.hex(), "num_cpus": num_cpus, "num_gpus": num_gpus,
               "resources": resources or {}, "object_store_memory": object_store_memory,
-              "embedded": True}
+              "embedded": True, **(spill or {})}
     # The token goes through the pipe, never on a command line; the pipe stays open as the
     # node's lifeline (it stops when this process exits, however it exits).
     env = None
@@ -380,17 +403,23 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None,
     if isinstance(refs, ObjectRef) or not isinstance(refs, (list, tuple)):
         raise TypeError("wait() takes a list of ObjectRefs")
     refs = list(refs)
-    for ref in refs:
-        if type(ref) is not ObjectRef:
-            raise TypeError(f"wait() takes ObjectRefs, got a {type(ref).__name__}")
-    if len(set(refs)) != len(refs):
+    # Few passes over the refs, most of them C-level (map, set): a Python loop per check would
+    # cost as much as the whole wait on 1,000 ready refs.
+    if refs and set(map(type, refs)) != _ONLY_REFS:
+        bad = next(ref for ref in refs if type(ref) is not ObjectRef)
+        raise TypeError(f"wait() takes ObjectRefs, got a {type(bad).__name__}")
+    ids = [ref.id for ref in refs]
+    if len(set(ids)) != len(ids):
         raise ValueError("wait() got the same ObjectRef more than once")
     if not isinstance(num_returns, int) or not 1 <= num_returns <= max(1, len(refs)):
         raise ValueError(f"num_returns must be between 1 and len(refs)={len(refs)}, "
                          f"got {num_returns!r}")
     if not refs:
         return [], []
-    return runtime_for_call().wait(refs, num_returns, _check_timeout(timeout))
+    return runtime_for_call().wait(refs, num_returns, _check_timeout(timeout), ids)
+
+
+_ONLY_REFS = {ObjectRef}
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True) -> None:

@@ -42,10 +42,11 @@ from pyactor._private.placement_groups import (PlacementGroupTable, bundle_offer
                                                is_any_group_work, is_group_work)
 from pyactor._private.rejections import RejectionReporter, RejectionTally, log_rejections
 from pyactor._private.resources import ResourceSet
+from pyactor._private.spilling import Spiller, default_spill_root, remove_stale_spill_dirs
 from pyactor._private.scheduler import (ClusterScheduler, LeaseRequest, LocalScheduler,
                                         NodeView, Outcome, Placement)
 from pyactor._private.worker_pool import ForkServer
-from pyactor.exceptions import ObjectLostError, ObjectStoreFullError
+from pyactor.exceptions import ObjectLostError, ObjectStoreError, ObjectStoreFullError
 
 logger = logging.getLogger("pyactor.node")
 # How often the node's log gets a line about connections that failed the handshake (on its own
@@ -62,6 +63,8 @@ class NodeConfig:
     num_gpus: float | None = None
     resources: dict = field(default_factory=dict)
     object_store_memory: int | None = None
+    spill_dir: str | None = None  # where spilled objects go (a folder per node inside it)
+    spill_limit_bytes: int | None = None  # most bytes on disk at once; None: up to 95% full
     embedded: bool = True  # stops when its stdin closes
     head_address: str | None = None  # HOST:PORT of the head to join; None for a head
 
@@ -143,6 +146,7 @@ class Node:
         self.server: transport.Server | None = None
         self.membership: Membership | None = None
         self.transfers: ObjectTransfers | None = None
+        self.spiller: Spiller | None = None
         self.directory: ActorDirectory | None = None  # the head's actor table
         self.groups: PlacementGroupTable | None = None  # the head's placement groups
         # Placement-group bundles reserved (or waiting to be) here: lease key -> resources; a
@@ -176,7 +180,7 @@ class Node:
             P.OwnerExited: self._on_owner_exited, P.Reply: self._on_reply,
             P.CancelTask: self._on_cancel_task, P.FreeObjects: self._on_free_objects,
             P.ClusterInfo: self._on_cluster_info, P.Log: self._on_log,
-            P.Shutdown: self._on_shutdown, P.Fetch: self._on_fetch,
+            P.Shutdown: self._on_shutdown, P.Fetch: self._on_fetch, P.MakeRoom: self._on_make_room,
             P.PullObject: self._on_pull, P.ObjectChunk: self._on_chunk,
             P.JoinCluster: self._on_join, P.Heartbeat: self._on_heartbeat,
             P.ViewDelta: self._on_view_delta, P.ViewSnapshot: self._on_view_snapshot,
@@ -197,7 +201,10 @@ class Node:
         capacity = self.config.object_store_memory or default_capacity_bytes()
         self.store_name = f"pyactor-{os.getpid()}-{self.node_id[:4].hex()}"
         self.store = ObjectStore.create(self.store_name, capacity)
-        self.transfers = ObjectTransfers(self.store, self._connect_node)
+        spill_root = self.config.spill_dir or default_spill_root()
+        remove_stale_spill_dirs(spill_root)
+        self.spiller = Spiller(self.store, spill_root, self.config.spill_limit_bytes)
+        self.transfers = ObjectTransfers(self.store, self._connect_node, self.spiller)
         self.rejections = RejectionReporter(
             asyncio.get_running_loop(), REJECTION_LOG_INTERVAL_S,
             log_rejections(logger, logging.INFO if self.config.embedded else logging.WARNING))
@@ -239,6 +246,8 @@ class Node:
             self.fork_server.stop()
         if self.server is not None:
             self.server.close()
+        if self.spiller is not None:
+            self.spiller.close()
         if self.store is not None:
             self.store.destroy()
             self.store = None
@@ -808,7 +817,8 @@ class Node:
         actors = sum(1 for w in self.workers.values() if w.state == "actor")
         return NodeInfo(self.node_id, self.address, self.scheduler.total(),
                         self.scheduler.available(), True, self.is_head,
-                        dataclasses.asdict(stats), actors, len(self.workers))
+                        {**dataclasses.asdict(stats), **self.spiller.stats()}, actors,
+                        len(self.workers))
 
     def _node_views(self) -> list[NodeView]:
         return [NodeView(info.node_id.hex(), ResourceSet.from_dict(info.total),
@@ -900,7 +910,10 @@ class Node:
     def _on_fetch(self, conn, message: P.Fetch) -> None:
         async def fetch():
             try:
-                await self.transfers.fetch(message.object_id, message.node_id)
+                if message.node_id == self.node_id:  # ours, spilled to disk: read it back
+                    await self.spiller.restore(message.object_id)
+                else:
+                    await self.transfers.fetch(message.object_id, message.node_id)
             except Exception as error:  # noqa: BLE001 - the requester gets the reason
                 self._reply(conn, message.request_id,
                             error=[type(error).__name__
@@ -916,9 +929,19 @@ class Node:
     def _on_chunk(self, conn, message: P.ObjectChunk) -> None:
         self.transfers.on_chunk(conn, message)
 
+    def _on_make_room(self, conn, message: P.MakeRoom) -> None:
+        async def make_room():
+            freed, why = await self.spiller.make_room(message.need_bytes)
+            self._reply(conn, message.request_id, [freed, why])
+        asyncio.get_running_loop().create_task(make_room())
+
     def _on_free_objects(self, conn, message: P.FreeObjects) -> None:
         for object_id in message.object_ids:
-            self.store.delete(object_id)
+            try:
+                self.store.delete(object_id)
+            except ObjectStoreError:  # being restored (unsealed): the spiller deletes it after
+                pass
+        self.spiller.free(message.object_ids)
 
     # ------------------------------------------------------------------ misc requests
     def _on_cancel_task(self, conn, message: P.CancelTask) -> None:

@@ -29,21 +29,16 @@ def main() -> None:
 
 def remove_stale_segments() -> None:
     """Remove store segments left by nodes that died without cleaning up (SIGKILL)."""
+    from pyactor._private.spilling import left_by_dead_node
     try:
         names = os.listdir("/dev/shm")
     except OSError:
         return
     for name in names:
-        parts = name.split("-")
-        if len(parts) >= 3 and parts[0] == "pyactor" and parts[1].isdigit():
+        if left_by_dead_node(name):
             try:
-                os.kill(int(parts[1]), 0)
-            except ProcessLookupError:
-                try:
-                    os.unlink(os.path.join("/dev/shm", name))
-                except OSError:
-                    pass
-            except PermissionError:
+                os.unlink(os.path.join("/dev/shm", name))
+            except OSError:
                 pass
 
 
@@ -70,7 +65,8 @@ def serve(config, fork_server) -> None:
             node.stop()
             raise
         sys.stdout.write(json.dumps({"port": node.server.port, "node_id": node.node_id.hex(),
-                                     "store_name": node.store_name}) + "\n")
+                                     "store_name": node.store_name,
+                                     "spill_dir": node.spiller.directory}) + "\n")
         sys.stdout.flush()
         os.dup2(2, 1)  # later prints must not fill the pipe nobody reads
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -2,7 +2,8 @@
 
 A process that needs an object held by another node asks its own node (`Fetch`); the node pulls
 it from the holder (`PullObject`), which streams it back in chunks (`ObjectChunk`) written
-straight into a new object in the local store. Concurrent fetches of one object share a single
+straight into a new object in the local store (a holder that spilled the object to disk sends it
+from its file: spilling.py). Concurrent fetches of one object share a single
 transfer. The copy pulled here is evictable: the holder keeps the primary copy, so under memory
 pressure a secondary copy may go and be pulled again later.
 
@@ -46,8 +47,9 @@ class _Incoming:
 class ObjectTransfers:
     """One per node: serves pulls of local objects and pulls remote ones into the local store."""
 
-    def __init__(self, store, connect: Callable[[bytes], Awaitable[Any]]):
+    def __init__(self, store, connect: Callable[[bytes], Awaitable[Any]], spiller=None):
         self.store = store
+        self.spiller = spiller  # spilling.Spiller: a spilled object is sent from its file
         self._connect = connect  # node_id -> awaitable Connection to that node
         self._fetching: dict[bytes, asyncio.Future] = {}
         self._incoming: dict[int, _Incoming] = {}
@@ -61,6 +63,11 @@ class ObjectTransfers:
 
     async def _stream(self, conn, message: P.PullObject) -> None:
         view = self.store.get(message.object_id)
+        if view is None and self.spiller is not None:
+            try:
+                view = self.spiller.open_spilled(message.object_id)
+            except ObjectLostError as error:
+                logger.warning("%s", error)
         if view is None:
             if not conn.closed:  # else the puller already failed its request
                 conn.send(P.encode(P.ObjectChunk(message.request_id, 0, -1, 0)))

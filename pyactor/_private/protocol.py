@@ -10,7 +10,7 @@ Who sends what:
 
     runtime -> its node            Register, RequestLease, ReturnLease, WorkerBlocked, CreateActor,
                                    GetActor, WaitActor, KillActor, CancelTask (force), Fetch,
-                                   FreeObjects, ClusterInfo, Shutdown, ConnectionsRejected
+                                   MakeRoom, FreeObjects, ClusterInfo, Shutdown, ConnectionsRejected
     node -> runtime                Reply (to any request), ClusterView, Log
     owner -> worker task endpoint  PushTask, ActorCall (answered by TaskDone)
     owner -> worker runtime        CancelTask, RevokeTasks
@@ -240,10 +240,18 @@ class ObjectChunk(NamedTuple):
 
 
 class Fetch(NamedTuple):
-    """Runtime to its node: make this object, held by node `node_id`, present locally."""
+    """Runtime to its node: make this object, held by node `node_id`, present locally (when
+    `node_id` is the node itself: read it back from its spill directory)."""
     request_id: int
     object_id: bytes
     node_id: bytes
+
+
+class MakeRoom(NamedTuple):
+    """Runtime to its node: the store has no block of `need_bytes`; spill objects to disk.
+    Answered with [bytes freed, why nothing more could be spilled ('' if it could)]."""
+    request_id: int
+    need_bytes: int
 
 
 class JoinCluster(NamedTuple):
@@ -412,7 +420,7 @@ _KINDS: list[type] = [
     ActorProcessDied, KillActorProcess, OwnerExited, ConnectionsRejected,
     GeneratorStart, GeneratorItem, GeneratorAck,
     CreatePlacementGroup, RemovePlacementGroup, PlacementGroupInfo, LocateBundle, ReserveBundle,
-    BundleReserved, ReturnBundles, ActorDeferred, ViewDelta, ViewSnapshot, PullView,
+    BundleReserved, ReturnBundles, ActorDeferred, ViewDelta, ViewSnapshot, PullView, MakeRoom,
 ]
 KIND_OF: dict[type, int] = {cls: i for i, cls in enumerate(_KINDS)}
 _ARITY = [len(cls._fields) for cls in _KINDS]

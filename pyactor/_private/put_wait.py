@@ -1,14 +1,19 @@
-"""Waiting for room in a full store: `pa.put(value, timeout=...)` and `put_async`.
+"""A put into a full store: spill, then wait for room up to the deadline, then fail.
 
-A put into a store full of objects that are still referenced fails at once by default (as in
-Ray). With a timeout, it retries until other owners free enough, or the deadline passes:
+`pa.put(value, timeout=...)`, `await pa.put_async(value, timeout=...)` and a task's large return
+all create their object through here when the store has no room:
 
     create --ObjectStoreFullError--> can it ever fit? no -> raise now (the object is bigger
        ^                                   | yes            than the whole store)
-       +------ sleep (1 ms, doubling to 50 ms) <-- deadline left? no -> raise, with the sizes
+       |                             ask the node to spill (MakeRoom: spilling.py)
+       +------------ freed some? yes ------+
+       |                                   | no (all pinned, disk full, spill limit)
+       +-- sleep (1 ms, doubling to 50 ms) <-- deadline left? no -> raise, with the sizes and
+                                                                    why nothing was spilled
 
-Frees happen in other processes (an owner's FreeObjects, handled by the node) and nothing
-signals them to a writer, so the wait polls; the backoff keeps a long wait at ~20 tries a second.
+With the default timeout of 0 a put fails as soon as nothing can be spilled (as in Ray). Frees
+happen in other processes (an owner's FreeObjects, handled by the node) and nothing signals them
+to a writer, so the wait polls; the backoff keeps a long wait at ~20 tries a second.
 """
 
 from __future__ import annotations
@@ -56,32 +61,57 @@ class RoomWaiter:
 
 
 def _create_steps(store, object_id: bytes, size_bytes: int, timeout_s: float | None):
-    """store.create_object until it fits: yields how long to sleep, returns the view."""
+    """store.create_object until it fits: yields ("room", bytes) and is sent back what the
+    node's MakeRoom answered, or yields ("sleep", seconds); returns the view."""
     waiter = None
-    while True:
+    retried = False  # one more try after a spill round that freed nothing: its owner may have
+    while True:      # deleted what it was about to spill
         try:
             return store.create_object(object_id, size_bytes, evictable=False)
         except ObjectStoreFullError as error:
+            if error.capacity_bytes and error.requested_bytes > error.capacity_bytes:
+                raise  # neither spilling nor waiting can help
+            freed, why = yield "room", store.alloc_bytes_for(size_bytes)
+            if freed or not retried:
+                retried = not freed
+                continue
+            if why:
+                error = ObjectStoreFullError(f"{error.args[0]}; spilling: {why}",
+                                             error.requested_bytes, error.used_bytes,
+                                             error.capacity_bytes)
             waiter = waiter or RoomWaiter(timeout_s)
-            yield waiter.retry_after(error)
+            yield "sleep", waiter.retry_after(error)
+            retried = False
 
 
-def create_waiting(store, object_id: bytes, size_bytes: int, timeout_s: float | None):
-    """Create, retrying while the store is full (blocking the calling thread)."""
+def create_waiting(store, object_id: bytes, size_bytes: int, timeout_s: float | None,
+                   make_room):
+    """Create, spilling (`make_room(bytes)` -> [freed, why]) and retrying while the store is
+    full (blocking the calling thread)."""
     steps = _create_steps(store, object_id, size_bytes, timeout_s)
     try:
+        kind, amount = next(steps)
         while True:
-            time.sleep(next(steps))
+            if kind == "room":
+                kind, amount = steps.send(make_room(amount))
+            else:
+                time.sleep(amount)
+                kind, amount = next(steps)
     except StopIteration as done:
         return done.value
 
 
 async def create_waiting_async(store, object_id: bytes, size_bytes: int,
-                               timeout_s: float | None):
-    """The same, sleeping on the caller's event loop."""
+                               timeout_s: float | None, make_room):
+    """The same, awaiting `make_room(bytes)` and sleeping on the caller's event loop."""
     steps = _create_steps(store, object_id, size_bytes, timeout_s)
     try:
+        kind, amount = next(steps)
         while True:
-            await asyncio.sleep(next(steps))
+            if kind == "room":
+                kind, amount = steps.send(await make_room(amount))
+            else:
+                await asyncio.sleep(amount)
+                kind, amount = next(steps)
     except StopIteration as done:
         return done.value

@@ -57,7 +57,8 @@ class ObjectEntry:
 class ReferenceTable:
     """Entries by object id, their reference counts, and waiting for them to resolve."""
 
-    def __init__(self, on_released: Callable[[], None]):
+    def __init__(self, on_released: Callable[[], None],
+                 delete_put: Callable[["ObjectEntry"], bool] | None = None):
         # Reentrant: the garbage collector may run inside any allocation made under the lock
         # and call ObjectRef.__del__ -> decref on the same thread (refs held by dead cycles).
         self.lock = threading.RLock()
@@ -66,6 +67,9 @@ class ReferenceTable:
         # dropping a ref from any thread (even inside __del__) never does I/O.
         self._released: deque[ObjectEntry] = deque()
         self._on_released = on_released
+        # Deletes a put's object from this node's store on the spot (True if it did), so the
+        # next large put can reuse its already-touched pages (runtime.py: _delete_put).
+        self._delete_put = delete_put
 
     # --- counting (any thread) ---
     def add_owned(self, object_id: bytes, task_id: bytes | None = None, *,
@@ -141,9 +145,12 @@ class ReferenceTable:
         # An owned value held inline, containing no refs, needs no I/O to free: it is gone with
         # the entry. Only the rest (store objects, borrowed refs, contained refs) wakes the IO
         # thread; that keeps a syscall off the common path of every finished task.
-        if entry.owned and entry.node_id is None and not entry.contained \
-                and entry.kill_actor is None:
-            return
+        if entry.owned and not entry.contained and entry.kill_actor is None:
+            if entry.node_id is None:
+                return
+            if entry.task_id is None and self._delete_put is not None and \
+                    self._delete_put(entry):
+                return
         self._released.append(entry)
         self._on_released()
 

@@ -71,6 +71,7 @@ class StoreErrorCode(enum.IntEnum):
     NOT_PINNED = lib.PA_ERR_NOT_PINNED
     CLOSED = lib.PA_ERR_CLOSED
     CORRUPT = lib.PA_ERR_CORRUPT
+    BUSY = lib.PA_ERR_BUSY
 
 
 class ObjectState(enum.IntEnum):
@@ -96,6 +97,7 @@ class StoreStats:
     client_count: int
     max_objects: int = 0
     recoveries: int = 0  # times a lock left by a dead process was repaired
+    spillable_bytes: int = 0  # sealed, unpinned, unevictable: what the node may spill
 
     @property
     def fragmentation(self) -> float:
@@ -381,6 +383,48 @@ class ObjectStore:
         if code:
             raise _error(code, f"set_evictable {object_id.hex()}")
 
+    # ---- spilling (the node's side: spilling.py) ----
+
+    def spill_candidates(self, need_bytes: int, max_count: int = 1024) -> list[bytes]:
+        """Ids of sealed, unpinned, unevictable objects, least recently used first, until their
+        blocks add up to need_bytes (or max_count of them)."""
+        ids = ffi.new("char[]", max_count * OBJECT_ID_SIZE)
+        count = ffi.new("uint64_t *")
+        code = lib.pa_spill_candidates(self._handle, max(0, need_bytes), ids, max_count, count)
+        if code:
+            raise _error(code, "spill candidates")
+        raw = ffi.buffer(ids, count[0] * OBJECT_ID_SIZE)[:]
+        return [raw[i:i + OBJECT_ID_SIZE] for i in range(0, len(raw), OBJECT_ID_SIZE)]
+
+    def pin_for_spill(self, object_id: bytes) -> tuple[memoryview, int] | None:
+        """Pin a sealed object and return (a read-only view, the pin's handle), or None if it is
+        absent. The view has no destructor: the pin lasts until `spill_done(handle)`, and the
+        view must not be used after it."""
+        view = _pa_get(self._handle, object_id)
+        if view.code:
+            if view.code in (_NOT_FOUND, _NOT_SEALED):
+                return None
+            raise _error(view.code, f"pin {object_id.hex()} for spilling")
+        return memoryview(_ffi_buffer(view.data, view.size)).toreadonly(), view.handle
+
+    def spill_done(self, handle: int) -> str:
+        """Drop the pin of `pin_for_spill` and delete the object unless another client pins it:
+        'freed' (deleted), 'busy' (kept: someone reads it) or 'gone' (its owner deleted it)."""
+        code = lib.pa_spill_done(self._handle, handle)
+        if code == 0:
+            return "freed"
+        if code == lib.PA_ERR_BUSY:
+            return "busy"
+        if code == _NOT_FOUND:
+            return "gone"
+        raise _error(code, "finish spilling")
+
+    def spill_done_keep(self, handle: int) -> None:
+        """Drop the pin of `pin_for_spill`, keeping the object (it could not be spilled)."""
+        code = _pa_release(self._handle, handle, ffi.NULL)
+        if code and code != _NOT_FOUND:
+            raise _error(code, "release a spill pin")
+
     # ---- store-wide ----
 
     def stats(self) -> StoreStats:
@@ -390,7 +434,8 @@ class ObjectStore:
             raise _error(code, "stats")
         return StoreStats(out.capacity_bytes, out.used_bytes, out.free_bytes, out.largest_free_bytes,
                           out.object_count, out.pinned_count, out.evictions, out.evicted_bytes,
-                          out.client_count, out.max_objects, out.recoveries)
+                          out.client_count, out.max_objects, out.recoveries,
+                          out.spillable_bytes)
 
     def reap_dead_clients(self) -> int:
         """Release the pins, unsealed objects and client slots of processes that died; returns how

@@ -188,13 +188,10 @@ class Executor:
         where = arg[0]
         if where == P.VALUE_INLINE:
             return serialization.deserialize(arg[1])
-        store = self.runtime.store
-        if arg[2] != self.runtime.node_id:  # held by another node: copy it here first
-            self.runtime.fetch_to_local(arg[1], arg[2])
-        view = store.get(arg[1]) if store is not None else None
-        if view is None:
-            raise ObjectLostError(f"argument {arg[1].hex()} is not in this node's store")
-        return serialization.deserialize(view)
+        if self.runtime.store is None:
+            raise ObjectLostError(f"argument {arg[1].hex()} is in a store this process lacks")
+        # fetched from another node, or read back from disk, first if need be
+        return serialization.deserialize(self.runtime.local_view(arg[1], arg[2]))
 
     # ------------------------------------------------------------------ answers
     def _reply_result(self, conn, task_id, name, num_returns, owner, result) -> None:
@@ -245,7 +242,7 @@ class Executor:
         store = self.runtime.store
         if serialized.total_bytes < serialization.INLINE_THRESHOLD_BYTES or store is None:
             return [P.VALUE_INLINE, serialized.to_bytes(), None, contained]
-        view = store.create_object(object_id, serialized.total_bytes, evictable=False)
+        view = self.runtime.create_object(object_id, serialized.total_bytes)
         try:
             serialized.write_to(view, store.copy_into)
         except BaseException:
