@@ -838,7 +838,8 @@ class Runtime:
             refs.unpin_task(entry)
         record_finished((spec.task_id, spec.name, spec.actor, spec.submitted_at,
                          spec.args_ready_at, _now(), FINISHED_OK if error is None else
-                         CANCELLED if spec.cancelled else TASK_FAILED, error, spec.attempt))
+                         CANCELLED if spec.cancelled else TASK_FAILED, error, spec.attempt,
+                         spec.demand))
         self._keep_lineage(spec, error is None and any(
             ret[0] == P.VALUE_IN_STORE for ret in returns))
 
@@ -881,7 +882,7 @@ class Runtime:
         self.refs.unpin_task(entry)
         record_finished((spec.task_id, spec.name, spec.actor, spec.submitted_at,
                          spec.args_ready_at, _now(), FINISHED_OK if done.error is None
-                         else TASK_FAILED, done.error, spec.attempt))
+                         else TASK_FAILED, done.error, spec.attempt, spec.demand))
         self._keep_lineage(spec, node_id is not None)
         return True
 

@@ -8,7 +8,7 @@ answers of every process of the cluster).
     owner (runtime.py)    TaskSpec() at .remote()      submitted_at = time()
                           the call resolves (_finish)  FINISHED.append(task id, name, actor,
                                                          submitted, args ready, ended, state,
-                                                         error, attempt)
+                                                         error, attempt, resources)
     worker (worker.py)    a call starts                RUNNING[task id] = (name, actor, start)
                           it ends                      RAN.append(task id, name, actor, start,
                                                          args decoded, ended, failed, thread)
@@ -36,7 +36,7 @@ CANCELLED = 2
 FINAL_STATES = ("FINISHED", "FAILED", "CANCELLED")
 
 # Owner side: (task_id, name, actor_id, submitted_at, args_ready_at, ended_at, state,
-# error blob or None, attempt).
+# error blob or None, attempt, resources (a task's demand dict, None for actor calls)).
 FINISHED: deque = deque(maxlen=MAX_EVENTS)
 # Worker side: (task_id, name, actor_id, started_at, args_decoded_at, ended_at, failed,
 # thread ident or 0 for the main thread).
@@ -66,7 +66,7 @@ def snapshot(events: deque, since: float = 0.0) -> list[tuple]:
 
 def _end_of(event: tuple) -> float:
     """The time an event ended (its newest timestamp)."""
-    if len(event) == 9:  # FINISHED
+    if len(event) == 10:  # FINISHED
         return event[5]
     if len(event) == 8:  # RAN
         return event[5]
