@@ -45,6 +45,7 @@ from pyactor._private.resources import ResourceSet
 from pyactor._private.spilling import Spiller, default_spill_root, remove_stale_spill_dirs
 from pyactor._private.scheduler import (ClusterScheduler, LeaseRequest, LocalScheduler,
                                         NodeView, Outcome, Placement)
+from pyactor._private.state_service import NodeStateService
 from pyactor._private.worker_pool import ForkServer
 from pyactor.exceptions import ObjectLostError, ObjectStoreError, ObjectStoreFullError
 
@@ -163,6 +164,9 @@ class Node:
         self.drivers: set = set()
         self.clients: dict[Any, str] = {}
         self.client_address: dict[Any, list] = {}
+        self.client_pid: dict[Any, int] = {}
+        self.state = NodeStateService(self)  # answers StateQuery (pyactor/util/state.py)
+        self.log_dir: str | None = None  # workers' output files (worker_pool.py)
         self._node_conns: dict[bytes, asyncio.Future] = {}
         self._forwarded: dict[int, tuple] = {}  # head request id -> (conn, original id)
         self._forward_ids = itertools.count(1)
@@ -190,6 +194,7 @@ class Node:
             P.PlacementGroupInfo: self._on_group_request, P.LocateBundle: self._on_group_request,
             P.ReserveBundle: self._on_reserve_bundle, P.ReturnBundles: self._on_return_bundles,
             P.BundleReserved: self._on_bundle_reserved, P.ActorDeferred: self._on_actor_deferred,
+            P.StateQuery: lambda conn, message: self.state.on_query(conn, message),
         }
         # A node of `pyactor start` logs to its own file; one started by pa.init() shares the
         # program's stderr, the user's output: there the summary needs PYACTOR_LOG_LEVEL=INFO.
@@ -205,6 +210,14 @@ class Node:
         remove_stale_spill_dirs(spill_root)
         self.spiller = Spiller(self.store, spill_root, self.config.spill_limit_bytes)
         self.transfers = ObjectTransfers(self.store, self._connect_node, self.spiller)
+        from pyactor._private import session
+        self.log_dir = os.path.join(session.session_dir(), "logs",
+                                    f"node-{os.getpid()}-{self.node_id[:4].hex()}")
+        try:
+            os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+        except OSError as error:
+            logger.warning("workers' output goes to no log file: %s", error)
+            self.log_dir = None
         self.rejections = RejectionReporter(
             asyncio.get_running_loop(), REJECTION_LOG_INTERVAL_S,
             log_rejections(logger, logging.INFO if self.config.embedded else logging.WARNING))
@@ -253,6 +266,10 @@ class Node:
             self.store = None
         if self._runtime_env_dir is not None:
             shutil.rmtree(self._runtime_env_dir, ignore_errors=True)
+        if self.config.embedded and self.log_dir:
+            # A node of pa.init() lives as long as its program: its workers' logs go with it
+            # (`pyactor start` nodes keep theirs for `pyactor logs`).
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def _start_worker(self, runtime_env: dict | None = None) -> WorkerRecord:
         """Ask the fork server for a worker (of a runtime_env: with its env vars, told where
@@ -262,12 +279,12 @@ class Node:
         record = WorkerRecord(worker_id, 0, started_at=time.monotonic(),
                               env_key=runtime_env["key"] if runtime_env else "")
         self.workers[worker_id] = record
-        env = {}
+        env = {"PYACTOR_WORKER_LOG_DIR": self.log_dir} if self.log_dir else {}
         if runtime_env:
             if self._runtime_env_dir is None:
                 self._runtime_env_dir = tempfile.mkdtemp(prefix="pyactor-runtime-env-")
-            env = {**runtime_env["env_vars"], "PYACTOR_RUNTIME_ENV": json.dumps(runtime_env),
-                   "PYACTOR_RUNTIME_ENV_DIR": self._runtime_env_dir}
+            env.update({**runtime_env["env_vars"], "PYACTOR_RUNTIME_ENV": json.dumps(runtime_env),
+                        "PYACTOR_RUNTIME_ENV_DIR": self._runtime_env_dir})
         loop = asyncio.get_running_loop()
         spawn = loop.run_in_executor(None, self.fork_server.spawn, worker_id, self.config.host,
                                      self.server.port, env)
@@ -329,6 +346,7 @@ class Node:
             raise P.ProtocolError(f"malformed Register: {message!r}"[:200])
         self.clients[conn] = message.kind
         self.client_address[conn] = message.address
+        self.client_pid[conn] = message.pid
         if message.kind == "driver":
             self.drivers.add(conn)
         elif message.kind == "worker":
@@ -348,6 +366,7 @@ class Node:
     def _on_closed(self, conn, reason) -> None:
         kind = self.clients.pop(conn, None)
         address = self.client_address.pop(conn, None)
+        self.client_pid.pop(conn, None)
         self.drivers.discard(conn)
         if kind == "worker" and isinstance(conn.user_data, WorkerRecord):
             self._worker_died(conn.user_data, reason)
@@ -637,6 +656,8 @@ class Node:
         head.send(P.encode(message._replace(request_id=forward_id)))
 
     def _on_reply(self, conn, message: P.Reply) -> None:
+        if self.state.on_reply(message):
+            return
         origin = self._forwarded.pop(message.request_id, None)
         if origin is not None:
             self._reply(origin[0], origin[1], message.value, message.error)

@@ -41,6 +41,7 @@ from pyactor._private import protocol as P
 from pyactor._private import serialization, transport
 from pyactor._private.ids import object_id_for
 from pyactor._private.streaming import StreamSender
+from pyactor._private.task_events import RUNNING, now as _now, record_ran, record_transfer
 from pyactor.exceptions import (ObjectLostError, ProtocolError, RuntimeEnvSetupError,
                                 TaskCancelledError, TaskError)
 
@@ -71,6 +72,7 @@ class Executor:
         self.actor_is_async = False
         self.actor_semaphore: asyncio.Semaphore | None = None
         self.async_calls: dict[bytes, asyncio.Task] = {}  # an async actor's running calls
+        self.read_store_args = False  # the call being started read an argument from a store
         self.actor_pool: ThreadPoolExecutor | None = None
         self.gpu_ids: list | None = None
         # What get_runtime_context() reports about the actor this worker became.
@@ -160,14 +162,25 @@ class Executor:
         return function
 
     def _invoke(self, conn, task_id, name, num_returns, owner, get_function, args, kwargs):
-        in_main = threading.get_ident() == self.main_thread_id
+        thread = threading.get_ident()
+        in_main = thread == self.main_thread_id
         self._borrows_at_start = self.runtime.borrows_started
         if in_main:
             self.current_task = task_id
+            thread = 0
+        actor_id = self.actor_id
+        started = _now()
+        RUNNING[task_id] = (name, actor_id, started)  # task_events.py: what runs now
+        decoded = started
         try:
             function = get_function()
-            result = function(*[self._decode_arg(a) for a in args],
-                              **{k: self._decode_arg(v) for k, v in kwargs.items()})
+            call_args = [self._decode_arg(a, task_id) for a in args]
+            call_kwargs = {k: self._decode_arg(v, task_id) for k, v in kwargs.items()}
+            if self.read_store_args:  # a clock read costs ~0.5 us here: only when it tells
+                decoded = _now()      # something (inline arguments unpickle in no time)
+                self.read_store_args = False
+            result = function(*call_args, **call_kwargs)
+            del call_args, call_kwargs  # the values may pin store objects: not beyond the call
             if type(result) is types.GeneratorType:  # a streaming call: items go one by one
                 result = StreamSender(self, task_id, owner, name).run(result)
             if in_main:
@@ -177,20 +190,33 @@ class Executor:
             if in_main:
                 self.current_task = None
                 self.children.pop(task_id, None)
+            RUNNING.pop(task_id, None)
+            record_ran((task_id, name, actor_id, started, decoded, _now(), True, thread))
             if isinstance(error, (SystemExit, KeyboardInterrupt)) and not isinstance(
                     error, TaskCancelledError) and self.actor is None:
                 raise
             self._reply_error(conn, task_id, error, traceback.format_exc(), name)
             return
         self._reply_result(conn, task_id, name, num_returns, owner, result)
+        RUNNING.pop(task_id, None)
+        record_ran((task_id, name, actor_id, started, decoded, _now(), False, thread))
 
-    def _decode_arg(self, arg: list) -> Any:
+    def _decode_arg(self, arg: list, task_id: bytes = b"") -> Any:
         where = arg[0]
         if where == P.VALUE_INLINE:
             return serialization.deserialize(arg[1])
-        if self.runtime.store is None:
+        store = self.runtime.store
+        if store is None:
             raise ObjectLostError(f"argument {arg[1].hex()} is in a store this process lacks")
-        # fetched from another node, or read back from disk, first if need be
+        self.read_store_args = True  # the timeline shows how long arguments took (_invoke)
+        if arg[2] != self.runtime.node_id:  # held by another node: copy it here first
+            started = _now()
+            present = store.contains(arg[1])
+            view = self.runtime.local_view(arg[1], arg[2])
+            if not present:
+                record_transfer((task_id, arg[1], started, _now(), len(view)))
+            return serialization.deserialize(view)
+        # read back from disk first if it was spilled
         return serialization.deserialize(self.runtime.local_view(arg[1], arg[2]))
 
     # ------------------------------------------------------------------ answers
@@ -372,10 +398,16 @@ class Executor:
 
     async def _async_call(self, conn, message: P.ActorCall) -> None:
         async with self.actor_semaphore:
+            task_id, actor_id = message.task_id, self.actor_id
+            started = decoded = _now()
+            RUNNING[task_id] = (message.method, actor_id, started)
             try:
                 method = getattr(self.actor, message.method)
-                args = [self._decode_arg(a) for a in message.args]
-                kwargs = {k: self._decode_arg(v) for k, v in message.kwargs.items()}
+                args = [self._decode_arg(a, task_id) for a in message.args]
+                kwargs = {k: self._decode_arg(v, task_id) for k, v in message.kwargs.items()}
+                if self.read_store_args:
+                    decoded = _now()
+                    self.read_store_args = False
                 result = method(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
@@ -388,11 +420,16 @@ class Executor:
             except BaseException as error:  # noqa: BLE001
                 if isinstance(error, asyncio.CancelledError):
                     error = TaskCancelledError(f"actor call {message.method} was cancelled")
+                RUNNING.pop(task_id, None)
+                record_ran((task_id, message.method, actor_id, started, decoded, _now(), True,
+                            0))
                 self._reply_error(conn, message.task_id, error, traceback.format_exc(),
                                   message.method)
                 return
         self._reply_result(conn, message.task_id, message.method, message.num_returns,
                            message.owner, result)
+        RUNNING.pop(task_id, None)
+        record_ran((task_id, message.method, actor_id, started, decoded, _now(), False, 0))
 
 
 def _split_returns(result: Any, num_returns: int, name: str) -> list:
