@@ -11,7 +11,7 @@ Who sends what:
     runtime -> its node            Register, RequestLease, ReturnLease, WorkerBlocked, CreateActor,
                                    GetActor, WaitActor, KillActor, CancelTask (force), Fetch,
                                    FreeObjects, ClusterInfo, Shutdown, ConnectionsRejected
-    node -> runtime                Reply (to any request), ClusterView, Log
+    node -> runtime                Reply (to any request), ClusterView, Log, CollectMetrics
     owner -> worker task endpoint  PushTask, ActorCall (answered by TaskDone)
     owner -> worker runtime        CancelTask, RevokeTasks
     worker -> owner                WorkerBlocking (a task waits in get), GeneratorStart,
@@ -189,7 +189,7 @@ class RemoveBorrower(NamedTuple):
 
 class ClusterInfo(NamedTuple):
     request_id: int
-    what: str  # 'resources', 'available', 'nodes', 'status'
+    what: str  # 'resources', 'available', 'nodes', 'status', 'metrics' (this node's)
 
 
 class Log(NamedTuple):
@@ -382,6 +382,12 @@ class ReturnBundles(NamedTuple):
     pg_id: bytes
 
 
+class CollectMetrics(NamedTuple):
+    """Node to a runtime (worker or driver): answered by a Reply carrying the process's metrics
+    snapshot (see _private/metrics.py), when the node's metrics endpoint is scraped."""
+    request_id: int
+
+
 _KINDS: list[type] = [
     Register, Reply, RequestLease, ReturnLease, WorkerBlocked, PushTask, ActorCall, TaskDone,
     CancelTask, CreateActor, StartActor, GetActor, KillActor, WaitActor, FreeObjects, GetObject,
@@ -390,7 +396,7 @@ _KINDS: list[type] = [
     ActorProcessDied, KillActorProcess, OwnerExited, ConnectionsRejected,
     GeneratorStart, GeneratorItem, GeneratorAck,
     CreatePlacementGroup, RemovePlacementGroup, PlacementGroupInfo, LocateBundle, ReserveBundle,
-    BundleReserved, ReturnBundles, ActorDeferred,
+    BundleReserved, ReturnBundles, ActorDeferred, CollectMetrics,
 ]
 KIND_OF: dict[type, int] = {cls: i for i, cls in enumerate(_KINDS)}
 _ARITY = [len(cls._fields) for cls in _KINDS]

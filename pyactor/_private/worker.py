@@ -27,6 +27,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 import traceback
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,7 @@ from pyactor._private import api
 from pyactor._private import protocol as P
 from pyactor._private import serialization, transport
 from pyactor._private.ids import object_id_for
+from pyactor._private.metrics import TaskStats
 from pyactor._private.streaming import StreamSender
 from pyactor.exceptions import ObjectLostError, ProtocolError, TaskCancelledError, TaskError
 
@@ -77,6 +79,7 @@ class Executor:
         self.actor_name = ""
         self.placement = None
         self.actor_restarts = 0
+        self.task_stats = TaskStats()  # read by the node's metrics endpoint, on request
         runtime.executor = self
         self.main_thread_id = threading.get_ident()
         self._blocked_depth = 0
@@ -157,6 +160,9 @@ class Executor:
         self._borrows_at_start = self.runtime.borrows_started
         if in_main:
             self.current_task = task_id
+        kind = 0 if self.actor is None else 1  # TaskStats.KINDS
+        self.task_stats.counts[kind][0] += 1
+        started = time.perf_counter()
         try:
             function = get_function()
             result = function(*[self._decode_arg(a) for a in args],
@@ -170,11 +176,13 @@ class Executor:
             if in_main:
                 self.current_task = None
                 self.children.pop(task_id, None)
+            self.task_stats.ended(kind, False, time.perf_counter() - started)
             if isinstance(error, (SystemExit, KeyboardInterrupt)) and not isinstance(
                     error, TaskCancelledError) and self.actor is None:
                 raise
             self._reply_error(conn, task_id, error, traceback.format_exc(), name)
             return
+        self.task_stats.ended(kind, True, time.perf_counter() - started)
         self._reply_result(conn, task_id, name, num_returns, owner, result)
 
     def _decode_arg(self, arg: list) -> Any:
@@ -364,6 +372,8 @@ class Executor:
 
     async def _async_call(self, conn, message: P.ActorCall) -> None:
         async with self.actor_semaphore:
+            self.task_stats.counts[1][0] += 1
+            started = time.perf_counter()
             try:
                 method = getattr(self.actor, message.method)
                 args = [self._decode_arg(a) for a in message.args]
@@ -378,11 +388,13 @@ class Executor:
                     result = StreamSender(self, message.task_id, message.owner,
                                           message.method).run(result)
             except BaseException as error:  # noqa: BLE001
+                self.task_stats.ended(1, False, time.perf_counter() - started)
                 if isinstance(error, asyncio.CancelledError):
                     error = TaskCancelledError(f"actor call {message.method} was cancelled")
                 self._reply_error(conn, message.task_id, error, traceback.format_exc(),
                                   message.method)
                 return
+            self.task_stats.ended(1, True, time.perf_counter() - started)
         self._reply_result(conn, message.task_id, message.method, message.num_returns,
                            message.owner, result)
 
