@@ -296,6 +296,9 @@ def cmd_status(args) -> int:
         print(f"could not reach the cluster at {address}: {error}", file=sys.stderr)
         return 1
     print(format_status(address, nodes))
+    for record in session.recorded_nodes():  # started here by --dashboard-port
+        if record.get("kind") == "dashboard":
+            print(f"  dashboard  http://{record['address']}/?token=<the cluster token>")
     return 0
 
 
