@@ -1029,6 +1029,45 @@ int pa_debug_object_info(pa_store *s, const char *id, pa_object_info *out) {
     return rc;
 }
 
+static int32_t client_pid(pa_store *s, uint32_t c) {
+    if (c >= s->hdr->max_clients || s->clients[c].state != PA_CLIENT_USED) return 0;
+    return s->clients[c].pid;
+}
+
+static void list_row(pa_store *s, pa_listed *row, const pa_entry *e, int32_t pin_pid,
+                     uint32_t pins) {
+    memcpy(row->id, e->id, PA_OBJECT_ID_SIZE);
+    row->state = e->state;
+    row->flags = e->flags;
+    row->pin_count = e->pin_count;
+    row->creator_pid = pin_pid == -1 ? client_pid(s, e->creator) : 0;
+    row->size = e->size;
+    row->alloc_bytes = e->alloc_bytes;
+    row->pin_pid = pin_pid;
+    row->pins = pins;
+}
+
+int pa_list_objects(pa_store *s, pa_listed *out, uint64_t max, uint64_t *count) {
+    int rc = lock(s);
+    if (rc) return rc;
+    pa_header *h = s->hdr;
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < h->entries_hwm; i++) {
+        pa_entry *e = &s->entries[i];
+        if (!pa_entry_live(e)) continue;
+        if (n < max) list_row(s, &out[n], e, -1, 0);
+        n++;
+        for (uint32_t r = e->pin_head; r != PA_NIL && r < h->pins_hwm; r = s->pins[r].next) {
+            if (n < max) list_row(s, &out[n], e, client_pid(s, s->pins[r].client),
+                                  s->pins[r].count);
+            n++;
+        }
+    }
+    unlock(s);
+    *count = n;
+    return 0;
+}
+
 int pa_debug_dump_heap(pa_store *s, char *out, uint64_t out_size) {
     int rc = lock(s);
     if (rc) return rc;

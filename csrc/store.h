@@ -154,6 +154,23 @@ int pa_debug_lock(pa_store *s);  /* take the store lock and never release it (cr
  * LRU list wrong; 3: an entry half-built (fields written, state not committed). Never unlocks. */
 int pa_debug_tear(pa_store *s, int how);
 int pa_debug_object_info(pa_store *s, const char *id, pa_object_info *out);
+
+/* One row of pa_list_objects: an object, or one client's pins of the object listed before. */
+typedef struct {
+    uint8_t id[20];      /* the object's id (PA_OBJECT_ID_SIZE bytes) */
+    uint32_t state;      /* PA_STATE_* */
+    uint32_t flags;      /* PA_FLAG_* */
+    uint32_t pin_count;  /* pins of every client */
+    int32_t creator_pid; /* the creating client's pid, 0 if its slot is gone */
+    uint64_t size;
+    uint64_t alloc_bytes;
+    int32_t pin_pid;     /* in a pin row: the pinning client's pid; -1 in an object row */
+    uint32_t pins;       /* in a pin row: that client's pins */
+} pa_listed;
+
+/* Lists every live object, each followed by one row per client pinning it, into out (at most
+ * max rows; *count says how many were needed, which may exceed max). Observability only. */
+int pa_list_objects(pa_store *s, pa_listed *out, uint64_t max, uint64_t *count);
 int pa_debug_dump_heap(pa_store *s, char *out, uint64_t out_size); /* "offset size free\n" lines */
 
 #endif /* PYACTOR_STORE_H */

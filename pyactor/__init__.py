@@ -28,6 +28,7 @@ _EXPORTS = {
     "kill": "pyactor._private.api", "get_actor": "pyactor._private.api",
     "cluster_resources": "pyactor._private.api", "available_resources": "pyactor._private.api",
     "nodes": "pyactor._private.api", "get_runtime_context": "pyactor._private.api",
+    "timeline": "pyactor._private.timeline",
     "method": "pyactor._private.actor", "ActorClass": "pyactor._private.actor",
     "ActorHandle": "pyactor._private.actor", "ObjectRef": "pyactor._private.object_ref",
     "ObjectRefGenerator": "pyactor._private.streaming",

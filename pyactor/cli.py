@@ -7,6 +7,9 @@
     pyactor stop
     pyactor dashboard [--address HOST:PORT] [--port 8265]   (see pyactor/dashboard/)
     pyactor microbenchmark [--quick] [--json]
+    pyactor list actors|tasks|objects|nodes|workers|placement-groups [--filter K=V] [--json]
+    pyactor summary tasks|actors|objects; pyactor memory; pyactor logs ACTOR_OR_PID [--follow]
+                                         (state_cli.py)
     pyactor tune plot EXP_DIR [--metric M] [-o OUT.png]
     pyactor rl train|evaluate|plot ...   (see rl/cli.py; loads torch only when used)
 """
@@ -89,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("stop", help="stop the nodes started on this host",
                         description="Stop every node `pyactor start` started on this host.")
 
+    from pyactor import state_cli
+    state_cli.add_commands(commands)
+
     bench = commands.add_parser("microbenchmark", help="time the hot paths (prints a table)",
                                 add_help=False)
     bench.add_argument("rest", nargs=argparse.REMAINDER,
@@ -131,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         return rl_cli.main(extra + args.rest)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in ("list", "summary", "memory", "logs"):
+        from pyactor import state_cli
+        return state_cli.main(args)
     return {"start": cmd_start, "status": cmd_status, "stop": cmd_stop,
             "dashboard": cmd_dashboard}[args.command](args)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -57,6 +58,9 @@ class ActorRecord:
     no_restart: bool = False
     waiters: list = field(default_factory=list)
     placement: tuple | None = None  # (pg_id, bundle index) when scheduled into a group
+    created_at: float = field(default_factory=time.time)  # for the state API (state.py)
+    started_at: float = 0.0  # its latest incarnation's __init__ finished
+    ended_at: float = 0.0  # it died for good
 
     def view(self) -> list:
         return list(P.ActorState(self.actor_id, self.state, self.address, self.incarnation,
@@ -156,6 +160,7 @@ class ActorDirectory:
             self._set_dead(actor)
             return
         actor.state = "alive"
+        actor.started_at = time.time()
         actor.address = address
         actor.control_address = control_address
         actor.incarnation += 1
@@ -350,6 +355,7 @@ class ActorDirectory:
 
     def _set_dead(self, actor: ActorRecord) -> None:
         actor.state = "dead"
+        actor.ended_at = time.time()
         self.held.pop(actor.actor_id, None)
         self._unassign(actor)
         if self.named.get((actor.namespace, actor.name)) == actor.actor_id:

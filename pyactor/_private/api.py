@@ -25,6 +25,7 @@ _node_store_name = ""  # the segment of the node init started (removed here if i
 _namespace = ""
 _job_id = ""  # the driver's, set at init; in workers, the current task's or actor's
 _is_worker = False
+_call_sites_by_init = False  # init(record_ref_call_sites=True) turned recording on
 
 
 
@@ -34,7 +35,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          object_store_memory: int | None = None, namespace: str | None = None,
          log_to_driver: bool = True, ignore_reinit_error: bool = False,
          token: str | bytes | None = None, logging_level: int | str | None = None,
-         **unsupported) -> dict:
+         record_ref_call_sites: bool = False, **unsupported) -> dict:
     """Start pyactor in this process.
 
     With no address, a node (daemon, store and workers) starts in the background and stops with
@@ -42,6 +43,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     `logging_level` (logging.INFO, "DEBUG"...) is the level of pyactor's log lines in this
     process and, for the node started here, of the node's and its workers' log lines (user
     code's `logging` calls in tasks included), which reach this process's stderr.
+    `record_ref_call_sites=True` notes where each ObjectRef is made, so `pyactor memory` shows
+    the file:line keeping an object alive (in this process, and in the node started here and
+    its workers); it costs about a microsecond per ref, so it is off by default.
     """
     global _runtime, _namespace, _job_id
     if unsupported:
@@ -53,6 +57,15 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             raise RuntimeError("pyactor.init() was already called; call pyactor.shutdown() "
                                "first or pass ignore_reinit_error=True")
         _validate_init(num_cpus, num_gpus, resources, object_store_memory)
+        if not isinstance(record_ref_call_sites, bool):
+            raise TypeError(f"record_ref_call_sites must be a bool, "
+                            f"got {type(record_ref_call_sites).__name__}")
+        if record_ref_call_sites and os.environ.get("PYACTOR_RECORD_REF_CALL_SITES") != "1":
+            global _call_sites_by_init
+            from pyactor._private.object_ref import record_call_sites
+            record_call_sites(True)
+            os.environ["PYACTOR_RECORD_REF_CALL_SITES"] = "1"  # the node's workers inherit it
+            _call_sites_by_init = True
         level = logging_level_number(logging_level) if logging_level is not None else None
         _namespace = namespace if namespace is not None else f"anonymous-{os.getpid()}"
         _job_id = os.urandom(4).hex()  # as Ray's: 4 bytes, in hex
@@ -224,6 +237,17 @@ def shutdown() -> None:
         if runtime is not None:
             runtime.shutdown()
         _stop_local_node()
+        _stop_recording_call_sites()
+
+
+def _stop_recording_call_sites() -> None:
+    """What init(record_ref_call_sites=True) turned on ends with this session."""
+    global _call_sites_by_init
+    if _call_sites_by_init:
+        from pyactor._private.object_ref import record_call_sites
+        record_call_sites(False)
+        os.environ.pop("PYACTOR_RECORD_REF_CALL_SITES", None)
+        _call_sites_by_init = False
 
 
 def _stop_local_node() -> None:

@@ -1,15 +1,15 @@
 """Metrics inside one process, and their merge across the processes of a node.
 
     user code ---- Counter.inc / Gauge.set / Histogram.observe ---> REGISTRY (this process)
-    worker executor ---- TaskStats (integer counts, one duration histogram per kind) ---^
+    worker executor ---- TaskStats (integer counts; durations from task_events.RAN) ----^
                                                                                          |
     node --CollectMetrics--> each worker and driver runtime --Reply(snapshot())----------+
     node: NodeMetrics.merge(its processes' snapshots, those of processes that exited)
           --> metrics_export.py turns the merged snapshot into Prometheus families
 
 Nothing is sent until the node asks (a scrape of its endpoint): between scrapes a metric costs
-its update, a dict lookup and an addition under a lock (user metrics) or a list increment (the
-runtime's own counts). A snapshot is plain msgpack data, one row per metric:
+its update, a dict lookup and an addition under a lock (user metrics) or one list increment per
+call (the runtime's own counts). A snapshot is plain msgpack data, one row per metric:
 
     [name, kind, description, tag_keys, boundaries, [[tag_values, value], ...]]
 
@@ -98,40 +98,67 @@ REGISTRY = Registry()
 
 
 class TaskStats:
-    """What a worker counts about the calls it runs: the hot path pays an increment at start,
-    one at the end and a histogram bucket increment (no lock: each worker's main thread runs
-    its calls; a threaded actor's counts may lose an increment to a race, never more)."""
+    """What a worker counts about the calls it runs. The hot path pays one integer increment
+    (finished or failed, indexed by kind: 0 task, 1 actor call; no lock: a threaded actor may
+    lose an increment to a race, never more). How long calls ran and what runs now are read when
+    the node asks, from the records task_events.py keeps anyway (RAN, RUNNING); a call's
+    duration joins the histogram at the first snapshot after it ended."""
 
     KINDS = ("task", "actor_call")
 
     def __init__(self):
-        # Per kind: [started, finished, failed]; a duration histogram per kind.
-        self.counts = [[0, 0, 0] for _ in self.KINDS]
+        self.finished = [0, 0]
+        self.failed = [0, 0]
         self.buckets = [[0] * (len(DURATION_BOUNDARIES_S) + 1) for _ in self.KINDS]
         self.duration_sum_s = [0.0 for _ in self.KINDS]
+        self._newest_folded = None  # the newest RAN record already in the histograms
 
-    def ended(self, kind: int, ok: bool, duration_s: float) -> None:
-        self.counts[kind][1 if ok else 2] += 1
-        self.buckets[kind][bisect.bisect_left(DURATION_BOUNDARIES_S, duration_s)] += 1
-        self.duration_sum_s[kind] += duration_s
+    def _fold_durations(self) -> None:
+        from pyactor._private import task_events
+        records = task_events.RAN.copy()  # one C call: safe while the main thread appends
+        first_new = 0
+        if self._newest_folded is not None:
+            # Records are in the order they ended; when the newest folded one has left the
+            # bounded deque, every record still in it is newer.
+            for i in range(len(records) - 1, -1, -1):
+                if records[i] is self._newest_folded:
+                    first_new = i + 1
+                    break
+        for i in range(first_new, len(records)):
+            record = records[i]  # (task id, name, actor id, started, decoded, ended, ...)
+            kind = record[2] is not None
+            duration_s = record[5] - record[3]
+            self.buckets[kind][bisect.bisect_left(DURATION_BOUNDARIES_S, duration_s)] += 1
+            self.duration_sum_s[kind] += duration_s
+        if records:
+            self._newest_folded = records[-1]
 
     def snapshot(self) -> list:
+        from pyactor._private import task_events
+        self._fold_durations()
+        running = [0, 0]
+        for _name, actor_id, _started in task_events.RUNNING.copy().values():
+            running[actor_id is not None] += 1
         tasks, durations = [], []
         for i, kind in enumerate(self.KINDS):
-            started, finished, failed = self.counts[i]
-            if not started:
+            if not (running[i] or self.finished[i] or self.failed[i]):
                 continue
-            tasks += [[[kind, "RUNNING"], [started - finished - failed, 0.0]],
-                      [[kind, "FINISHED"], [finished, 0.0]], [[kind, "FAILED"], [failed, 0.0]]]
-            durations.append([[kind], [list(self.buckets[i]), self.duration_sum_s[i]]])
-        if not tasks:
-            return []
-        # Their gauges add up over processes (time 0: the merge sums rows stamped 0).
-        return [["pyactor_tasks", GAUGE, "Tasks and actor calls run by this node's workers, "
-                 "by state (FINISHED and FAILED count since each worker started)",
-                 ["Kind", "State"], [], tasks],
-                ["pyactor_task_duration_seconds", HISTOGRAM, "How long tasks and actor calls "
-                 "ran in this node's workers", ["Kind"], list(DURATION_BOUNDARIES_S), durations]]
+            tasks += [[[kind, "RUNNING"], [running[i], 0.0]],
+                      [[kind, "FINISHED"], [self.finished[i], 0.0]],
+                      [[kind, "FAILED"], [self.failed[i], 0.0]]]
+            if any(self.buckets[i]):
+                durations.append([[kind], [list(self.buckets[i]), self.duration_sum_s[i]]])
+        rows = []
+        if tasks:
+            # Their gauges add up over processes (time 0: merge() sums rows stamped 0).
+            rows.append(["pyactor_tasks", GAUGE, "Tasks and actor calls run by this node's "
+                         "workers, by state (FINISHED and FAILED count since each worker "
+                         "started)", ["Kind", "State"], [], tasks])
+        if durations:
+            rows.append(["pyactor_task_duration_seconds", HISTOGRAM, "How long tasks and actor "
+                         "calls ran in this node's workers", ["Kind"],
+                         list(DURATION_BOUNDARIES_S), durations])
+        return rows
 
 
 def merge(snapshots: list[list]) -> dict[str, list]:

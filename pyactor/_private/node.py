@@ -42,6 +42,7 @@ from pyactor._private.rejections import RejectionReporter, RejectionTally, log_r
 from pyactor._private.resources import ResourceSet
 from pyactor._private.scheduler import (ClusterScheduler, LeaseRequest, LocalScheduler,
                                         NodeView, Outcome, Placement)
+from pyactor._private.state_service import NodeStateService
 from pyactor._private.worker_pool import ForkServer
 from pyactor.exceptions import ObjectLostError, ObjectStoreFullError
 
@@ -152,6 +153,9 @@ class Node:
         self.drivers: set = set()
         self.clients: dict[Any, str] = {}
         self.client_address: dict[Any, list] = {}
+        self.client_pid: dict[Any, int] = {}
+        self.state = NodeStateService(self)  # answers StateQuery (pyactor/util/state.py)
+        self.log_dir: str | None = None  # workers' output files (worker_pool.py)
         self._node_conns: dict[bytes, asyncio.Future] = {}
         self._forwarded: dict[int, tuple] = {}  # head request id -> (conn, original id)
         self._forward_ids = itertools.count(1)
@@ -178,6 +182,7 @@ class Node:
             P.PlacementGroupInfo: self._on_group_request, P.LocateBundle: self._on_group_request,
             P.ReserveBundle: self._on_reserve_bundle, P.ReturnBundles: self._on_return_bundles,
             P.BundleReserved: self._on_bundle_reserved, P.ActorDeferred: self._on_actor_deferred,
+            P.StateQuery: lambda conn, message: self.state.on_query(conn, message),
         }
         # A node of `pyactor start` logs to its own file; one started by pa.init() shares the
         # program's stderr, the user's output: there the summary needs PYACTOR_LOG_LEVEL=INFO.
@@ -192,6 +197,14 @@ class Node:
         capacity = self.config.object_store_memory or default_capacity_bytes()
         self.store_name = f"pyactor-{os.getpid()}-{self.node_id[:4].hex()}"
         self.store = ObjectStore.create(self.store_name, capacity)
+        from pyactor._private import session
+        self.log_dir = os.path.join(session.session_dir(), "logs",
+                                    f"node-{os.getpid()}-{self.node_id[:4].hex()}")
+        try:
+            os.makedirs(self.log_dir, mode=0o700, exist_ok=True)
+        except OSError as error:
+            logger.warning("workers' output goes to no log file: %s", error)
+            self.log_dir = None
         self.transfers = ObjectTransfers(self.store, self._connect_node)
         self.rejections = RejectionReporter(
             asyncio.get_running_loop(), REJECTION_LOG_INTERVAL_S,
@@ -244,6 +257,11 @@ class Node:
         if self.store is not None:
             self.store.destroy()
             self.store = None
+        if self.config.embedded and self.log_dir:
+            # A node of pa.init() lives as long as its program: its workers' logs go with it
+            # (`pyactor start` nodes keep theirs for `pyactor logs`).
+            import shutil
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def _start_worker(self) -> WorkerRecord:
         """Ask the fork server for a worker; the pid arrives from a thread (the first fork
@@ -252,8 +270,9 @@ class Node:
         record = WorkerRecord(worker_id, 0, started_at=time.monotonic())
         self.workers[worker_id] = record
         loop = asyncio.get_running_loop()
+        env = {"PYACTOR_WORKER_LOG_DIR": self.log_dir} if self.log_dir else {}
         spawn = loop.run_in_executor(None, self.fork_server.spawn, worker_id, self.config.host,
-                                     self.server.port, {})
+                                     self.server.port, env)
 
         def spawned(future):
             if future.exception() is not None:
@@ -315,6 +334,7 @@ class Node:
             raise P.ProtocolError(f"malformed Register: {message!r}"[:200])
         self.clients[conn] = message.kind
         self.client_address[conn] = message.address
+        self.client_pid[conn] = message.pid
         if message.kind == "driver":
             self.drivers.add(conn)
         elif message.kind == "worker":
@@ -334,6 +354,7 @@ class Node:
     def _on_closed(self, conn, reason) -> None:
         kind = self.clients.pop(conn, None)
         address = self.client_address.pop(conn, None)
+        self.client_pid.pop(conn, None)
         self.drivers.discard(conn)
         self.metrics.on_closed(conn)
         if kind == "worker" and isinstance(conn.user_data, WorkerRecord):
@@ -585,7 +606,7 @@ class Node:
         head.send(P.encode(message._replace(request_id=forward_id)))
 
     def _on_reply(self, conn, message: P.Reply) -> None:
-        if self.metrics.on_reply(message):
+        if self.metrics.on_reply(message) or self.state.on_reply(message):
             return
         origin = self._forwarded.pop(message.request_id, None)
         if origin is not None:

@@ -11,7 +11,9 @@ Who sends what:
     runtime -> its node            Register, RequestLease, ReturnLease, WorkerBlocked, CreateActor,
                                    GetActor, WaitActor, KillActor, CancelTask (force), Fetch,
                                    FreeObjects, ClusterInfo, Shutdown, ConnectionsRejected
-    node -> runtime                Reply (to any request), ClusterView, Log, CollectMetrics
+    node -> runtime                Reply (to any request), ClusterView, Log, StateQuery,
+                                   CollectMetrics
+    client -> any node             StateQuery (observability: see pyactor/util/state.py)
     owner -> worker task endpoint  PushTask, ActorCall (answered by TaskDone)
     owner -> worker runtime        CancelTask, RevokeTasks
     worker -> owner                WorkerBlocking (a task waits in get), GeneratorStart,
@@ -382,6 +384,16 @@ class ReturnBundles(NamedTuple):
     pg_id: bytes
 
 
+class StateQuery(NamedTuple):
+    """Ask for observability state (state.py), answered by a Reply. To a node: 'node' (its
+    workers, its store's objects and a snapshot of each of its processes; `options` names the
+    sections), 'actors' and 'placement_groups' (the head's tables; other nodes forward). To a
+    runtime, from its node: 'process' (its tasks, references, memory: process_state.py)."""
+    request_id: int
+    what: str
+    options: dict
+
+
 class CollectMetrics(NamedTuple):
     """Node to a runtime (worker or driver): answered by a Reply carrying the process's metrics
     snapshot (see _private/metrics.py), when the node's metrics endpoint is scraped."""
@@ -396,7 +408,7 @@ _KINDS: list[type] = [
     ActorProcessDied, KillActorProcess, OwnerExited, ConnectionsRejected,
     GeneratorStart, GeneratorItem, GeneratorAck,
     CreatePlacementGroup, RemovePlacementGroup, PlacementGroupInfo, LocateBundle, ReserveBundle,
-    BundleReserved, ReturnBundles, ActorDeferred, CollectMetrics,
+    BundleReserved, ReturnBundles, ActorDeferred, StateQuery, CollectMetrics,
 ]
 KIND_OF: dict[type, int] = {cls: i for i, cls in enumerate(_KINDS)}
 _ARITY = [len(cls._fields) for cls in _KINDS]

@@ -49,6 +49,8 @@ from pyactor._private.object_ref import ObjectRef
 from pyactor._private.rejections import RejectionReporter, RejectionTally
 from pyactor._private.references import (FAILED, PENDING, READY, CountdownWaiter, ObjectEntry,
                                          ReferenceTable)
+from pyactor._private.task_events import (CANCELLED, FAILED as TASK_FAILED, FINISHED_OK,
+                                          now as _now, record_finished)
 from pyactor._private.task_spec import TaskSpec
 from pyactor._private.task_submitter import TaskSubmitter, retry_on_error
 from pyactor.exceptions import (GetTimeoutError, ObjectLostError, PyActorError,
@@ -99,6 +101,7 @@ class Runtime:
             P.WorkerBlocking: self.tasks.on_worker_blocking,
             P.CancelTask: self._on_cancel_task,
             P.ClusterView: self._on_cluster_view,
+            P.StateQuery: self._on_state_query,
             P.CollectMetrics: self._on_collect_metrics,
         }
         self.nodes: dict[bytes, list] = {}  # node_id -> [address, alive], from the node
@@ -265,6 +268,16 @@ class Runtime:
         if not self.closed:
             for queue in self.tasks.queues.values():
                 self.tasks.fail_queued(queue)
+
+    def _on_state_query(self, conn, message: P.StateQuery) -> None:
+        """The node asks what this process knows, for the state API (process_state.py)."""
+        from pyactor._private import process_state
+        try:
+            value, error = process_state.snapshot(self, message.options), None
+        except Exception as failure:  # noqa: BLE001 - the asker gets the reason
+            logger.exception("state query failed")
+            value, error = None, ["PyActorError", f"state query failed: {failure}"]
+        conn.send(P.encode(P.Reply(message.request_id, value, error)))
 
     def _report_rejections(self, tally: RejectionTally) -> None:
         if self.node_conn is not None:
@@ -774,6 +787,7 @@ class Runtime:
         def one_ready(_entry):
             remaining[0] -= 1
             if remaining[0] == 0:
+                spec.args_ready_at = _now()
                 self._waiting_deps.pop(spec.task_id, None)
                 if not spec.cancelled:
                     then(spec)
@@ -823,6 +837,9 @@ class Runtime:
                 if len(ret) > 3 and ret[3]:
                     entry.contained = self.adopt_refs(ret[3])
             refs.unpin_task(entry)
+        record_finished((spec.task_id, spec.name, spec.actor, spec.submitted_at,
+                         spec.args_ready_at, _now(), FINISHED_OK if error is None else
+                         CANCELLED if spec.cancelled else TASK_FAILED, error, spec.attempt))
         self._keep_lineage(spec, error is None and any(
             ret[0] == P.VALUE_IN_STORE for ret in returns))
 
@@ -863,6 +880,9 @@ class Runtime:
         if resolved is None:  # already settled elsewhere, pin included
             return True
         self.refs.unpin_task(entry)
+        record_finished((spec.task_id, spec.name, spec.actor, spec.submitted_at,
+                         spec.args_ready_at, _now(), FINISHED_OK if done.error is None
+                         else TASK_FAILED, done.error, spec.attempt))
         self._keep_lineage(spec, node_id is not None)
         return True
 

@@ -467,6 +467,34 @@ class ObjectStore:
                 "pin_count": out.pin_count, "creator_client": out.creator_client,
                 "offset": out.offset, "size": out.size, "alloc_bytes": out.alloc_bytes}
 
+    def list_objects(self) -> list[dict]:
+        """Every object in the store with its size, state, creator and who pins it
+        (`pins`: pid -> pin count): what `pyactor memory` shows (state.py). Not a hot path."""
+        count = ffi.new("uint64_t *")
+        capacity = 1024
+        while True:
+            rows = ffi.new("pa_listed[]", capacity)
+            code = lib.pa_list_objects(self._handle, rows, capacity, count)
+            if code:
+                raise _error(code, "list_objects")
+            if count[0] <= capacity:
+                break
+            capacity = int(count[0]) + 256  # objects were added meanwhile: room for more
+        objects: list[dict] = []
+        for i in range(count[0]):
+            row = rows[i]
+            if row.pin_pid == -1:
+                objects.append({"object_id": bytes(ffi.buffer(row.id, OBJECT_ID_SIZE)),
+                                "state": ObjectState(row.state).name,
+                                "evictable": bool(row.flags & lib.PA_FLAG_EVICTABLE),
+                                "size": row.size, "alloc_bytes": row.alloc_bytes,
+                                "pin_count": row.pin_count, "creator_pid": row.creator_pid,
+                                "pins": {}})
+            elif objects:
+                pins = objects[-1]["pins"]
+                pins[row.pin_pid] = pins.get(row.pin_pid, 0) + row.pins
+        return objects
+
     def debug_heap(self) -> list[tuple[int, int, bool]]:
         """Every heap block as (offset from heap start, size, is_free), in address order."""
         size = 1 << 16

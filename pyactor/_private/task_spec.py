@@ -14,6 +14,7 @@ from typing import Any
 from pyactor._private import serialization
 from pyactor._private.direct import ROUTE_OPEN
 from pyactor._private.protocol import VALUE_INLINE, VALUE_REF
+from pyactor._private.task_events import now as _now
 
 
 class TaskSpec:
@@ -21,7 +22,7 @@ class TaskSpec:
                  "has_ref_args", "held_refs", "num_returns", "entries", "demand",
                  "scheduling_key", "retries_left", "retry_exceptions", "actor", "method",
                  "cancelled", "lease", "attempt", "namespace", "route", "placement",
-                 "job_id")
+                 "job_id", "submitted_at", "args_ready_at")
 
     def __init__(self):
         self.held_refs: list = []  # ObjectRefs kept alive until the task finishes
@@ -32,6 +33,8 @@ class TaskSpec:
         self.actor = None
         self.method = ""
         self.route = ROUTE_OPEN  # which path sends it (direct.py)
+        self.submitted_at = _now()  # made at .remote(): the task's history (task_events.py)
+        self.args_ready_at = 0.0  # set when it had to wait for ref arguments
 
     def encode_call(self, runtime, args: tuple, kwargs: dict) -> None:
         """Encode the call's arguments (in the submitting thread), noting whether any must be

@@ -27,7 +27,6 @@ import os
 import pickle
 import signal
 import threading
-import time
 import traceback
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +42,7 @@ from pyactor._private import serialization, transport
 from pyactor._private.ids import object_id_for
 from pyactor._private.metrics import TaskStats
 from pyactor._private.streaming import StreamSender
+from pyactor._private.task_events import RUNNING, now as _now, record_ran, record_transfer
 from pyactor.exceptions import ObjectLostError, ProtocolError, TaskCancelledError, TaskError
 
 logger = logging.getLogger("pyactor.worker")
@@ -156,17 +156,23 @@ class Executor:
         return function
 
     def _invoke(self, conn, task_id, name, num_returns, owner, get_function, args, kwargs):
-        in_main = threading.get_ident() == self.main_thread_id
+        thread = threading.get_ident()
+        in_main = thread == self.main_thread_id
         self._borrows_at_start = self.runtime.borrows_started
         if in_main:
             self.current_task = task_id
-        kind = 0 if self.actor is None else 1  # TaskStats.KINDS
-        self.task_stats.counts[kind][0] += 1
-        started = time.perf_counter()
+            thread = 0
+        actor_id = self.actor_id
+        started = _now()
+        RUNNING[task_id] = (name, actor_id, started)  # task_events.py: what runs now
+        decoded = started
         try:
             function = get_function()
-            result = function(*[self._decode_arg(a) for a in args],
-                              **{k: self._decode_arg(v) for k, v in kwargs.items()})
+            call_args = [self._decode_arg(a, task_id) for a in args]
+            call_kwargs = {k: self._decode_arg(v, task_id) for k, v in kwargs.items()}
+            decoded = _now()
+            result = function(*call_args, **call_kwargs)
+            del call_args, call_kwargs  # the values may pin store objects: not beyond the call
             if type(result) is types.GeneratorType:  # a streaming call: items go one by one
                 result = StreamSender(self, task_id, owner, name).run(result)
             if in_main:
@@ -176,22 +182,33 @@ class Executor:
             if in_main:
                 self.current_task = None
                 self.children.pop(task_id, None)
-            self.task_stats.ended(kind, False, time.perf_counter() - started)
+            RUNNING.pop(task_id, None)
+            record_ran((task_id, name, actor_id, started, decoded, _now(), True, thread))
+            self.task_stats.failed[actor_id is not None] += 1  # metrics.py: index by kind
             if isinstance(error, (SystemExit, KeyboardInterrupt)) and not isinstance(
                     error, TaskCancelledError) and self.actor is None:
                 raise
             self._reply_error(conn, task_id, error, traceback.format_exc(), name)
             return
-        self.task_stats.ended(kind, True, time.perf_counter() - started)
         self._reply_result(conn, task_id, name, num_returns, owner, result)
+        RUNNING.pop(task_id, None)
+        record_ran((task_id, name, actor_id, started, decoded, _now(), False, thread))
+        self.task_stats.finished[actor_id is not None] += 1
 
-    def _decode_arg(self, arg: list) -> Any:
+    def _decode_arg(self, arg: list, task_id: bytes = b"") -> Any:
         where = arg[0]
         if where == P.VALUE_INLINE:
             return serialization.deserialize(arg[1])
         store = self.runtime.store
         if arg[2] != self.runtime.node_id:  # held by another node: copy it here first
+            started = _now()
+            present = store is not None and store.contains(arg[1])
             self.runtime.fetch_to_local(arg[1], arg[2])
+            if not present:
+                view = store.get(arg[1]) if store is not None else None
+                record_transfer((task_id, arg[1], started, _now(),
+                                 len(view) if view is not None else 0))
+                del view
         view = store.get(arg[1]) if store is not None else None
         if view is None:
             raise ObjectLostError(f"argument {arg[1].hex()} is not in this node's store")
@@ -372,12 +389,14 @@ class Executor:
 
     async def _async_call(self, conn, message: P.ActorCall) -> None:
         async with self.actor_semaphore:
-            self.task_stats.counts[1][0] += 1
-            started = time.perf_counter()
+            task_id, actor_id = message.task_id, self.actor_id
+            started = decoded = _now()
+            RUNNING[task_id] = (message.method, actor_id, started)
             try:
                 method = getattr(self.actor, message.method)
-                args = [self._decode_arg(a) for a in message.args]
-                kwargs = {k: self._decode_arg(v) for k, v in message.kwargs.items()}
+                args = [self._decode_arg(a, task_id) for a in message.args]
+                kwargs = {k: self._decode_arg(v, task_id) for k, v in message.kwargs.items()}
+                decoded = _now()
                 result = method(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
@@ -388,15 +407,20 @@ class Executor:
                     result = StreamSender(self, message.task_id, message.owner,
                                           message.method).run(result)
             except BaseException as error:  # noqa: BLE001
-                self.task_stats.ended(1, False, time.perf_counter() - started)
                 if isinstance(error, asyncio.CancelledError):
                     error = TaskCancelledError(f"actor call {message.method} was cancelled")
+                RUNNING.pop(task_id, None)
+                record_ran((task_id, message.method, actor_id, started, decoded, _now(), True,
+                            0))
+                self.task_stats.failed[1] += 1
                 self._reply_error(conn, message.task_id, error, traceback.format_exc(),
                                   message.method)
                 return
-            self.task_stats.ended(1, True, time.perf_counter() - started)
         self._reply_result(conn, message.task_id, message.method, message.num_returns,
                            message.owner, result)
+        RUNNING.pop(task_id, None)
+        record_ran((task_id, message.method, actor_id, started, decoded, _now(), False, 0))
+        self.task_stats.finished[1] += 1
 
 
 def _split_returns(result: Any, num_returns: int, name: str) -> list:

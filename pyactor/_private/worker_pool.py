@@ -179,6 +179,8 @@ class OutputForwarder:
             self.pipes[read_fd] = stream
         sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
         sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+        from pyactor._private.worker_logs import open_worker_logs
+        self.files = open_worker_logs(os.getpid())  # stream -> its log file (worker_logs.py)
 
     def start(self) -> None:
         threading.Thread(target=self._pump, name="pyactor-output", daemon=True).start()
@@ -194,6 +196,9 @@ class OutputForwarder:
                 if not chunk:
                     open_fds.remove(fd)
                     continue
+                log_file = self.files.get(self.pipes[fd])
+                if log_file is not None:
+                    log_file.write(chunk)
                 data = partial[fd] + chunk
                 *lines, partial[fd] = data.split(b"\n")
                 if lines:
