@@ -1,9 +1,12 @@
 """The dashboard (`pyactor start --head --dashboard-port`): the token guards every route, the
 link sets a cookie and drops the token from the URL, the JSON API shows the cluster, kill and
-cancel work for token holders only, and RL runs and Tune experiments are listed with curves."""
+cancel work for token holders only, RL runs and Tune experiments are listed with curves, and in
+a real browser (headless Chromium) the page shows the node, an actor and growing task counts,
+saved as test-artifacts/dashboard.png."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -16,10 +19,12 @@ from pyactor.exceptions import TaskCancelledError
 aiohttp = pytest.importorskip("aiohttp")
 from pyactor.dashboard import auth  # noqa: E402
 
+from tests.chromium import HeadlessChromium, find_chromium  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402
 from tests.dashboard_cluster import browser_session, head_with_dashboard, request  # noqa: E402
 
 pytestmark = pytest.mark.slow
+ARTIFACTS = os.path.join(os.path.dirname(__file__), os.pardir, "test-artifacts")
 
 GET_ROUTES = ["/", "/static/index.html", "/static/app.js", "/static/style.css", "/api/cluster",
               "/api/nodes", "/api/actors", "/api/tasks", "/api/objects", "/api/workers",
@@ -224,3 +229,38 @@ def test_import_pyactor_loads_neither_the_dashboard_nor_its_web_library():
                         "print(sorted(m for m in sys.modules if m.startswith(('aiohttp', "
                         "'pyactor.dashboard', 'prometheus_client'))))")
     assert result.stdout.strip() == "[]", result.stderr
+
+
+async def test_in_a_browser_a_person_sees_the_node_an_actor_and_task_counts_grow(cluster):
+    """Chromium opens the printed link: the token leaves the address bar, and the page shows
+    the head node, the named actor with its class, and a finished-task count that is higher on
+    a second load (by the cookie alone) after more tasks ran; a screenshot is kept."""
+    chromium = find_chromium()
+    actor = DashCounter.options(name="browser-actor").remote()
+    assert await actor.add.remote(2) == 2
+    await asyncio.gather(*[square.remote(i) for i in range(5)])
+    node_id = (await asyncio.to_thread(pa.nodes))[0]["NodeID"]
+    loaded = "document.body.dataset.loaded === '1'"
+    async with HeadlessChromium(chromium) as browser:
+        await browser.goto(cluster.link)
+        await browser.wait_for(loaded)
+        assert await browser.evaluate("location.href") == cluster.base + "/"
+        nodes = await browser.text("nodes-table")
+        assert node_id[:12] in nodes and "alive" in nodes
+        actors = await browser.text("actors-table")
+        assert "browser-actor" in actors and "DashCounter" in actors
+        finished_before = int(await browser.text("tasks-finished"))
+        assert finished_before >= 6
+
+        await asyncio.gather(*[square.remote(i) for i in range(20)])
+        opener = browser_session(cluster)
+        assert await asyncio.to_thread(wait_until, lambda: _get(opener, cluster.base, (
+            "/api/cluster"))["tasks"].get("FINISHED", 0) >= finished_before + 20, 15)
+        await browser.goto(cluster.base + "/")
+        await browser.wait_for(loaded)
+        assert int(await browser.text("tasks-finished")) >= finished_before + 20
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        screenshot = os.path.join(ARTIFACTS, "dashboard.png")
+        await browser.screenshot(screenshot)
+        assert os.path.getsize(screenshot) > 10_000
+    await asyncio.to_thread(pa.kill, actor)

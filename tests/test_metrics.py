@@ -6,7 +6,7 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pyactor as pa
@@ -60,6 +60,7 @@ def test_histogram_counts_each_value_into_its_bucket():
     assert row[5] == [[[], [[2, 2, 1], 24.5]]]
 
 
+@settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.integers(1, 5)), max_size=20),
        st.integers(1, 4))
 def test_merge_of_split_snapshots_equals_the_whole(increments, parts):

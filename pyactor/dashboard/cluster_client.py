@@ -30,12 +30,14 @@ class ClusterClient:
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
 
-    async def _connect(self, address: tuple) -> transport.Connection:
+    async def _connect(self, address: tuple, node: bool = True) -> transport.Connection:
         conn = self._conns.get(address)
         if conn is not None and not conn.closed:
             return conn
         conn = await transport.connect(address[0], address[1], self.token, self._on_message)
-        conn.send(P.encode(P.Register(next(self._ids), "cli", os.getpid(), b"", ["", 0], "", [])))
+        if node:  # a node wants to know who calls; a runtime (a task's owner) does not
+            conn.send(P.encode(P.Register(next(self._ids), "cli", os.getpid(), b"", ["", 0],
+                                          "", [])))
         self._conns[address] = conn
         return conn
 
@@ -76,7 +78,7 @@ class ClusterClient:
 
     async def cancel_task(self, task_id: bytes, owner_address: list, force: bool) -> None:
         """Ask the task's owner to cancel it (as a borrower would); the owner answers nothing."""
-        conn = await self._connect((owner_address[0], int(owner_address[1])))
+        conn = await self._connect((owner_address[0], int(owner_address[1])), node=False)
         conn.send(P.encode(P.CancelTask(task_id, force, b"", True)))
 
     def close(self) -> None:

@@ -132,10 +132,11 @@ async function refreshNodes() {
   ], nodes);
 }
 
-async function refreshState(kind, preferred, actions) {
+async function refreshState(kind, preferred, actions, newestFirst) {
   const error = document.getElementById(`${kind}-error`);
   try {
     const rows = await getJSON(`/api/${kind}?limit=100`);
+    if (newestFirst) rows.reverse();  // the state API lists tasks oldest first
     fillTable(`${kind}-table`, columnsOf(rows, preferred), rows, actions);
     error.textContent = "";
   } catch (e) {
@@ -179,15 +180,15 @@ async function refresh() {
   const parts = [
     refreshCluster(), refreshNodes(), refreshThroughput(), refreshRuns(),
     refreshState("actors", ["actor_id", "class_name", "name", "state", "node_id", "pid",
-                            "num_restarts"],
+                            "restarts", "error"],
                  (a) => (a.state === "DEAD" ? [] : [["kill", () => post(
                    `/api/actors/${a.actor_id}/kill`)]])),
-    refreshState("tasks", ["task_id", "name", "func_or_class_name", "state", "type", "node_id",
-                           "worker_pid", "duration_s", "error_type"],
+    refreshState("tasks", ["task_id", "func_or_class_name", "state", "type", "node_id", "pid",
+                           "duration_s", "error"],
                  (t) => (["FINISHED", "FAILED", "CANCELLED"].includes(t.state) ? [] :
-                         [["cancel", () => post(`/api/tasks/${t.task_id}/cancel`)]])),
-    refreshState("objects", ["object_id", "size_bytes", "location", "owner_pid", "node_id",
-                             "reference_type", "call_site"]),
+                         [["cancel", () => post(`/api/tasks/${t.task_id}/cancel`)]]), true),
+    refreshState("objects", ["object_id", "state", "size_bytes", "location", "node_id",
+                             "owner_pid", "task_id"]),
   ];
   const results = await Promise.allSettled(parts);
   const failed = results.filter((r) => r.status === "rejected");
