@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h) pyactor/_private/store_build.py
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean chromium
 
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,13 @@ run: $(STAMP)
 	$(BIN)/python -m pyactor.cli rl train --algo PPO --env CartPole-v1 --seed 0 \
 		--stop '{"episode_return_mean": 475, "env_steps_total": 300000}'
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
+
+# The dashboard's browser test needs headless Chromium: installed from the system packages only
+# when no Chromium binary is found (the script says why when it cannot; the test then skips).
+chromium:
+	@sh scripts/install_chromium.sh
 
 bench: $(STAMP)
 	$(BIN)/python bench/store_bench.py

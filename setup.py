@@ -19,4 +19,5 @@ for name, folder in MAPPED.items():
     packages += mapped_packages(name, folder)
 
 setup(packages=packages, package_dir=MAPPED,
+      package_data={"pyactor.dashboard": ["static/*"]},  # the page, served as it is
       cffi_modules=["pyactor/_private/store_build.py:ffibuilder"])

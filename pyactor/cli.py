@@ -5,6 +5,7 @@
     pyactor --version; pyactor COMMAND --help
     pyactor status [--address HOST:PORT] [--token T]
     pyactor stop
+    pyactor dashboard [--address HOST:PORT] [--port 8265]   (see pyactor/dashboard/)
     pyactor microbenchmark [--quick] [--json]
     pyactor list actors|tasks|objects|nodes|workers|placement-groups [--filter K=V] [--json]
     pyactor summary tasks|actors|objects; pyactor memory; pyactor logs ACTOR_OR_PID [--follow]
@@ -72,15 +73,28 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--logging-level", default=None, metavar="LEVEL",
                        help="level of the node's and its workers' log lines (DEBUG, INFO, "
                        "WARNING...; default WARNING)")
+    start.add_argument("--metrics-export-port", type=int, default=0, metavar="PORT",
+                       help="port of this node's Prometheus endpoint (default: any free port; "
+                       "-1: none); `pyactor status` lists it. Needs pyactor[metrics]")
+    start.add_argument("--dashboard-port", type=int, default=None, metavar="PORT",
+                       help="with --head: also serve the dashboard on this port of 127.0.0.1 "
+                       "(see `pyactor dashboard`); stopped by `pyactor stop`")
 
     status = commands.add_parser("status", help="show nodes, resources, actors, store use",
                                  description="Show the nodes of a cluster, their resources, "
                                  "actors, workers and object store use.")
-    status.add_argument("--address", default=None, metavar="HOST:PORT",
-                        help="the cluster's head (default: the cluster started on this host)")
-    status.add_argument("--token", default=None,
-                        help="cluster token (default: $PYACTOR_TOKEN, or the one recorded on "
-                        "this host)")
+    add_cluster_options(status)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="serve the web dashboard of a cluster (prints its link)",
+        description="Serve a live web page of the cluster (nodes, store, actors, tasks, "
+        "throughput, RL runs and Tune experiments) and its JSON API, until Ctrl-C. It needs "
+        "the cluster token: the printed link carries it once. Needs pyactor[dashboard].")
+    add_cluster_options(dashboard)
+    dashboard.add_argument("--port", type=int, default=8265,
+                           help="port to serve on (default 8265; 0: any free port)")
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to bind (default 127.0.0.1: this host only)")
 
     commands.add_parser("stop", help="stop the nodes started on this host",
                         description="Stop every node `pyactor start` started on this host.")
@@ -105,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """--address and --token of a command that talks to a running cluster."""
+    parser.add_argument("--address", default=None, metavar="HOST:PORT",
+                        help="the cluster's head (default: the cluster started on this host)")
+    parser.add_argument("--token", default=None,
+                        help="cluster token (default: $PYACTOR_TOKEN, or the one recorded on "
+                        "this host)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -124,7 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("list", "summary", "memory", "logs"):
         from pyactor import state_cli
         return state_cli.main(args)
-    return {"start": cmd_start, "status": cmd_status, "stop": cmd_stop}[args.command](args)
+    return {"start": cmd_start, "status": cmd_status, "stop": cmd_stop,
+            "dashboard": cmd_dashboard}[args.command](args)
+
+
+def cmd_dashboard(args) -> int:
+    resolved = resolve_cluster(args.address, args.token)
+    if isinstance(resolved, int):
+        return resolved
+    from pyactor.dashboard import launch
+    return launch.serve_foreground(resolved[0], resolved[1], args.host, args.port)
 
 
 def cmd_tune(argv: list[str]) -> int:
@@ -152,6 +184,10 @@ def cmd_start(args) -> int:
         except ValueError as error:
             print(f"--logging-level: {error}", file=sys.stderr)
             return 2
+    if args.dashboard_port is not None and not args.head:
+        print("--dashboard-port goes with --head (the dashboard runs beside the head)",
+              file=sys.stderr)
+        return 2
     if args.head:
         token_hex = os.urandom(32).hex()
         head_address = None
@@ -180,7 +216,8 @@ def cmd_start(args) -> int:
               "object_store_memory": args.object_store_memory, "embedded": False,
               "head_address": head_address,
               "spill_dir": os.path.abspath(args.spill_dir) if args.spill_dir else None,
-              "spill_limit_bytes": args.spill_limit_bytes}
+              "spill_limit_bytes": args.spill_limit_bytes,
+              "metrics_port": None if args.metrics_export_port < 0 else args.metrics_export_port}
     # A log of its own from the first line: a node that fails to start (its port is taken by a
     # running head, say) must not write into the running node's log.
     log_fd, starting_log = tempfile.mkstemp(prefix=f"node-{port}-", suffix=".starting.log",
@@ -207,6 +244,12 @@ def cmd_start(args) -> int:
                         ready.get("store_name", ""), ready.get("spill_dir", ""))
     if args.head:
         session.write_cluster_address(address, token_hex)
+        dashboard = ""
+        if args.dashboard_port is not None:
+            from pyactor.dashboard import launch
+            # On loopback whatever the node binds: `pyactor dashboard --host` exposes it.
+            dashboard = "\n  " + launch.start_in_background(address, token_hex, "127.0.0.1",
+                                                             args.dashboard_port)
         print(f"Started the head node at {address} (pid {process.pid}).\n"
               f"  token:  {token_hex}\n"
               f"  join another node:  pyactor start --address {address} --token {token_hex}\n"
@@ -214,7 +257,7 @@ def cmd_start(args) -> int:
               f"PYACTOR_TOKEN={token_hex}\n"
               f"                      (or pa.init(address=\"auto\") on this host)\n"
               f"  log:    {log}\n"
-              f"  stop:   pyactor stop")
+              f"  stop:   pyactor stop{dashboard}")
     else:
         print(f"Started a node at {address} (pid {process.pid}), joined {head_address}.\n"
               f"  log:    {log}")
@@ -232,8 +275,9 @@ def _start_failure(log_path: str, port: int) -> str:
     return cause
 
 
-def cmd_status(args) -> int:
-    address, token = args.address, args.token
+def resolve_cluster(address: str | None, token: str | None) -> tuple[str, bytes] | int:
+    """The cluster's address and token from the options, $PYACTOR_TOKEN or the files `pyactor
+    start --head` wrote; or the exit code after printing what is missing."""
     source = "--token"
     if not token:
         token, source = os.environ.get("PYACTOR_TOKEN"), "$PYACTOR_TOKEN"
@@ -250,10 +294,17 @@ def cmd_status(args) -> int:
         print("pass the cluster token with --token or $PYACTOR_TOKEN", file=sys.stderr)
         return 2
     try:
-        token_bytes = session.parse_token(token, source)
+        return address, session.parse_token(token, source)
     except AuthenticationError as error:
         print(error, file=sys.stderr)
         return 2
+
+
+def cmd_status(args) -> int:
+    resolved = resolve_cluster(args.address, args.token)
+    if isinstance(resolved, int):
+        return resolved
+    address, token_bytes = resolved
     try:
         nodes = asyncio.run(_ask_status(address, token_bytes))
     except ConnectionRefusedError:
@@ -263,6 +314,9 @@ def cmd_status(args) -> int:
         print(f"could not reach the cluster at {address}: {error}", file=sys.stderr)
         return 1
     print(format_status(address, nodes))
+    for record in session.recorded_nodes():  # started here by --dashboard-port
+        if record.get("kind") == "dashboard":
+            print(f"  dashboard  http://{record['address']}/?token=<the cluster token>")
     return 0
 
 
@@ -300,6 +354,8 @@ def format_status(address: str, nodes: list[dict]) -> str:
         lines.append(f"    spilled    {store.get('spilled_bytes', 0) / 2**20:,.1f} MiB on disk, "
                      f"{store.get('spilled_objects', 0)} objects ({store.get('spills', 0)} "
                      f"spills, {store.get('restores', 0)} restores so far)")
+        if node.get("MetricsExportURL"):
+            lines.append(f"    metrics    {node['MetricsExportURL']}")
     return "\n".join(lines)
 
 
@@ -321,7 +377,7 @@ def cmd_stop(args) -> int:
             os.kill(pid, signal.SIGCONT)  # a stopped (SIGSTOP) node could not act on it
         except ProcessLookupError:
             continue
-        stopped += 1
+        stopped += node.get("kind", "node") == "node"
     deadline = time.monotonic() + 10
     for node in nodes:
         while _alive(node["pid"]) and time.monotonic() < deadline:
@@ -340,6 +396,8 @@ def cmd_stop(args) -> int:
         if node.get("spill_dir") and not _alive(node["pid"]):  # its spilled objects too
             shutil.rmtree(node["spill_dir"], ignore_errors=True)
     session.forget_nodes()
+    from pyactor._private import run_registry
+    run_registry.forget_runs()  # the dashboard's list of runs belongs to the session
     print(f"stopped {stopped} node(s)")
     return 0
 

@@ -16,6 +16,8 @@ import os
 import time
 from typing import Any
 
+from pyactor._private import run_registry
+
 DEFAULT_ROOT = "~/pyactor_results"
 
 
@@ -29,6 +31,7 @@ def make_run_dir(root: str | None, algo: str, env: str) -> str:
         n += 1
         path = f"{base}_{n}"
     os.makedirs(path)
+    run_registry.register_run("rl", path)  # the dashboard lists the session's runs
     return path
 
 

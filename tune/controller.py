@@ -26,6 +26,7 @@ import shutil
 import time
 import uuid
 
+from pyactor._private import run_registry
 from pyactor.exceptions import ActorDiedError, WorkerCrashedError
 from pyactor.tune import experiment_state
 from pyactor.tune.actor_pool import TrialActorPool
@@ -109,6 +110,7 @@ class TuneController:
             timer = asyncio.get_running_loop().call_later(remaining, self._stop_all,
                                                           "time_budget")
         os.makedirs(self.experiment_dir, exist_ok=True)
+        run_registry.register_run("tune", self.experiment_dir)  # the dashboard lists it
         self._writer = FileWriter(on_idle=self._logs.flush)
         self.save_state(now=True)
         if self.progress is not None:

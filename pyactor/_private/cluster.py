@@ -82,6 +82,7 @@ class NodeInfo:
     store: dict = field(default_factory=dict)  # store stats, for `pyactor status`
     actors: int = 0
     workers: int = 0
+    metrics_url: str = ""  # its Prometheus endpoint, or why it has none ("" when not asked)
     conn: Any = None  # head side: the member's connection
     last_heartbeat: float = 0.0
     died_at: float = 0.0  # head side: when it was declared dead (monotonic)
@@ -90,12 +91,13 @@ class NodeInfo:
 
     def wire(self) -> list:
         return [self.node_id, self.address, self.total, self.available, self.alive,
-                self.is_head, self.store, self.actors, self.workers]
+                self.is_head, self.store, self.actors, self.workers, self.metrics_url]
 
     @classmethod
     def from_wire(cls, fields: list) -> "NodeInfo":
-        node_id, address, total, available, alive, is_head, store, actors, workers = fields
-        return cls(node_id, address, total, available, alive, is_head, store, actors, workers)
+        node_id, address, total, available, alive, is_head, store, actors, workers, metrics = fields
+        return cls(node_id, address, total, available, alive, is_head, store, actors, workers,
+                   metrics)
 
 
 class Membership:

@@ -37,6 +37,8 @@ from pyactor._private import transport
 from pyactor._private.actor_directory import ActorDirectory
 from pyactor._private.cluster import Membership, NodeInfo
 from pyactor._private.ids import new_node_id, new_worker_id
+from pyactor._private.metrics import to_snapshot
+from pyactor._private.metrics_export import NodeMetrics, start_endpoint
 from pyactor._private.object_transfer import ObjectTransfers
 from pyactor._private.placement_groups import (PlacementGroupTable, bundle_offer,
                                                is_any_group_work, is_group_work)
@@ -68,6 +70,9 @@ class NodeConfig:
     spill_limit_bytes: int | None = None  # most bytes on disk at once; None: up to 95% full
     embedded: bool = True  # stops when its stdin closes
     head_address: str | None = None  # HOST:PORT of the head to join; None for a head
+    # Port of the Prometheus endpoint (0: any free one); None: $PYACTOR_METRICS_EXPORT_PORT
+    # when set, else no endpoint (a pa.init() node does not pay for one unless asked).
+    metrics_port: int | None = None
 
 
 def detect_gpu_ids() -> list[int]:
@@ -199,6 +204,9 @@ class Node:
         # A node of `pyactor start` logs to its own file; one started by pa.init() shares the
         # program's stderr, the user's output: there the summary needs PYACTOR_LOG_LEVEL=INFO.
         self.rejections: RejectionReporter | None = None
+        self.metrics = NodeMetrics(self)
+        self.metrics_endpoint = None
+        self.metrics_url = ""  # the endpoint's URL, or why there is none, for `pyactor status`
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -225,6 +233,12 @@ class Node:
                                             self._on_message, on_close=self._on_closed,
                                             on_reject=self.rejections.add)
         self.address = [self.config.host, self.server.port]
+        metrics_port = self.config.metrics_port
+        if metrics_port is None and os.environ.get("PYACTOR_METRICS_EXPORT_PORT"):
+            metrics_port = int(os.environ["PYACTOR_METRICS_EXPORT_PORT"])
+        if metrics_port is not None:
+            self.metrics_endpoint, self.metrics_url = start_endpoint(self, self.config.host,
+                                                                     metrics_port)
         if self.is_head:
             self.directory = ActorDirectory(nodes=self._node_views, host=self._host_on,
                                             kill_process=self._kill_actor_on, reply=self._reply,
@@ -261,6 +275,8 @@ class Node:
             self.server.close()
         if self.spiller is not None:
             self.spiller.close()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
         if self.store is not None:
             self.store.destroy()
             self.store = None
@@ -368,6 +384,7 @@ class Node:
         address = self.client_address.pop(conn, None)
         self.client_pid.pop(conn, None)
         self.drivers.discard(conn)
+        self.metrics.on_closed(conn)
         if kind == "worker" and isinstance(conn.user_data, WorkerRecord):
             self._worker_died(conn.user_data, reason)
         for lease in [l for l in self.leases.values() if l.conn is conn]:
@@ -656,7 +673,7 @@ class Node:
         head.send(P.encode(message._replace(request_id=forward_id)))
 
     def _on_reply(self, conn, message: P.Reply) -> None:
-        if self.state.on_reply(message):
+        if self.metrics.on_reply(message) or self.state.on_reply(message):
             return
         origin = self._forwarded.pop(message.request_id, None)
         if origin is not None:
@@ -839,7 +856,7 @@ class Node:
         return NodeInfo(self.node_id, self.address, self.scheduler.total(),
                         self.scheduler.available(), True, self.is_head,
                         {**dataclasses.asdict(stats), **self.spiller.stats()}, actors,
-                        len(self.workers))
+                        len(self.workers), self.metrics_url)
 
     def _node_views(self) -> list[NodeView]:
         return [NodeView(info.node_id.hex(), ResourceSet.from_dict(info.total),
@@ -971,6 +988,12 @@ class Node:
             _kill(worker.pid)
 
     def _on_cluster_info(self, conn, message: P.ClusterInfo) -> None:
+        if message.what == "metrics":  # this node's merged metrics (the dashboard's source)
+            async def answer():
+                merged = await self.metrics.collect()
+                self._reply(conn, message.request_id, to_snapshot(merged))
+            asyncio.get_running_loop().create_task(answer())
+            return
         nodes = self.membership.all_nodes()
         if message.what == "resources":
             value = _sum_resources(info.total for info in nodes if info.alive)
@@ -982,6 +1005,7 @@ class Node:
                 "NodeManagerAddress": info.address[0], "NodeManagerPort": info.address[1],
                 "Resources": info.total, "Available": info.available,
                 "ObjectStore": info.store, "Workers": info.workers, "Actors": info.actors,
+                "MetricsExportURL": info.metrics_url,
             } for info in nodes]
         self._reply(conn, message.request_id, value)
 

@@ -11,7 +11,8 @@ Who sends what:
     runtime -> its node            Register, RequestLease, ReturnLease, WorkerBlocked, CreateActor,
                                    GetActor, WaitActor, KillActor, CancelTask (force), Fetch,
                                    MakeRoom, FreeObjects, ClusterInfo, Shutdown, ConnectionsRejected
-    node -> runtime                Reply (to any request), ClusterView, Log, StateQuery
+    node -> runtime                Reply (to any request), ClusterView, Log, StateQuery,
+                                   CollectMetrics
     client -> any node             StateQuery (observability: see pyactor/util/state.py)
     owner -> worker task endpoint  PushTask, ActorCall (answered by TaskDone)
     owner -> worker runtime        CancelTask, RevokeTasks
@@ -192,7 +193,7 @@ class RemoveBorrower(NamedTuple):
 
 class ClusterInfo(NamedTuple):
     request_id: int
-    what: str  # 'resources', 'available', 'nodes', 'status'
+    what: str  # 'resources', 'available', 'nodes', 'status', 'metrics' (this node's)
 
 
 class Log(NamedTuple):
@@ -423,6 +424,12 @@ class StateQuery(NamedTuple):
     options: dict
 
 
+class CollectMetrics(NamedTuple):
+    """Node to a runtime (worker or driver): answered by a Reply carrying the process's metrics
+    snapshot (see _private/metrics.py), when the node's metrics endpoint is scraped."""
+    request_id: int
+
+
 _KINDS: list[type] = [
     Register, Reply, RequestLease, ReturnLease, WorkerBlocked, PushTask, ActorCall, TaskDone,
     CancelTask, CreateActor, StartActor, GetActor, KillActor, WaitActor, FreeObjects, GetObject,
@@ -432,7 +439,7 @@ _KINDS: list[type] = [
     GeneratorStart, GeneratorItem, GeneratorAck,
     CreatePlacementGroup, RemovePlacementGroup, PlacementGroupInfo, LocateBundle, ReserveBundle,
     BundleReserved, ReturnBundles, ActorDeferred, ViewDelta, ViewSnapshot, PullView, MakeRoom,
-    StateQuery,
+    StateQuery, CollectMetrics,
 ]
 KIND_OF: dict[type, int] = {cls: i for i, cls in enumerate(_KINDS)}
 _ARITY = [len(cls._fields) for cls in _KINDS]

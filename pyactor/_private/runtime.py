@@ -109,6 +109,7 @@ class Runtime:
             P.CancelTask: self._on_cancel_task,
             P.ClusterView: self._on_cluster_view,
             P.StateQuery: self._on_state_query,
+            P.CollectMetrics: self._on_collect_metrics,
         }
         self.nodes: dict[bytes, list] = {}  # node_id -> [address, alive], from the node
         self._watched_borrowers: set[tuple] = set()  # see add_borrower
@@ -982,6 +983,11 @@ class Runtime:
                 died.append(node_id)
             self.nodes[node_id] = [address, alive]
         return died
+
+    def _on_collect_metrics(self, conn, message: P.CollectMetrics) -> None:
+        from pyactor._private.metrics import process_snapshot
+        conn.send(P.encode(P.Reply(message.request_id,
+                                   process_snapshot(getattr(self, "executor", None)), None)))
 
     def _on_cluster_view(self, conn, message: P.ClusterView) -> None:
         for node_id in self._update_nodes(message.nodes):

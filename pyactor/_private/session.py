@@ -48,10 +48,12 @@ def read_cluster_address() -> dict | None:
 
 
 def record_node(pid: int, address: str, head: bool, log_path: str, node_id: str = "",
-                store_name: str = "", spill_dir: str = "") -> None:
+                store_name: str = "", spill_dir: str = "", kind: str = "node") -> None:
+    """Record a process `pyactor stop` stops: a node, or (kind 'dashboard') a dashboard."""
     nodes = _read(_path("nodes.json"), [])
     nodes.append({"pid": pid, "address": address, "head": head, "log": log_path,
-                  "node_id": node_id, "store_name": store_name, "spill_dir": spill_dir})
+                  "node_id": node_id, "store_name": store_name, "spill_dir": spill_dir,
+                  "kind": kind})
     _write_private(_path("nodes.json"), nodes)
 
 

@@ -40,6 +40,7 @@ from pyactor._private import api
 from pyactor._private import protocol as P
 from pyactor._private import serialization, transport
 from pyactor._private.ids import object_id_for
+from pyactor._private.metrics import TaskStats
 from pyactor._private.streaming import StreamSender
 from pyactor._private.task_events import RUNNING, now as _now, record_ran, record_transfer
 from pyactor.exceptions import (ObjectLostError, ProtocolError, RuntimeEnvSetupError,
@@ -82,6 +83,7 @@ class Executor:
         self.actor_restarts = 0
         # Set when this worker's runtime_env could not be set up: its work fails with it.
         self.runtime_env_error: str | None = None
+        self.task_stats = TaskStats()  # read by the node's metrics endpoint, on request
         runtime.executor = self
         self.main_thread_id = threading.get_ident()
         self._blocked_depth = 0
@@ -192,6 +194,7 @@ class Executor:
                 self.children.pop(task_id, None)
             RUNNING.pop(task_id, None)
             record_ran((task_id, name, actor_id, started, decoded, _now(), True, thread))
+            self.task_stats.failed[actor_id is not None] += 1  # metrics.py: index by kind
             if isinstance(error, (SystemExit, KeyboardInterrupt)) and not isinstance(
                     error, TaskCancelledError) and self.actor is None:
                 raise
@@ -200,6 +203,7 @@ class Executor:
         self._reply_result(conn, task_id, name, num_returns, owner, result)
         RUNNING.pop(task_id, None)
         record_ran((task_id, name, actor_id, started, decoded, _now(), False, thread))
+        self.task_stats.finished[actor_id is not None] += 1
 
     def _decode_arg(self, arg: list, task_id: bytes = b"") -> Any:
         where = arg[0]
@@ -423,6 +427,7 @@ class Executor:
                 RUNNING.pop(task_id, None)
                 record_ran((task_id, message.method, actor_id, started, decoded, _now(), True,
                             0))
+                self.task_stats.failed[1] += 1
                 self._reply_error(conn, message.task_id, error, traceback.format_exc(),
                                   message.method)
                 return
@@ -430,6 +435,7 @@ class Executor:
                            message.owner, result)
         RUNNING.pop(task_id, None)
         record_ran((task_id, message.method, actor_id, started, decoded, _now(), False, 0))
+        self.task_stats.finished[1] += 1
 
 
 def _split_returns(result: Any, num_returns: int, name: str) -> list:
