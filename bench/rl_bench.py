@@ -13,8 +13,12 @@ throughput, ES/ARS/A2C time to solve CartPole-v1, each beside a baseline measure
                             Pendulum-v1 (budget 200k env steps)
     dqn_cartpole_s{0,1,2}   wall time from build() to the first evaluation in which DQN's greedy
                             policy has a mean return >= 475 over 20 episodes (evaluated every
-                            2,000 env steps; evaluation time counts), with the env steps and
-                            learner updates used (budget --dqn-budget-s)
+                            --dqn-eval-every-s seconds of training; evaluation time counts), with
+                            the env steps and learner updates used and the CPU seconds of all
+                            the run's processes (budget --dqn-budget-s)
+    apex_{updates,env_steps}_per_s  Ape-X's learner updates/s and env steps/s with its defaults
+                            (2 runners, 2 replay shards) once learning started; baseline: DQN
+                            with the same 2 runners, alternated in the same run
     dqn_updates_per_s       DQN learner updates/s through the pipeline (the replay actor draws
                             the next prioritized batch while the driver runs SGD); baseline: the
                             same sampling and SGD one after the other in one process
@@ -26,6 +30,7 @@ throughput, ES/ARS/A2C time to solve CartPole-v1, each beside a baseline measure
                             >= 475 on CartPole-v1 with the default config, and the env steps used
 
     python bench/rl_bench.py [--json] [--seeds 0 1 2] [--skip sb3 pendulum dqn es ...]
+                             [--only dqn apex ...]
 """
 
 from __future__ import annotations
@@ -161,22 +166,55 @@ def sampling_throughput(rounds: int, fragments: int = 40, length: int = 64) -> d
     return {"value": statistics.median(ours), "baseline": statistics.median(base)}
 
 
-def dqn_time_to_475(seed: int, budget_s: float, output: str) -> dict:
+def tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and every live descendant (the runner, replay
+    and learner actors' workers), read from /proc: on a shared machine this, not wall time,
+    carries over to a quiet one."""
+    import os
+    ticks = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        parent[int(name)] = int(fields[1])
+        cpu[int(name)] = (int(fields[11]) + int(fields[12])) / ticks
+    mine, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        pid = frontier.pop()
+        children = [p for p, pp in parent.items() if pp == pid and p not in mine]
+        mine.update(children)
+        frontier.extend(children)
+    return sum(cpu.get(pid, 0.0) for pid in mine)
+
+
+def dqn_time_to_475(seed: int, budget_s: float, output: str, eval_every_s: float) -> dict:
+    """DQN with its default settings until the greedy policy's 20-episode mean return reaches
+    475, evaluated every `eval_every_s` seconds of training (the evaluations count)."""
+    cpu_start = tree_cpu_seconds()
     start = time.monotonic()
     algo = rl.DQNConfig(env="CartPole-v1", seed=seed, output=output,
                         log_to_tensorboard=False).build()
     try:
-        best, evaluated_at, eval_s = 0.0, 0, 0.0
+        best, evaluated_at, eval_s, num_evals = 0.0, time.monotonic(), 0.0, 0
         while best < CARTPOLE_TARGET and time.monotonic() - start < budget_s:
             result = algo.train()
-            if result["env_steps_total"] - evaluated_at >= 2_000:
-                evaluated_at = result["env_steps_total"]
+            if result["learner/num_updates_total"] and \
+                    time.monotonic() - evaluated_at >= eval_every_s:
                 eval_start = time.monotonic()
                 best = max(best, algo.evaluate(episodes=20)["episode_return_mean"])
-                eval_s += time.monotonic() - eval_start
-        return {"time_s": time.monotonic() - start, "env_steps": algo.env_steps_total,
+                evaluated_at = time.monotonic()
+                eval_s += evaluated_at - eval_start
+                num_evals += 1
+        wall = time.monotonic() - start
+        return {"time_s": wall, "env_steps": algo.env_steps_total,
                 "updates": result["learner/num_updates_total"], "reached": best >= CARTPOLE_TARGET,
-                "best_eval": best, "eval_s": eval_s}
+                "best_eval": best, "eval_s": eval_s, "evals": num_evals,
+                "cpu_s": tree_cpu_seconds() - cpu_start}
     finally:
         algo.stop()
 
@@ -216,6 +254,40 @@ def dqn_updates_per_s(num_updates: int, output: str) -> dict:
         out = learner.update([buffer.sample(config.train_batch_size, 0.4)])
         buffer.update_priorities(out["ids"], out["priorities"])
     return {"value": done / elapsed, "baseline": num_updates / (time.perf_counter() - start)}
+
+
+def learner_throughput(config, iterations: int) -> dict:
+    """Learner updates/s and env steps/s of `config` over `iterations` iterations once learning
+    has started (time from the iterations' own clocks), with the CPU seconds they used."""
+    algo = config.build()
+    try:
+        while algo.train()["learner/num_updates_total"] == 0:
+            pass
+        updates = steps = 0
+        elapsed = 0.0
+        cpu_start = tree_cpu_seconds()
+        for _ in range(iterations):
+            result = algo.train()
+            updates += result["learner/num_updates"]
+            steps += result["env_steps_this_iter"]
+            elapsed += result["time_this_iter_s"]
+        cpu = tree_cpu_seconds() - cpu_start
+    finally:
+        algo.stop()
+    return {"updates_per_s": updates / elapsed, "env_steps_per_s": steps / elapsed,
+            "cpu_s_per_1k_updates": 1000 * cpu / max(updates, 1)}
+
+
+def apex_vs_dqn(rounds: int, iterations: int, output: str) -> dict:
+    """Ape-X's defaults (2 runners with the paper's epsilons, 2 replay shards, runner-side
+    priorities, periodic broadcasts) against DQN with the same 2 runners, alternated."""
+    common = dict(env="CartPole-v1", seed=0, output=output, log_to_tensorboard=False)
+    apex, dqn = [], []
+    for _ in range(rounds):
+        apex.append(learner_throughput(rl.ApexDQNConfig(**common), iterations))
+        dqn.append(learner_throughput(rl.DQNConfig(num_env_runners=2, **common), iterations))
+    return {key: (statistics.median(r[key] for r in apex), statistics.median(r[key] for r in dqn))
+            for key in apex[0]}
 
 
 def bare_env_steps_per_s(seconds: float = 1.0) -> float:
@@ -308,7 +380,7 @@ def rows(args) -> list[dict]:
     if "dqn" not in args.skip:
         times = []
         for seed in args.seeds:
-            run = dqn_time_to_475(seed, args.dqn_budget_s, output)
+            run = dqn_time_to_475(seed, args.dqn_budget_s, output, args.dqn_eval_every_s)
             times.append(run["time_s"] if run["reached"] else float("inf"))
             out.append(emit({"name": f"dqn_cartpole_s{seed}", "value": run.pop("time_s"),
                              "unit": "s", **run}, args))
@@ -318,6 +390,15 @@ def rows(args) -> list[dict]:
         out.append(emit({"name": "dqn_updates_per_s", "value": rates["value"], "unit": "1/s",
                          "baseline": rates["baseline"],
                          "ratio": rates["value"] / rates["baseline"]}, args))
+    if "apex" not in args.skip:
+        apex = apex_vs_dqn(args.rounds, args.apex_iterations, output)
+        for key, unit in (("updates_per_s", "1/s"), ("env_steps_per_s", "steps/s")):
+            ours, base = apex[key]
+            out.append(emit({"name": f"apex_{key}", "value": ours, "unit": unit, "baseline": base,
+                             "ratio": ours / base, "cpu_s_per_1k_updates": apex[
+                                 "cpu_s_per_1k_updates"][0],
+                             "baseline_cpu_s_per_1k_updates": apex["cpu_s_per_1k_updates"][1]},
+                            args))
     if "es" not in args.skip:
         es = es_throughput(args.rounds, output)
         out.append(emit({"name": "es_steps_per_s", "value": es["value"], "unit": "steps/s",
@@ -358,13 +439,23 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3, help="sampling rounds (median)")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["cartpole", "sb3", "sampling", "pendulum", "dqn", "es",
-                                 "ars", "a2c"])
+                        choices=["cartpole", "sb3", "sampling", "pendulum", "dqn", "apex",
+                                 "es", "ars", "a2c"])
+    parser.add_argument("--only", nargs="+", default=None,
+                        choices=["cartpole", "sampling", "pendulum", "dqn", "apex", "es", "ars",
+                                 "a2c"], help="run only these rows (the others are skipped)")
+    parser.add_argument("--apex-iterations", type=int, default=30,
+                        help="iterations timed for the apex rows")
     parser.add_argument("--dqn-budget-s", type=float, default=120.0,
                         help="DQN's time limit per seed")
     parser.add_argument("--dqn-updates", type=int, default=2_000,
                         help="updates timed for dqn_updates_per_s")
+    parser.add_argument("--dqn-eval-every-s", type=float, default=1.0,
+                        help="seconds of DQN training between greedy evaluations")
     args = parser.parse_args(argv)
+    if args.only:
+        every = ["cartpole", "sampling", "pendulum", "dqn", "apex", "es", "ars", "a2c"]
+        args.skip = sorted(set(args.skip) | (set(every) - set(args.only)))
     pa.init(num_cpus=2)
     try:
         rows(args)

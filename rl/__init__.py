@@ -22,6 +22,7 @@ _EXPORTS = {
     "ES": "pyactor.rl.es", "ESConfig": "pyactor.rl.es",
     "ARS": "pyactor.rl.ars", "ARSConfig": "pyactor.rl.ars",
     "A2C": "pyactor.rl.a2c", "A2CConfig": "pyactor.rl.a2c",
+    "ApexDQN": "pyactor.rl.apex", "ApexDQNConfig": "pyactor.rl.apex",
     "register_env": "pyactor.rl.envs", "make_vector_env": "pyactor.rl.envs",
     "EnvError": "pyactor.rl.envs",
     "RLModule": "pyactor.rl.module", "ActorCriticModule": "pyactor.rl.module",

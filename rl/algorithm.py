@@ -52,6 +52,7 @@ class Algorithm:
     config_class: type[AlgorithmConfig] = AlgorithmConfig
     learner_class: type[Learner] = Learner
     module_class: type[RLModule] = ActorCriticModule
+    env_runner_class: type[EnvRunner] = EnvRunner  # Ape-X runs a subclass that adds priorities
 
     def __init__(self, config: AlgorithmConfig):
         if not isinstance(config, self.config_class):
@@ -121,7 +122,12 @@ class Algorithm:
             seed=config.seed, normalize_observations=config.normalize_observations,
             num_cpus_per_env_runner=config.num_cpus_per_env_runner,
             custom_resources_per_env_runner=config.custom_resources_per_env_runner,
-            max_env_runner_restarts=config.max_env_runner_restarts)
+            max_env_runner_restarts=config.max_env_runner_restarts,
+            runner_class=self.env_runner_class, runner_kwargs=self.env_runner_kwargs())
+
+    def env_runner_kwargs(self) -> dict:
+        """Extra keyword arguments for env_runner_class (each runner gets the same)."""
+        return {}
 
     # ------------------------------------------------------------------ pieces for subclasses
     async def sample(self, num_steps: int | None = None, **explore_kw) -> list[dict]:

@@ -209,8 +209,9 @@ class ReplayBuffer:
         capacity (the fields are allocated then, for all `capacity` transitions)."""
         return self._ids.nbytes + sum(array.nbytes for array in self._storage.values())
 
-    def add(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """Append a batch of transitions (every field shaped [B, ...]); returns their slots."""
+    def add(self, batch: dict[str, np.ndarray], priorities=None) -> np.ndarray:
+        """Append a batch of transitions (every field shaped [B, ...]); returns their slots.
+        `priorities` (prioritized replay only) are ignored here."""
         count = self._check_batch(batch)
         if count == 0:
             return np.empty(0, dtype=np.int64)
@@ -232,6 +233,15 @@ class ReplayBuffer:
         importance `weights` (all ones here; `beta` matters only for prioritized replay)."""
         slots = self._draw_slots(batch_size)
         return self._gather(slots, np.ones(len(slots), dtype=np.float32))
+
+    def sample_batches(self, num_batches: int, batch_size: int,
+                       beta: float = 0.0) -> dict[str, np.ndarray]:
+        """num_batches batches drawn at once, stacked: every field shaped [num_batches,
+        batch_size, ...]. The same draws as num_batches calls of `sample` with no priority update
+        between them, in one numpy pass (one actor round trip for a learner's next K updates)."""
+        _check_num_batches(num_batches)
+        slots = self._draw_slots(batch_size * num_batches).reshape(num_batches, batch_size)
+        return self._gather(slots, np.ones(slots.shape, dtype=np.float32))
 
     def update_priorities(self, ids, priorities) -> None:
         """Uniform replay has no priorities; accepted so a learner can treat both alike."""
@@ -322,21 +332,43 @@ class PrioritizedReplayBuffer(ReplayBuffer):
     def nbytes(self) -> int:
         return super().nbytes + self._sums.nbytes + self._mins.nbytes
 
-    def add(self, batch):
+    def add(self, batch, priorities=None):
+        """Append transitions with the largest priority seen so far, or with `priorities`
+        (|TD error| per transition, as Ape-X's actors compute them; eps is added here)."""
+        count = len(next(iter(batch.values()))) if isinstance(batch, dict) and batch else 0
+        if priorities is not None:
+            priorities = np.asarray(priorities, dtype=np.float64).ravel()
+            if priorities.shape != (count,) or not np.all(np.isfinite(priorities)) \
+                    or np.any(priorities < 0):
+                raise ValueError(f"priorities must be {count} finite values >= 0, one per "
+                                 f"transition")
         slots = super().add(batch)
-        self._set_priorities(slots, np.full(len(slots), self._max_priority))
+        if priorities is None:
+            priorities = np.full(len(slots), self._max_priority)
+        else:
+            priorities = priorities[len(priorities) - len(slots):] + self.eps
+            self._max_priority = max(self._max_priority, float(priorities.max(initial=0.0)))
+        self._set_priorities(slots, priorities)
         return slots
 
     def sample(self, batch_size: int, beta: float = 0.4):
+        batch = self.sample_batches(1, batch_size, beta)
+        return {key: value[0] for key, value in batch.items()}
+
+    def sample_batches(self, num_batches: int, batch_size: int, beta: float = 0.4):
+        """num_batches stratified batches stacked [num_batches, batch_size, ...], all found in
+        one walk down the sum tree."""
         if not beta >= 0.0:
             raise ValueError(f"beta must be >= 0, got {beta!r}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        _check_num_batches(num_batches)
         if len(self) == 0:
             raise ValueError("cannot sample from an empty replay buffer")
         total = self._sums.total()
-        prefixes = (np.arange(batch_size) + self._rng.random(batch_size)) * (total / batch_size)
-        slots = self._sums.find_prefix_sum(prefixes)
+        prefixes = (np.arange(batch_size) + self._rng.random((num_batches, batch_size))) \
+            * (total / batch_size)
+        slots = self._sums.find_prefix_sum(prefixes).reshape(num_batches, batch_size)
         scaled = self._sums[slots]  # p_i ** alpha
         weights = (scaled / self._mins.min()) ** -beta
         return self._gather(slots, weights.astype(np.float32))
@@ -378,6 +410,11 @@ class PrioritizedReplayBuffer(ReplayBuffer):
         self._max_priority = state["max_priority"]
 
 
+def _check_num_batches(num_batches) -> None:
+    if not isinstance(num_batches, int) or isinstance(num_batches, bool) or num_batches < 1:
+        raise ValueError(f"num_batches must be a positive int, got {num_batches!r}")
+
+
 def make_replay_buffer(capacity: int, prioritized: bool, alpha: float = 0.6,
                        seed: int | None = None) -> ReplayBuffer:
     if prioritized:
@@ -399,8 +436,13 @@ class ReplayActor:
         self.gamma = gamma
 
     def add_fragment(self, fragment) -> int:
-        """Add a fragment's transitions; returns the number of transitions now stored."""
-        self.buffer.add(n_step_transitions(fragment, self.n_step, self.gamma))
+        """Add a fragment's transitions; returns the number of transitions now stored. A fragment
+        whose runner already made its n-step `transitions` (and their initial `priorities`,
+        Ape-X) is stored as it is."""
+        if "transitions" in fragment:
+            self.buffer.add(fragment["transitions"], fragment.get("priorities"))
+        else:
+            self.buffer.add(n_step_transitions(fragment, self.n_step, self.gamma))
         return len(self.buffer)
 
     def add_transitions(self, batch) -> int:
@@ -412,6 +454,13 @@ class ReplayActor:
         if len(self.buffer) < batch_size:
             return None
         return self.buffer.sample(batch_size, beta)
+
+    def sample_batches(self, num_batches: int, batch_size: int, beta: float = 0.0) -> dict | None:
+        """num_batches batches stacked [num_batches, batch_size, ...] (see the buffer's
+        sample_batches), or None while fewer than batch_size transitions are stored."""
+        if len(self.buffer) < batch_size:
+            return None
+        return self.buffer.sample_batches(num_batches, batch_size, beta)
 
     def update_priorities(self, ids, priorities) -> None:
         self.buffer.update_priorities(ids, priorities)

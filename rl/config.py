@@ -22,6 +22,7 @@ ALGORITHMS: dict[str, str] = {
     "ES": "pyactor.rl.es:ESConfig",
     "ARS": "pyactor.rl.ars:ARSConfig",
     "A2C": "pyactor.rl.a2c:A2CConfig",
+    "APEX": "pyactor.rl.apex:ApexDQNConfig",
 }
 
 

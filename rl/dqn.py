@@ -39,12 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
-import pyactor as pa
 from pyactor.rl.algorithm import Algorithm
-from pyactor.rl.buffers import ReplayActor
 from pyactor.rl.config import AlgorithmConfig, check_schedule, schedule_value
 from pyactor.rl.learner import Learner
 from pyactor.rl.module import ACTIVATIONS, RLModule, functional_layers, mlp, run_mlp
+from pyactor.rl.sharded_replay import ShardedReplay
 
 try:
     import gymnasium as gym
@@ -67,6 +66,9 @@ class DQNConfig(AlgorithmConfig):
         default_factory=lambda: {"hidden": [128, 128], "activation": "relu"})
     train_batch_size: int = 128
     replay_ratio: float = 0.5  # SGD updates per env step sampled
+    # Batches fetched from the replay actor per round trip (the round trip, not the SGD step,
+    # was most of an update's cost when fetched one at a time).
+    replay_batches_per_request: int = 16
     learning_starts: int = 1000  # env steps in the replay buffer before the first update
     replay_buffer_capacity: int = 50_000  # transitions
     n_step: int = 3
@@ -91,7 +93,7 @@ class DQNConfig(AlgorithmConfig):
     def validate(self) -> None:
         super().validate()
         for name in ("train_batch_size", "replay_buffer_capacity", "n_step",
-                     "target_network_update_freq"):
+                     "target_network_update_freq", "replay_batches_per_request"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.replay_ratio <= 0:
@@ -224,41 +226,54 @@ class DQNLearner(Learner):
 
     def _update(self, batches: list[dict]) -> dict:
         """One SGD step per batch; returns the metrics summed over the batches, and the batches'
-        transition `ids` with their |TD error| as `priorities` (the new p_i, Schaul et al. 2016)."""
+        transition `ids` with their |TD error| as `priorities` (the new p_i, Schaul et al. 2016).
+        A batch may be stacked [K, B, ...] (ReplayActor.sample_batches): K steps, one per row,
+        with the arrays turned into tensors once."""
         c = self.config
-        totals = {"loss": 0.0, "q_mean": 0.0, "td_error_abs": 0.0, "grad_norm": 0.0}
-        priorities = []
+        stats, priorities = [], []
         for batch in batches:
-            obs = self.to_tensor(batch["obs"])
-            next_obs = self.to_tensor(batch["next_obs"])
-            actions = self.to_tensor(batch["actions"]).long()
-            rewards = self.to_tensor(batch["rewards"])
-            terminateds = self.to_tensor(batch["terminateds"]).float()
-            discounts = self.to_tensor(batch["discounts"])
-            weights = self.to_tensor(batch["weights"])
-            if c["double_q"]:  # one pass of the online net over s and s'
-                both = self.module.q_values(torch.cat([obs, next_obs]))
-                q_all, next_q_online = both[:len(obs)], both[len(obs):].detach()
-            else:
-                q_all, next_q_online = self.module.q_values(obs), None
-            with torch.no_grad():
-                targets = q_targets(rewards, terminateds, discounts, self.target.q_values(next_obs),
-                                    next_q_online)
-            q_taken = q_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-            loss, errors = td_loss(q_taken, targets, weights, c["td_error_loss_fn"])
-            totals["grad_norm"] += self.apply_gradients(loss, c["grad_clip"])
-            self.num_updates += 1
-            if self.num_updates % c["target_network_update_freq"] == 0:
-                update_target(self.target, self.module, c["tau"])
-            errors = errors.detach().abs()
-            priorities.append(errors.cpu().numpy())
-            totals["loss"] += float(loss.detach())
-            totals["q_mean"] += float(q_taken.detach().mean())
-            totals["td_error_abs"] += float(errors.mean())
-        totals["num_updates"] = len(batches)
-        totals["ids"] = np.concatenate([batch["ids"] for batch in batches])
-        totals["priorities"] = np.concatenate(priorities)
+            stacked = np.ndim(batch["weights"]) == 2
+            tensors = {key: self.to_tensor(batch[key]) for key in
+                       ("obs", "next_obs", "actions", "rewards", "terminateds", "discounts",
+                        "weights")}
+            tensors["actions"] = tensors["actions"].long()
+            tensors["terminateds"] = tensors["terminateds"].float()
+            rows = range(len(batch["weights"])) if stacked else [None]
+            for row in rows:
+                step = tensors if row is None else {k: v[row] for k, v in tensors.items()}
+                errors, step_stats = self._sgd_step(step)
+                priorities.append(errors)
+                stats.append(step_stats)
+        totals = dict(zip(("loss", "q_mean", "td_error_abs", "grad_norm"),
+                          torch.stack(stats).sum(0).tolist()))
+        totals["num_updates"] = len(stats)
+        totals["ids"] = np.concatenate([np.ravel(batch["ids"]) for batch in batches])
+        totals["priorities"] = torch.cat(priorities).cpu().numpy()
         return totals
+
+    def _sgd_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of Mnih et al. 2015 on one batch of tensors and one Adam step; returns the
+        |TD errors| and (loss, mean Q, mean |TD error|, grad norm) as one tensor, read as
+        Python floats once per update call."""
+        c = self.config
+        obs, next_obs, actions = batch["obs"], batch["next_obs"], batch["actions"]
+        if c["double_q"]:  # one pass of the online net over s and s'
+            both = self.module.q_values(torch.cat([obs, next_obs]))
+            q_all, next_q_online = both[:len(obs)], both[len(obs):].detach()
+        else:
+            q_all, next_q_online = self.module.q_values(obs), None
+        with torch.no_grad():
+            targets = q_targets(batch["rewards"], batch["terminateds"], batch["discounts"],
+                                self.target.q_values(next_obs), next_q_online)
+        q_taken = q_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        loss, errors = td_loss(q_taken, targets, batch["weights"], c["td_error_loss_fn"])
+        grad_norm = self.apply_gradients(loss, c["grad_clip"])
+        self.num_updates += 1
+        if self.num_updates % c["target_network_update_freq"] == 0:
+            update_target(self.target, self.module, c["tau"])
+        errors = errors.detach().abs()
+        return errors, torch.stack([loss.detach(), q_taken.detach().mean(), errors.mean(),
+                                    torch.tensor(grad_norm)])
 
     def num_updates_done(self) -> int:
         return self.num_updates
@@ -288,9 +303,10 @@ class DQN(Algorithm):
         super().__init__(config.replace(model={**config.model, "dueling": config.dueling,
                                                "explore_epsilon": final_epsilon}))
         try:
-            self.replay = pa.remote(ReplayActor).remote(
-                config.replay_buffer_capacity, config.prioritized_replay,
-                config.prioritized_replay_alpha, config.n_step, config.gamma, config.seed)
+            self.replay = ShardedReplay(
+                self.num_replay_shards(), config.replay_buffer_capacity,
+                config.prioritized_replay, config.prioritized_replay_alpha, config.n_step,
+                config.gamma, config.seed)
         except BaseException:
             self.stop()  # leave no runner or learner behind
             raise
@@ -298,19 +314,32 @@ class DQN(Algorithm):
         self._update_credit = 0.0  # updates owed by replay_ratio, carried across iterations
         self._replay_stats: dict = {}
 
+    def num_replay_shards(self) -> int:
+        """DQN keeps one replay actor; Ape-X shards its replay over several."""
+        return 1
+
+    def exploration_kwargs(self) -> dict:
+        """What the runners' forward_exploration gets: the schedule's epsilon now."""
+        return {"epsilon": schedule_value(self.config.epsilon, 0.0, self.env_steps_total)}
+
+    def after_updates(self, num_updates: int) -> None:
+        """DQN sends the weights to the runners after every iteration's updates."""
+        self.sync_weights()
+
     async def training_step(self) -> dict:
         c = self.config
-        epsilon = schedule_value(c.epsilon, 0.0, self.env_steps_total)
-        fragments = await self.sample(epsilon=epsilon)
+        explore_kw = self.exploration_kwargs()
+        fragments = await self.sample(**explore_kw)
         refs = self.env_runner_group.collected_refs
         new_steps = 0
         for fragment, ref in zip(fragments, refs):
             # The runner's ref: the replay actor reads the arrays from the store itself.
-            self.replay.add_fragment.remote(ref if ref is not None else fragment)
+            self.replay.add_fragment(ref if ref is not None else fragment,
+                                     int(fragment["runner_index"]))
             new_steps += int(fragment["env_steps"])
         self.transitions_added += new_steps
         ready = min(self.transitions_added, c.replay_buffer_capacity) >= max(
-            c.learning_starts, c.train_batch_size)
+            c.learning_starts, c.train_batch_size * self.replay.num_shards)
         if ready:
             self._update_credit += c.replay_ratio * new_steps
         num_updates = int(self._update_credit)
@@ -319,30 +348,35 @@ class DQN(Algorithm):
         if num_updates:
             self.learner.call("set_lr", lr)
         metrics = await self._learn(num_updates)
-        self.sync_weights()
-        metrics.update(epsilon=epsilon, lr=lr,
+        self.after_updates(num_updates)
+        metrics.update(explore_kw, lr=lr,
                        num_updates_total=self.learner.call("num_updates_done"))
-        self._replay_stats = await self.replay.stats.remote()
+        self._replay_stats = await self.replay.stats()
         metrics["replay/size"] = self._replay_stats["size"]
         metrics["replay/size_bytes"] = self._replay_stats["size_bytes"]
         return metrics
 
     async def _learn(self, num_updates: int) -> dict:
-        """num_updates SGD steps, each on a fresh replay batch. The request for batch k+1 goes out
-        before the update on batch k, so the replay actor draws it while the learner computes
-        (its priorities then lag one update, as in Ape-X)."""
+        """num_updates SGD steps, each on a fresh replay batch. Batches come from the replay
+        actor in chunks of replay_batches_per_request (one round trip per chunk, not per step),
+        and the request for chunk k+1 goes out before the updates on chunk k, so the replay actor
+        draws it while the learner computes. Priorities go back once per chunk (fire and forget);
+        they lag at most two chunks, as Ape-X's do."""
         c = self.config
         beta = schedule_value(c.prioritized_replay_beta, 0.4, self.env_steps_total)
+        chunks = [min(c.replay_batches_per_request, num_updates - done)
+                  for done in range(0, num_updates, c.replay_batches_per_request)]
         totals: dict[str, float] = {}
-        next_ref = self.replay.sample.remote(c.train_batch_size, beta) if num_updates else None
-        for i in range(num_updates):
-            batch_ref = next_ref
-            next_ref = self.replay.sample.remote(c.train_batch_size, beta) \
-                if i + 1 < num_updates else None
+        next_chunk = self.replay.sample_batches(chunks[0], c.train_batch_size, beta) \
+            if chunks else None
+        for i in range(len(chunks)):
+            shard, batch_ref = next_chunk
+            next_chunk = self.replay.sample_batches(chunks[i + 1], c.train_batch_size, beta) \
+                if i + 1 < len(chunks) else None
             out = await self._update_on(batch_ref)
             ids, priorities = out.pop("ids"), out.pop("priorities")
             if c.prioritized_replay:
-                self.replay.update_priorities.remote(ids, priorities)
+                self.replay.update_priorities(shard, ids, priorities)
             for key, value in out.items():
                 totals[key] = totals.get(key, 0.0) + value
         metrics = {key: value / max(num_updates, 1) for key, value in totals.items()
@@ -355,7 +389,7 @@ class DQN(Algorithm):
     async def _update_on(self, batch_ref) -> dict:
         if self.learner.local is not None:
             return self.learner.local.update([await batch_ref])
-        # The learner actor reads the batch from the store; the driver never holds it.
+        # The learner actor reads the batches from the store; the driver never holds them.
         return await self.learner.update([], fragment_refs=[batch_ref])
 
     # ------------------------------------------------------------------ checkpoints
@@ -363,23 +397,19 @@ class DQN(Algorithm):
         state = {"transitions_added": self.transitions_added,
                  "update_credit": self._update_credit, "replay": None}
         if self.config.store_buffer_in_checkpoints:
-            state["replay"] = pa.get(self.replay.get_state.remote())
+            state["replay"] = self.replay.get_state()
         return state
 
     def set_extra_state(self, state: dict) -> None:
         self.transitions_added = state["transitions_added"]
         self._update_credit = state["update_credit"]
         if state["replay"] is not None:
-            pa.get(self.replay.set_state.remote(state["replay"]))
+            self.replay.set_state(state["replay"])
         else:  # an empty buffer: learning waits for learning_starts new transitions again
             self.transitions_added = 0
 
     def stop(self) -> None:
-        replay = getattr(self, "replay", None)
-        if replay is not None:
-            try:
-                pa.kill(replay, no_restart=True)
-            except Exception:  # already gone
-                pass
+        if getattr(self, "replay", None) is not None:
+            self.replay.stop()
             self.replay = None
         super().stop()

@@ -193,7 +193,8 @@ class EnvRunnerGroup:
     def __init__(self, *, env, env_config: dict, num_env_runners: int, num_envs_per_runner: int,
                  module_spec: ModuleSpec, seed: int | None, normalize_observations: bool,
                  num_cpus_per_env_runner: float = 1, custom_resources_per_env_runner=None,
-                 max_env_runner_restarts: int = -1):
+                 max_env_runner_restarts: int = -1, runner_class: type = EnvRunner,
+                 runner_kwargs: dict | None = None):
         self.num_restarts = 0
         self.max_restarts = max_env_runner_restarts
         self._restarts_of = [0] * num_env_runners
@@ -202,15 +203,17 @@ class EnvRunnerGroup:
         self._weights: tuple | None = None  # (ref, version, obs_stats) last sent
         env = rl_envs.portable(env)  # a registered name means nothing in another process
         args = (env, env_config, num_envs_per_runner, module_spec, seed)
+        # An algorithm may run its own EnvRunner subclass (Ape-X's runners add priorities).
+        kwargs = dict(runner_kwargs or {})
         if num_env_runners == 0:
-            self.local: EnvRunner | None = EnvRunner(*args, 0, normalize_observations)
+            self.local: EnvRunner | None = runner_class(*args, 0, normalize_observations, **kwargs)
             self.runners: list = []
             return
         self.local = None
-        actor_class = pa.remote(EnvRunner).options(
+        actor_class = pa.remote(runner_class).options(
             num_cpus=num_cpus_per_env_runner, resources=dict(custom_resources_per_env_runner or {}),
             max_restarts=max_env_runner_restarts, max_task_retries=0)
-        self.runners = [actor_class.remote(*args, i, normalize_observations)
+        self.runners = [actor_class.remote(*args, i, normalize_observations, **kwargs)
                         for i in range(num_env_runners)]
 
     @property

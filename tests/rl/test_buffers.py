@@ -299,6 +299,39 @@ def test_priority_updates_for_overwritten_slots_are_dropped():
         buffer.update_priorities([2], [math.nan])
 
 
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_sample_batches_stacks_independent_batches(prioritized):
+    """sample_batches(K, B) gives every field as [K, B, ...] with its ids and weights, drawn by
+    the same rule as sample (prioritized: each row stratified over the whole total)."""
+    buffer = PrioritizedReplayBuffer(64, alpha=1.0, seed=0) if prioritized \
+        else ReplayBuffer(64, seed=0)
+    buffer.add(transitions(0, 64))
+    if prioritized:  # all the mass on transitions 0..7: every row has one draw per eighth
+        buffer.update_priorities(np.arange(64), np.where(np.arange(64) < 8, 1.0, 0.0))
+    batch = buffer.sample_batches(5, 8)
+    assert batch["obs"].shape == (5, 8, 4) and batch["weights"].shape == (5, 8)
+    np.testing.assert_array_equal(batch["ids"], batch["actions"])
+    if prioritized:
+        np.testing.assert_array_equal(np.sort(batch["actions"], axis=1),
+                                      np.tile(np.arange(8), (5, 1)))
+    with pytest.raises(ValueError, match="num_batches"):
+        buffer.sample_batches(0, 8)
+
+
+def test_prioritized_add_with_given_priorities():
+    """Transitions added with priorities (Ape-X's runners compute them) enter at
+    (priority + eps)**alpha, and the largest becomes the default for later adds."""
+    buffer = PrioritizedReplayBuffer(8, alpha=0.5, eps=1e-6, seed=0)
+    buffer.add(transitions(0, 3), priorities=[0.0, 4.0, 25.0])
+    np.testing.assert_allclose(buffer._sums[np.arange(3)], np.sqrt([1e-6, 4 + 1e-6, 25 + 1e-6]))
+    buffer.add(transitions(3, 1))
+    assert buffer._sums[3] == pytest.approx(np.sqrt(25 + 1e-6))
+    with pytest.raises(ValueError, match="priorities"):
+        buffer.add(transitions(4, 2), priorities=[1.0])
+    with pytest.raises(ValueError, match="priorities"):
+        buffer.add(transitions(4, 1), priorities=[-1.0])
+
+
 # ---------------------------------------------------------------------- the actor
 def test_replay_actor_takes_fragments_by_ref(pa_module):
     """The replay actor resolves a fragment ref from the store, stores its n-step transitions,
