@@ -10,6 +10,7 @@ import pytest
 import pyactor as pa
 from pyactor._private import runtime_env
 from pyactor.exceptions import RuntimeEnvSetupError
+from conftest import wait_until
 
 
 def write(path, text):
@@ -172,7 +173,7 @@ def test_init_refuses_a_package_over_the_limit(pa_fresh, project, monkeypatch):
 def test_runtime_env_on_another_node(project):
     """On a second node (a custom resource places the task there), the package is fetched
     through the object store and unpacked into that node's cache."""
-    from tests.test_cluster import CliCluster
+    from test_cluster import CliCluster
     root, _ = project
     cluster = CliCluster()
     try:
@@ -180,6 +181,7 @@ def test_runtime_env_on_another_node(project):
         cluster.add_node(1, {"far": 1})
         pa.init(address=cluster.address, token=cluster.token,
                 runtime_env={"working_dir": str(root), "excludes": ["big/"]})
+        assert wait_until(lambda: sum(n["Alive"] for n in pa.nodes()) == 2, 15)
 
         @pa.remote(resources={"far": 1}, num_cpus=0)
         def far():
