@@ -86,7 +86,10 @@ class SimulatedMembers:
                                          self.loop).result(60)
 
     def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.cluster.close)
+        async def stop():
+            self.cluster.close()
+            await asyncio.sleep(0.1)  # the cancelled heartbeat task finishes
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 

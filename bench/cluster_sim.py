@@ -5,16 +5,20 @@ join, heartbeat, take view deltas, host actors without starting processes, die. 
 
   idle      the head's CPU (a fraction of one core, from /proc/<head>/stat) and bytes out per
             second (/proc/<head>/io wchar) at 100 / 500 / 1,000 / 2,000 idle nodes, with view
-            deltas and, as the baseline in the same run, with the whole view sent to every
-            member each beat (PYACTOR_VIEW_DELTAS=0, how the head worked before);
+            deltas and, as the baseline in the same run (at the smaller sizes), with the whole
+            view sent to every member each beat (PYACTOR_VIEW_DELTAS=0, the head before);
   placement 10,000 actors of 1 CPU created through the head on 64 and on 1,000 nodes: placements
-            per second (first create to last actor hosted) and actors per node (max/min/stddev,
-            nodes over their CPUs, offers a node had no room for);
+            per second (first create to last actor hosted), placements per second of the
+            head's CPU (what it does with a core of its own), and actors per node
+            (max/min/stddev, nodes over their CPUs, offers a node had no room for);
   failure   10% of the 1,000 nodes die at once (connections closed, as when processes are
             killed; and silent, heartbeats stop): seconds until the head's view says they are
             dead, and from then until every actor they hosted (max_restarts=1) is hosted again.
+            The silent case is detected after the head's node timeout, which this script sets
+            to 10 s (--node-timeout): thousands of simulated nodes in one process on a loaded
+            host can miss 3 s of heartbeats.
 
-    python bench/cluster_sim.py [--json] [--sizes 100,500,1000,2000] [--window 5]
+    python bench/cluster_sim.py [--json] [--sizes 100,250,500,1000,2000] [--window 5]
                                 [--actors 10000] [--big 1000] [--only idle,placement,silent]
 """
 
@@ -33,8 +37,12 @@ from pyactor._private.cluster import HEARTBEAT_S
 from pyactor._private.sim_cluster import HeadProcess, SimCluster, SimDriver
 
 
+NODE_TIMEOUT_S = "10"  # set by --node-timeout: a starved simulator must not lose its nodes
+
+
 async def idle_rows(sizes: list[int], window_s: float, deltas: bool) -> list[dict]:
-    head = HeadProcess.start(env={"PYACTOR_VIEW_DELTAS": "1" if deltas else "0"})
+    head = HeadProcess.start(env={"PYACTOR_VIEW_DELTAS": "1" if deltas else "0",
+                                  "PYACTOR_NODE_TIMEOUT_S": NODE_TIMEOUT_S})
     cluster = SimCluster(head)
     rows = []
     try:
@@ -49,7 +57,8 @@ async def idle_rows(sizes: list[int], window_s: float, deltas: bool) -> list[dic
                          "nodes": size, "head_cpu_core_fraction": round(cpu_fraction, 4),
                          "head_cpu_ms_per_beat": round(cpu_fraction * HEARTBEAT_S * 1e3, 3),
                          "head_bytes_out_per_s": round((head.bytes_written() - written) / elapsed),
-                         "pulls": sum(node.pulls for node in cluster.nodes)})
+                         "pulls": sum(node.pulls for node in cluster.nodes),
+                         "lost_nodes": len(cluster.nodes) - len(cluster.alive_nodes())})
     finally:
         cluster.close()
         head.stop()
@@ -61,7 +70,7 @@ async def placement_and_failure(nodes: int, actors: int, fail_fraction: float | 
     """Place `actors` on `nodes`; then, if asked, kill a fraction of the nodes and time the
     restarts."""
     cpus = max(4, math.ceil(actors / nodes * 1.6))  # room for all, and for the restarts
-    head = HeadProcess.start()
+    head = HeadProcess.start(env={"PYACTOR_NODE_TIMEOUT_S": NODE_TIMEOUT_S})
     cluster = SimCluster(head)
     driver = SimDriver(head)
     rows = []
@@ -78,6 +87,10 @@ async def placement_and_failure(nodes: int, actors: int, fail_fraction: float | 
                      "placements_per_s": round(len(cluster.placements) / elapsed),
                      "seconds": round(elapsed, 3),
                      "head_cpu_core_fraction": round((head.cpu_seconds() - cpu) / elapsed, 3),
+                     # what the head could place on one core of its own (the host is shared)
+                     "placements_per_head_cpu_s": round(
+                         len(cluster.placements) / max(head.cpu_seconds() - cpu, 0.01)),
+                     "lost_nodes": len(cluster.nodes) - len(cluster.alive_nodes()),
                      **cluster.spread()})
         if fail_fraction is not None and placed:
             rows.append(await _fail(cluster, head, ids, nodes, fail_fraction, silent))
@@ -138,8 +151,9 @@ async def main(args) -> None:
             emit(row)
             rows.append(row)
     if "idle" in only:
-        for deltas in (True, False):
-            keep(await idle_rows(sizes, args.window, deltas))
+        keep(await idle_rows(sizes, args.window, True))
+        keep(await idle_rows([int(n) for n in args.baseline_sizes.split(",")], args.window,
+                             False))
     if "placement" in only:
         keep(await placement_and_failure(64, args.actors, None))
         keep(await placement_and_failure(args.big, args.actors, 0.1))
@@ -153,12 +167,19 @@ async def main(args) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--sizes", default="100,500,1000,2000", help="idle cluster sizes")
+    parser.add_argument("--sizes", default="100,250,500,1000,2000", help="idle cluster sizes")
+    parser.add_argument("--baseline-sizes", default="100,250",
+                        help="sizes for the whole-view baseline (beyond a few hundred nodes the "
+                             "simulator cannot decode N views of N rows per beat)")
     parser.add_argument("--window", type=float, default=5.0, help="idle measuring window, s")
     parser.add_argument("--actors", type=int, default=10000)
+    parser.add_argument("--node-timeout", default="10",
+                        help="the head's PYACTOR_NODE_TIMEOUT_S (3 s by default in pyactor; "
+                             "longer here so that a starved simulator keeps its nodes)")
     parser.add_argument("--big", type=int, default=1000, help="nodes of the big cluster")
     parser.add_argument("--only", default="idle,placement,silent",
                         help="scenarios: idle, placement (with the kill), silent")
     arguments = parser.parse_args()
+    NODE_TIMEOUT_S = arguments.node_timeout
     sys.setrecursionlimit(10000)
     uvloop.run(main(arguments))

@@ -201,7 +201,8 @@ class Membership:
             conn.close("heartbeat from a node declared dead: it must join again")
             return False
         info.last_heartbeat = time.monotonic()
-        info.view_acked = message.view_version
+        # Never backwards: a heartbeat sent before the join's snapshot arrived says 0.
+        info.view_acked = max(info.view_acked, message.view_version)
         if available == info.available and store == info.store and actors == info.actors \
                 and workers == info.workers:
             return False

@@ -261,30 +261,20 @@ class SimDriver:
         self.conn.send(P.encode(build(request_id)))
         return future
 
-    async def create_actors(self, count: int, demand: dict, max_restarts: int = 0,
-                            window: int = 500) -> list[bytes]:
-        """Create `count` actors, at most `window` unanswered at a time; their ids."""
+    async def create_actors(self, count: int, demand: dict, max_restarts: int = 0) -> list[bytes]:
+        """Create `count` actors, all sent at once (as a program's loop of `.remote()` does);
+        returns their ids once the head has answered every one."""
         spec = pickle.dumps({"options": {"max_restarts": max_restarts}})
-        ids, pending = [], set()
-        for _ in range(count):
-            actor_id = os.urandom(16)
-            ids.append(actor_id)
-            pending.add(self._request(lambda rid, a=actor_id: P.CreateActor(
-                rid, a, spec, demand, "", "sim", False, False, ["127.0.0.1", 1])))
-            if len(pending) >= window:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                _raise_errors(done)
-        if pending:
-            _raise_errors((await asyncio.wait(pending))[0])
+        ids = [os.urandom(16) for _ in range(count)]
+        futures = [self._request(lambda rid, a=actor_id: P.CreateActor(
+            rid, a, spec, demand, "", "sim", False, False, ["127.0.0.1", 1]))
+            for actor_id in ids]
+        for reply in await asyncio.gather(*futures):
+            if reply.error is not None:
+                raise RuntimeError(f"the head refused an actor: {reply.error}")
         return ids
 
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close("simulation over")
 
-
-def _raise_errors(done) -> None:
-    for future in done:
-        reply = future.result()
-        if reply.error is not None:
-            raise RuntimeError(f"the head refused an actor: {reply.error}")
