@@ -195,7 +195,7 @@ class Membership:
     def on_heartbeat(self, conn, message: P.Heartbeat) -> bool:
         """Record a member's heartbeat; True if its figures changed (the common idle beat
         changes nothing, and costs no more than this comparison)."""
-        node_id, _, _, available, _, _, store, actors, workers = message.node
+        node_id, _, _, available, _, _, store, actors, workers = message.node[:9]
         info = self.nodes.get(node_id)
         if info is None or not info.alive:
             conn.close("heartbeat from a node declared dead: it must join again")
