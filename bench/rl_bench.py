@@ -13,7 +13,7 @@ throughput, ES/ARS/A2C time to solve CartPole-v1, each beside a baseline measure
                             Pendulum-v1 (budget 200k env steps)
     dqn_cartpole_s{0,1,2}   wall time from build() to the first evaluation in which DQN's greedy
                             policy has a mean return >= 475 over 20 episodes (evaluated every
-                            --dqn-eval-every-s seconds of training; evaluation time counts), with
+                            --dqn-eval-every iterations of learning; evaluation time counts), with
                             the env steps and learner updates used and the CPU seconds of all
                             the run's processes (budget --dqn-budget-s)
     apex_{updates,env_steps}_per_s  Ape-X's learner updates/s and env steps/s with its defaults
@@ -192,23 +192,24 @@ def tree_cpu_seconds() -> float:
     return sum(cpu.get(pid, 0.0) for pid in mine)
 
 
-def dqn_time_to_475(seed: int, budget_s: float, output: str, eval_every_s: float) -> dict:
+def dqn_time_to_475(seed: int, budget_s: float, output: str, eval_every: int) -> dict:
     """DQN with its default settings until the greedy policy's 20-episode mean return reaches
-    475, evaluated every `eval_every_s` seconds of training (the evaluations count)."""
+    475, evaluated every `eval_every` training iterations once learning started (counted in
+    iterations, not seconds, so a loaded machine does not evaluate more often per env step; the
+    evaluations' time counts)."""
     cpu_start = tree_cpu_seconds()
     start = time.monotonic()
     algo = rl.DQNConfig(env="CartPole-v1", seed=seed, output=output,
                         log_to_tensorboard=False).build()
     try:
-        best, evaluated_at, eval_s, num_evals = 0.0, time.monotonic(), 0.0, 0
+        best, learning_iterations, eval_s, num_evals = 0.0, 0, 0.0, 0
         while best < CARTPOLE_TARGET and time.monotonic() - start < budget_s:
             result = algo.train()
-            if result["learner/num_updates_total"] and \
-                    time.monotonic() - evaluated_at >= eval_every_s:
+            learning_iterations += result["learner/num_updates"] > 0
+            if learning_iterations and learning_iterations % eval_every == 0:
                 eval_start = time.monotonic()
                 best = max(best, algo.evaluate(episodes=20)["episode_return_mean"])
-                evaluated_at = time.monotonic()
-                eval_s += evaluated_at - eval_start
+                eval_s += time.monotonic() - eval_start
                 num_evals += 1
         wall = time.monotonic() - start
         return {"time_s": wall, "env_steps": algo.env_steps_total,
@@ -380,7 +381,7 @@ def rows(args) -> list[dict]:
     if "dqn" not in args.skip:
         times = []
         for seed in args.seeds:
-            run = dqn_time_to_475(seed, args.dqn_budget_s, output, args.dqn_eval_every_s)
+            run = dqn_time_to_475(seed, args.dqn_budget_s, output, args.dqn_eval_every)
             times.append(run["time_s"] if run["reached"] else float("inf"))
             out.append(emit({"name": f"dqn_cartpole_s{seed}", "value": run.pop("time_s"),
                              "unit": "s", **run}, args))
@@ -450,8 +451,8 @@ def main(argv=None) -> int:
                         help="DQN's time limit per seed")
     parser.add_argument("--dqn-updates", type=int, default=2_000,
                         help="updates timed for dqn_updates_per_s")
-    parser.add_argument("--dqn-eval-every-s", type=float, default=1.0,
-                        help="seconds of DQN training between greedy evaluations")
+    parser.add_argument("--dqn-eval-every", type=int, default=8,
+                        help="DQN training iterations (with updates) between greedy evaluations")
     args = parser.parse_args(argv)
     if args.only:
         every = ["cartpole", "sampling", "pendulum", "dqn", "apex", "es", "ars", "a2c"]
