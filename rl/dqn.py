@@ -337,11 +337,11 @@ class DQN(Algorithm):
         for fragment, ref in zip(fragments, refs):
             # The runner's ref: the replay actor reads the arrays from the store itself.
             self.replay.add_fragment(ref if ref is not None else fragment,
-                                     int(fragment["runner_index"]))
+                                     int(fragment["runner_index"]), int(fragment["env_steps"]))
             new_steps += int(fragment["env_steps"])
         self.transitions_added += new_steps
-        ready = min(self.transitions_added, c.replay_buffer_capacity) >= max(
-            c.learning_starts, c.train_batch_size * self.replay.num_shards)
+        ready = min(self.transitions_added, c.replay_buffer_capacity) >= c.learning_starts \
+            and self.replay.smallest_shard_size() >= c.train_batch_size
         if ready:
             self._update_credit += c.replay_ratio * new_steps
         num_updates = int(self._update_credit)
