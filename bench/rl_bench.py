@@ -54,14 +54,12 @@ import pyactor as pa
 from pyactor import rl
 from pyactor.rl import envs as rl_envs
 from pyactor.rl.module import ActorCriticModule, ModuleSpec
+from pyactor.rl.ppo import PENDULUM_V1
 from pyactor.rl.rollout import EnvRunner, EnvRunnerGroup
 
 CARTPOLE_TARGET = 475.0
 PENDULUM_TARGET = -300.0
-# Pendulum: short horizon (gamma 0.9), long fragments, several epochs (rl-zoo's Pendulum layout).
-PENDULUM_CONFIG = dict(env="Pendulum-v1", num_env_runners=2, num_envs_per_runner=4,
-                       rollout_fragment_length=256, gamma=0.9, lambda_=0.95, lr=1e-3,
-                       num_epochs=10, minibatch_size=64, normalize_observations=False)
+PENDULUM_CONFIG = PENDULUM_V1  # the preset shipped in rl/ppo.py
 
 
 def process_cpu_s(pid: int) -> float:
