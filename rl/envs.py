@@ -145,32 +145,63 @@ def make_vector_env(env: Any, env_config: dict | None, num_envs: int, seed: int 
 
 class _CartPoleSameStep(gym.vector.VectorWrapper):
     """gymnasium 1.x's vectorised CartPole (20x faster than N CartPole objects) only autoresets
-    on the step after an end; this resets the ended copies in the same step, as its own reset()
-    draws them, and reports the last observations in info["final_obs"]."""
+    on the step after an end; this steps its state itself with the same-step autoreset: an ended
+    copy reports its last observation and starts again from a state drawn as the env's reset()
+    draws it. `step_with_final_obs` is the runner's path (no info dict); `step` is gymnasium's
+    interface with info["final_obs"]."""
 
-    REQUIRED = ("state", "steps", "prev_done", "np_random", "low", "high")
+    REQUIRED = ("state", "steps", "prev_done", "np_random", "low", "high", "force_mag", "tau",
+                "gravity", "masspole", "total_mass", "length", "polemass_length",
+                "x_threshold", "theta_threshold_radians", "max_episode_steps")
 
     @classmethod
     def fits(cls, envs) -> bool:
         inner = envs.unwrapped
         return type(inner).__name__ == "CartPoleVectorEnv" and \
-            all(hasattr(inner, name) for name in cls.REQUIRED)
+            all(hasattr(inner, name) for name in cls.REQUIRED) and \
+            getattr(inner, "kinematics_integrator", "euler") == "euler" and \
+            not getattr(inner, "_sutton_barto_reward", False)
 
     def __init__(self, envs):
         super().__init__(envs)
         self.metadata = {**envs.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
+        self._ones = np.ones(self.num_envs, np.float32)
+
+    def step_with_final_obs(self, actions):
+        """(obs to act on next, this step's true next_obs, rewards, terminateds, truncateds)."""
+        env = self.env.unwrapped
+        if np.any((actions != 0) & (actions != 1)):
+            raise ValueError(f"CartPole actions must be 0 or 1, got {actions!r}")
+        x, x_dot, theta, theta_dot = env.state
+        # Cart-pole dynamics of Barto, Sutton and Anderson (1983), explicit Euler steps of tau.
+        force = np.where(actions == 1, env.force_mag, -env.force_mag)
+        cos, sin = np.cos(theta), np.sin(theta)
+        temp = (force + env.polemass_length * theta_dot * theta_dot * sin) / env.total_mass
+        theta_acc = (env.gravity * sin - cos * temp) / (
+            env.length * (4.0 / 3.0 - env.masspole * cos * cos / env.total_mass))
+        x_acc = temp - env.polemass_length * theta_acc * cos / env.total_mass
+        state = np.stack((x + env.tau * x_dot, x_dot + env.tau * x_acc,
+                          theta + env.tau * theta_dot, theta_dot + env.tau * theta_acc))
+        x, theta = state[0], state[2]
+        terminateds = (np.abs(x) > env.x_threshold) | (np.abs(theta) > env.theta_threshold_radians)
+        env.steps += 1
+        truncateds = env.steps >= env.max_episode_steps
+        next_obs = state.T.astype(np.float32)
+        done = terminateds | truncateds
+        obs = next_obs
+        if done.any():
+            state[:, done] = env.np_random.uniform(env.low, env.high, size=(4, int(done.sum())))
+            env.steps[done] = 0
+            obs = state.T.astype(np.float32)
+        env.state = state
+        env.prev_done[:] = False  # the inner env's own next-step reset never fires
+        return obs, next_obs, self._ones.copy(), terminateds, truncateds
 
     def step(self, actions):
-        obs, rewards, terminateds, truncateds, info = self.env.step(actions)
+        obs, next_obs, rewards, terminateds, truncateds = self.step_with_final_obs(
+            np.asarray(actions))
         done = terminateds | truncateds
-        if done.any():
-            inner = self.env.unwrapped
-            info = {**info, "final_obs": obs.copy(), "_final_obs": done}
-            inner.state[:, done] = inner.np_random.uniform(inner.low, inner.high,
-                                                           size=(4, int(done.sum())))
-            inner.steps[done] = 0
-            inner.prev_done[:] = False
-            obs = inner.state.T.astype(np.float32)
+        info = {"final_obs": next_obs, "_final_obs": done} if done.any() else {}
         return obs, rewards, terminateds, truncateds, info
 
 
@@ -179,6 +210,8 @@ def step_vector_env(envs: gym.vector.VectorEnv, actions: np.ndarray, name: str):
     terminateds, truncateds). An exception from the env is re-raised as EnvError naming the env
     with its traceback."""
     try:
+        if type(envs) is _CartPoleSameStep:
+            return envs.step_with_final_obs(actions)
         obs, rewards, terminateds, truncateds, info = envs.step(actions)
     except Exception as error:
         raise EnvError(f"env {name!r} raised in step(): {error!r}\n{traceback.format_exc()}"

@@ -18,6 +18,7 @@ import torch
 
 import pyactor as pa
 from pyactor.rl.module import ModuleSpec
+from pyactor.rl.optim import Adam
 
 
 class Learner:
@@ -30,9 +31,8 @@ class Learner:
         if self.device.type == "cpu":
             torch.set_num_threads(1)  # small networks; also keeps updates reproducible
         self.module = module_spec.build().to(self.device)
-        # fused: one kernel per step instead of a dozen small ops per parameter tensor.
-        self.optimizer = torch.optim.Adam(self.module.parameters(), lr=config["lr"], eps=1e-5,
-                                          fused=True)
+        self.parameters = list(self.module.parameters())  # walking the modules each step costs
+        self.optimizer = Adam(self.parameters, lr=config["lr"], eps=1e-5)
         self.num_updates = 0
         self.generator = torch.Generator()  # minibatch shuffles, seeded for reproducibility
         if seed is not None:
@@ -49,18 +49,20 @@ class Learner:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
-    def apply_gradients(self, loss: torch.Tensor, grad_clip: float | None) -> float:
-        """One optimiser step on `loss`; returns the gradient norm before clipping."""
+    def apply_gradients(self, loss: torch.Tensor, grad_clip: float | None,
+                        as_tensor: bool = False) -> float | torch.Tensor:
+        """One optimiser step on `loss`; returns the gradient norm before clipping (a 0-d tensor
+        with as_tensor, which saves a device sync per step)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        grads = [p.grad for p in self.parameters if p.grad is not None]
         # The same maths as nn.utils.clip_grad_norm_ in three foreach ops: its device grouping
         # and wrappers took 0.45x more time than this on our ~10 small tensors (measured).
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         if grad_clip:
             torch._foreach_mul_(grads, (grad_clip / (norm + 1e-6)).clamp(max=1.0))
         self.optimizer.step()
-        return float(norm)
+        return norm.detach() if as_tensor else float(norm)
 
     def to_tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.ascontiguousarray(array), device=self.device)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyactor.rl.numpy_policy import NumpyActorCritic
+
 try:
     import gymnasium as gym
 except ImportError as error:  # pragma: no cover
@@ -103,6 +105,11 @@ class RLModule(nn.Module):
 
     def forward_train(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def numpy_policy(self):
+        """A numpy copy of forward_exploration/forward_inference for env runners (see
+        rl/numpy_policy.py), or None: the runner then steps with the torch module."""
+        return None
 
     # Weights as one flat vector: one put per update, one read per runner.
     def get_flat_weights(self) -> np.ndarray:
@@ -190,6 +197,15 @@ class ActorCriticModule(RLModule):
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         return run_mlp(self._vf_layers, obs).squeeze(-1)
+
+    def numpy_policy(self) -> NumpyActorCritic | None:
+        if any(getattr(type(self), name) is not getattr(ActorCriticModule, name)
+               for name in ("forward_exploration", "forward_inference", "distribution", "value")):
+            return None  # a subclass that acts differently keeps its torch forward
+        layout = [(name, tuple(p.shape)) for name, p in self.named_parameters()]
+        policy = NumpyActorCritic(layout, self.model_config["activation"], self.discrete)
+        policy.set_flat_weights(self.get_flat_weights())
+        return policy
 
 
 class ModuleSpec:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 import numpy as np
+import pytest
 import torch
 
 from pyactor.rl.module import ActorCriticModule, Categorical, DiagGaussian
@@ -59,3 +60,62 @@ def test_learner_clips_the_gradient_norm_like_torch():
         assert (ours.grad is None) == (theirs.grad is None)  # the policy net has no value loss
         if theirs.grad is not None:
             assert torch.allclose(ours.grad, theirs.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("action_space", [gym.spaces.Discrete(3),
+                                          gym.spaces.Box(-2, 2, (2,), np.float32)])
+@pytest.mark.parametrize("model", [{}, {"hidden": [8], "activation": "relu"}])
+def test_numpy_policy_matches_the_torch_module(action_space, model):
+    """The runners' numpy copy of the actor-critic gives the torch module's values, greedy
+    actions and log-probabilities of the actions it samples."""
+    space = gym.spaces.Box(-1, 1, (4,), np.float32)
+    module = ActorCriticModule(space, action_space, model)
+    if not module.discrete:
+        with torch.no_grad():
+            module.log_std.fill_(-0.5)
+    policy = module.numpy_policy()
+    obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    out = policy.explore(obs, np.random.default_rng(1))
+    with torch.no_grad():
+        reference = module.forward_train({"obs": torch.from_numpy(obs)})
+        logp = reference["dist"].log_prob(torch.from_numpy(out["actions"]))
+        greedy = module.forward_inference(torch.from_numpy(obs))["actions"].numpy()
+    np.testing.assert_allclose(out["values"], reference["values"].numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out["logp"], logp.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(policy.greedy(obs)["actions"], greedy, rtol=1e-4, atol=1e-5)
+
+
+def test_numpy_categorical_samples_follow_the_probabilities():
+    """The numpy policy draws each discrete action with the module's probability."""
+    space = gym.spaces.Box(-1, 1, (4,), np.float32)
+    module = ActorCriticModule(space, gym.spaces.Discrete(3), {"hidden": []})
+    with torch.no_grad():  # a linear policy with logits log([0.2, 0.5, 0.3]) for every obs
+        module.pi[0].weight.zero_()
+        module.pi[0].bias.copy_(torch.tensor([0.2, 0.5, 0.3]).log())
+    policy = module.numpy_policy()
+    actions = policy.explore(np.zeros((100_000, 4), np.float32),
+                             np.random.default_rng(0))["actions"]
+    np.testing.assert_allclose(np.bincount(actions, minlength=3) / 100_000, [0.2, 0.5, 0.3],
+                               atol=0.01)
+
+
+def test_adam_matches_torch_and_loads_its_state():
+    """rl.optim.Adam takes torch.optim.Adam's steps, and each loads the other's state_dict."""
+    from pyactor.rl.optim import Adam
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(3))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    optimizers = (Adam(ours, lr=1e-2, eps=1e-5), torch.optim.Adam(theirs, lr=1e-2, eps=1e-5))
+    for step in range(10):
+        for params, optimizer in zip((ours, theirs), optimizers):
+            optimizer.zero_grad()
+            ((params[0] ** 2).sum() + params[1].sin().sum() * step).backward()
+            optimizer.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a.detach(), b.detach())
+    restored = Adam([torch.nn.Parameter(p.detach().clone()) for p in theirs], lr=5.0)
+    restored.load_state_dict(optimizers[1].state_dict())
+    assert restored.steps == 10 and restored.param_groups[0]["lr"] == 1e-2
+    torch.testing.assert_close(restored.exp_avg_sq[0], optimizers[1].state[theirs[0]]["exp_avg_sq"])
+    torch.optim.Adam([torch.nn.Parameter(p.detach().clone()) for p in ours]).load_state_dict(
+        optimizers[0].state_dict())
