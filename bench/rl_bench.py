@@ -13,7 +13,7 @@ throughput, ES/ARS/A2C time to solve CartPole-v1, each beside a baseline measure
                             Pendulum-v1 (budget 200k env steps)
     dqn_cartpole_s{0,1,2}   wall time from build() to the first evaluation in which DQN's greedy
                             policy has a mean return >= 475 over 20 episodes (evaluated every
-                            --dqn-eval-every-s seconds of training; evaluation time counts), with
+                            --dqn-eval-every iterations of learning; evaluation time counts), with
                             the env steps and learner updates used and the CPU seconds of all
                             the run's processes (budget --dqn-budget-s)
     apex_{updates,env_steps}_per_s  Ape-X's learner updates/s and env steps/s with its defaults
@@ -29,14 +29,23 @@ throughput, ES/ARS/A2C time to solve CartPole-v1, each beside a baseline measure
     {es,ars,a2c}_cartpole_s{0,1,2}  wall time from build() to a 100-episode mean training return
                             >= 475 on CartPole-v1 with the default config, and the env steps used
 
-    python bench/rl_bench.py [--json] [--seeds 0 1 2] [--skip sb3 pendulum dqn es ...]
-                             [--only dqn apex ...]
+Every row prints its figure, the baseline measured in the same run (where there is one), the
+env steps used and `cpu_s`: CPU seconds of the driver process (the pyactor node runs in it) plus
+every runner / worker actor process, read from /proc before they stop. On a shared machine the
+env steps, CPU seconds and ratios carry over; wall times do not.
+
+    python bench/rl_bench.py [--json] [--seeds 0 1 2] [--only cartpole sampling ...]
+                             [--skip sb3 pendulum dqn es ...]
+    groups: cartpole (PPO, with the SB3 baseline unless `sb3` is skipped), sampling, pendulum,
+            dqn, apex, es (es_steps_per_s), es_solve, ars, a2c
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -49,29 +58,47 @@ import pyactor as pa
 from pyactor import rl
 from pyactor.rl import envs as rl_envs
 from pyactor.rl.module import ActorCriticModule, ModuleSpec
+from pyactor.rl.ppo import PENDULUM_V1
 from pyactor.rl.rollout import EnvRunner, EnvRunnerGroup
 
 CARTPOLE_TARGET = 475.0
 PENDULUM_TARGET = -300.0
-# Pendulum: short horizon (gamma 0.9), long fragments, several epochs (rl-zoo's Pendulum layout).
-PENDULUM_CONFIG = dict(env="Pendulum-v1", num_env_runners=2, num_envs_per_runner=4,
-                       rollout_fragment_length=256, gamma=0.9, lambda_=0.95, lr=1e-3,
-                       num_epochs=10, minibatch_size=64, normalize_observations=False)
+PENDULUM_CONFIG = PENDULUM_V1  # the preset shipped in rl/ppo.py
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def algo_cpu_s(algo, driver_cpu_start: float) -> float:
+    """CPU seconds since the start of the driver and, whole, of the algorithm's actor processes."""
+    runners = algo.env_runner_group.runners
+    pids = pa.get([runner.pid.remote() for runner in runners]) if runners else []
+    return time.process_time() - driver_cpu_start + sum(process_cpu_s(pid) for pid in pids)
 
 
 def ours_time_to(config: rl.PPOConfig, target: float, max_steps: int) -> dict:
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), time.process_time()
     algo = config.build()
     try:
         while True:
             result = algo.train()
             if result["episode_return_mean"] >= target or result["env_steps_total"] >= max_steps:
                 break
+        elapsed = time.monotonic() - start
+        cpu_s = algo_cpu_s(algo, cpu_start)
     finally:
         algo.stop()
     reached = result["episode_return_mean"] >= target
-    return {"time_s": time.monotonic() - start, "env_steps": result["env_steps_total"],
-            "reached": reached, "return": result["episode_return_mean"]}
+    return {"time_s": elapsed, "env_steps": result["env_steps_total"], "cpu_s": cpu_s,
+            "iterations": result["training_iteration"], "reached": reached,
+            "return": result["episode_return_mean"]}
 
 
 def sb3_time_to_475(seed: int, max_steps: int = 100_000) -> dict:
@@ -86,7 +113,7 @@ def sb3_time_to_475(seed: int, max_steps: int = 100_000) -> dict:
             buffer = self.model.ep_info_buffer
             return not (len(buffer) == 100 and np.mean([e["r"] for e in buffer]) >= CARTPOLE_TARGET)
 
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), time.process_time()
     env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
     model = SB3PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98,
                    n_epochs=20, ent_coef=0.0, learning_rate=lambda p: 1e-3 * p,
@@ -95,6 +122,7 @@ def sb3_time_to_475(seed: int, max_steps: int = 100_000) -> dict:
     buffer = model.ep_info_buffer
     ret = float(np.mean([e["r"] for e in buffer])) if buffer else float("nan")
     return {"time_s": time.monotonic() - start, "env_steps": int(model.num_timesteps),
+            "cpu_s": time.process_time() - cpu_start,
             "reached": len(buffer) == 100 and ret >= CARTPOLE_TARGET, "return": ret}
 
 
@@ -135,35 +163,48 @@ def sampling_throughput(rounds: int, fragments: int = 40, length: int = 64) -> d
         runner.set_weights(weights, 1)
     group.sync_weights(weights, 1, None)
 
-    def actors() -> float:
-        # Two calls in flight per runner: a runner starts its next fragment while the driver
-        # takes the last one, so neither waits for the other or for the driver.
-        start = time.perf_counter()
-        steps = 0
-        in_flight = {runner.sample.remote(length): runner for runner in group.runners
-                     for _ in range(2)}
-        for _ in range(fragments):
-            [done], _ = pa.wait(list(in_flight), num_returns=1)
-            runner = in_flight.pop(done)
-            steps += pa.get(done)["env_steps"]
-            in_flight[runner.sample.remote(length)] = runner
-        pa.get(list(in_flight))
-        return steps / (time.perf_counter() - start)
+    pids = group.runner_pids()
+    loop = asyncio.new_event_loop()
 
-    def one_process() -> float:
-        start = time.perf_counter()
+    async def pipeline() -> tuple[int, float]:
+        # The library's path, as Algorithm.sample with async_sampling: the next fragments are
+        # requested as soon as these are in, so the runners never wait for the driver.
         steps = 0
-        for i in range(fragments):
+        group.request(length)
+        for _ in range(fragments // 2):
+            collected = await group.collect()
+            group.request(length)
+            steps += sum(int(f["env_steps"]) for f in collected)
+        steps += sum(int(f["env_steps"]) for f in await group.collect())
+        return steps
+
+    def actors() -> tuple[float, float]:
+        cpu_before = time.process_time() + sum(process_cpu_s(pid) for pid in pids)
+        start = time.perf_counter()
+        steps = loop.run_until_complete(pipeline())
+        elapsed = time.perf_counter() - start
+        cpu = time.process_time() + sum(process_cpu_s(pid) for pid in pids) - cpu_before
+        return steps / elapsed, cpu / steps * 1e6
+
+    def one_process() -> tuple[float, float]:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        steps = 0
+        for i in range(fragments + 2):
             steps += local[i % 2].sample(length)["env_steps"]
-        return steps / (time.perf_counter() - start)
+        return steps / (time.perf_counter() - start), (time.process_time() - cpu_start) / steps * 1e6
 
-    actors()  # warm-up: first calls, imports in the runners
+    actors()  # warm-up: first calls in the runners
     ours, base = [], []
     for _ in range(rounds):
         ours.append(actors())
         base.append(one_process())
     group.stop()
-    return {"value": statistics.median(ours), "baseline": statistics.median(base)}
+    loop.close()
+    return {"value": statistics.median(r for r, _ in ours),
+            "baseline": statistics.median(r for r, _ in base),
+            "env_steps": (fragments + 2) * length * 16 * rounds,
+            "cpu_us_per_step": statistics.median(c for _, c in ours),
+            "baseline_cpu_us_per_step": statistics.median(c for _, c in base)}
 
 
 def tree_cpu_seconds() -> float:
@@ -192,23 +233,24 @@ def tree_cpu_seconds() -> float:
     return sum(cpu.get(pid, 0.0) for pid in mine)
 
 
-def dqn_time_to_475(seed: int, budget_s: float, output: str, eval_every_s: float) -> dict:
+def dqn_time_to_475(seed: int, budget_s: float, output: str, eval_every: int) -> dict:
     """DQN with its default settings until the greedy policy's 20-episode mean return reaches
-    475, evaluated every `eval_every_s` seconds of training (the evaluations count)."""
+    475, evaluated every `eval_every` training iterations once learning started (counted in
+    iterations, not seconds, so a loaded machine does not evaluate more often per env step; the
+    evaluations' time counts)."""
     cpu_start = tree_cpu_seconds()
     start = time.monotonic()
     algo = rl.DQNConfig(env="CartPole-v1", seed=seed, output=output,
                         log_to_tensorboard=False).build()
     try:
-        best, evaluated_at, eval_s, num_evals = 0.0, time.monotonic(), 0.0, 0
+        best, learning_iterations, eval_s, num_evals = 0.0, 0, 0.0, 0
         while best < CARTPOLE_TARGET and time.monotonic() - start < budget_s:
             result = algo.train()
-            if result["learner/num_updates_total"] and \
-                    time.monotonic() - evaluated_at >= eval_every_s:
+            learning_iterations += result["learner/num_updates"] > 0
+            if learning_iterations and learning_iterations % eval_every == 0:
                 eval_start = time.monotonic()
                 best = max(best, algo.evaluate(episodes=20)["episode_return_mean"])
-                evaluated_at = time.monotonic()
-                eval_s += evaluated_at - eval_start
+                eval_s += time.monotonic() - eval_start
                 num_evals += 1
         wall = time.monotonic() - start
         return {"time_s": wall, "env_steps": algo.env_steps_total,
@@ -314,24 +356,30 @@ def es_throughput(rounds: int, output: str, iterations: int = 8) -> dict:
                            log_to_tensorboard=False).build()
         try:
             algo.train()  # warm-up: first calls and imports in the workers
+            pids = algo.env_runner_group.runner_pids()
             steps, episodes = algo.env_steps_total, algo.episodes_total
+            cpu_before = time.process_time() + sum(process_cpu_s(pid) for pid in pids)
             start = time.perf_counter()
             for _ in range(iterations):
                 algo.train()
             elapsed = time.perf_counter() - start
+            cpu = time.process_time() + sum(process_cpu_s(pid) for pid in pids) - cpu_before
             steps, episodes = algo.env_steps_total - steps, algo.episodes_total - episodes
         finally:
             algo.stop()
-        return steps / elapsed, steps / episodes
+        return steps / elapsed, steps / episodes, steps, cpu
 
-    ours_rates, bare_rates, lengths = [], [], []
+    ours_rates, bare_rates, lengths, steps, cpus = [], [], [], [], []
     for _ in range(rounds):
-        rate, length = ours()
+        rate, length, n, cpu = ours()
         ours_rates.append(rate)
         lengths.append(length)
+        steps.append(n)
+        cpus.append(cpu)
         bare_rates.append(bare_env_steps_per_s())
     return {"value": statistics.median(ours_rates), "baseline": statistics.median(bare_rates),
-            "episode_len": statistics.median(lengths)}
+            "episode_len": statistics.median(lengths), "env_steps": sum(steps),
+            "cpu_s": sum(cpus)}
 
 
 def rows(args) -> list[dict]:
@@ -351,12 +399,15 @@ def rows(args) -> list[dict]:
                                   log_to_tensorboard=False)
             ours = ours_time_to(config, CARTPOLE_TARGET, 300_000)
             row = {"name": f"ppo_cartpole_s{seed}", "value": ours["time_s"], "unit": "s",
-                   "env_steps": ours["env_steps"], "reached": ours["reached"]}
+                   "env_steps": ours["env_steps"], "cpu_s": ours["cpu_s"],
+                   "iterations": ours["iterations"], "reached": ours["reached"]}
             ours_times.append(ours["time_s"] if ours["reached"] else float("inf"))
             if have_sb3:
                 sb3 = sb3_time_to_475(seed)
                 row.update(baseline=sb3["time_s"], baseline_env_steps=sb3["env_steps"],
-                           baseline_reached=sb3["reached"], ratio=ours["time_s"] / sb3["time_s"])
+                           baseline_cpu_s=sb3["cpu_s"], baseline_reached=sb3["reached"],
+                           ratio=ours["time_s"] / sb3["time_s"],
+                           cpu_ratio=ours["cpu_s"] / sb3["cpu_s"])
                 sb3_times.append(sb3["time_s"] if sb3["reached"] else float("inf"))
             out.append(emit(row, args))
         median = {"name": "ppo_cartpole_median", "value": statistics.median(ours_times),
@@ -367,20 +418,19 @@ def rows(args) -> list[dict]:
         out.append(emit(median, args))
     if "sampling" not in args.skip:
         sampled = sampling_throughput(args.rounds)
-        out.append(emit({"name": "sampling_2x16", "value": sampled["value"], "unit": "steps/s",
-                         "baseline": sampled["baseline"],
+        out.append(emit({"name": "sampling_2x16", "unit": "steps/s", **sampled,
                          "ratio": sampled["value"] / sampled["baseline"],
                          "cpu_parallel_ceiling": parallel_ceiling(args.rounds)}, args))
     if "pendulum" not in args.skip:
         config = rl.PPOConfig(seed=0, output=output, log_to_tensorboard=False, **PENDULUM_CONFIG)
         result = ours_time_to(config, PENDULUM_TARGET, 200_000)
         out.append(emit({"name": "ppo_pendulum", "value": result["env_steps"], "unit": "env steps",
-                         "time_s": result["time_s"], "reached": result["reached"],
-                         "return": result["return"]}, args))
+                         "time_s": result["time_s"], "cpu_s": result["cpu_s"],
+                         "reached": result["reached"], "return": result["return"]}, args))
     if "dqn" not in args.skip:
         times = []
         for seed in args.seeds:
-            run = dqn_time_to_475(seed, args.dqn_budget_s, output, args.dqn_eval_every_s)
+            run = dqn_time_to_475(seed, args.dqn_budget_s, output, args.dqn_eval_every)
             times.append(run["time_s"] if run["reached"] else float("inf"))
             out.append(emit({"name": f"dqn_cartpole_s{seed}", "value": run.pop("time_s"),
                              "unit": "s", **run}, args))
@@ -401,26 +451,45 @@ def rows(args) -> list[dict]:
                             args))
     if "es" not in args.skip:
         es = es_throughput(args.rounds, output)
-        out.append(emit({"name": "es_steps_per_s", "value": es["value"], "unit": "steps/s",
-                         "baseline": es["baseline"], "ratio": es["value"] / es["baseline"],
-                         "episode_len": es["episode_len"]}, args))
-    for name, config_class in (("es", rl.ESConfig), ("ars", rl.ARSConfig), ("a2c", rl.A2CConfig)):
+        out.append(emit({"name": "es_steps_per_s", "unit": "steps/s", **es,
+                         "ratio": es["value"] / es["baseline"]}, args))
+    for name, config_class in (("es_solve", rl.ESConfig), ("ars", rl.ARSConfig),
+                               ("a2c", rl.A2CConfig)):
         if name in args.skip:
             continue
+        label = name.replace("_solve", "")
         times = []
         for seed in args.seeds:
             config = config_class(env="CartPole-v1", seed=seed, output=output,
                                   log_to_tensorboard=False)
             result = ours_time_to(config, CARTPOLE_TARGET, 1_000_000)
             times.append(result["time_s"] if result["reached"] else float("inf"))
-            out.append(emit({"name": f"{name}_cartpole_s{seed}", "value": result["time_s"],
+            out.append(emit({"name": f"{label}_cartpole_s{seed}", "value": result["time_s"],
                              "unit": "s", "env_steps": result["env_steps"],
+                             "cpu_s": result["cpu_s"], "iterations": result["iterations"],
                              "reached": result["reached"]}, args))
-        out.append(emit({"name": f"{name}_cartpole_median", "value": statistics.median(times),
+        out.append(emit({"name": f"{label}_cartpole_median", "value": statistics.median(times),
                          "unit": "s"}, args))
     import shutil
     shutil.rmtree(output, ignore_errors=True)
     return out
+
+
+# Row groups for --only / --skip; a new group adds its name here and tests `name not in args.skip`.
+GROUPS = ["cartpole", "sb3", "sampling", "pendulum", "dqn", "apex", "es", "es_solve", "ars",
+          "a2c"]
+
+
+class Selection:
+    """`name in selection`: the group is skipped (named in --skip, or --only names others)."""
+
+    def __init__(self, only: list[str], skip: list[str]):
+        self.only, self.skip = set(only), set(skip)
+
+    def __contains__(self, name: str) -> bool:
+        if name == "sb3":  # the baseline goes with its row group
+            return name in self.skip or bool(self.only) and not ({"sb3", "cartpole"} & self.only)
+        return name in self.skip or bool(self.only) and name not in self.only
 
 
 def emit(row: dict, args) -> dict:
@@ -438,24 +507,20 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3, help="sampling rounds (median)")
-    parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["cartpole", "sb3", "sampling", "pendulum", "dqn", "apex",
-                                 "es", "ars", "a2c"])
-    parser.add_argument("--only", nargs="+", default=None,
-                        choices=["cartpole", "sampling", "pendulum", "dqn", "apex", "es", "ars",
-                                 "a2c"], help="run only these rows (the others are skipped)")
+    parser.add_argument("--only", nargs="*", default=[], choices=GROUPS,
+                        help="run only these row groups")
+    parser.add_argument("--skip", nargs="*", default=[], choices=GROUPS,
+                        help="skip these row groups (sb3: the SB3 baseline of cartpole)")
     parser.add_argument("--apex-iterations", type=int, default=30,
                         help="iterations timed for the apex rows")
     parser.add_argument("--dqn-budget-s", type=float, default=120.0,
                         help="DQN's time limit per seed")
     parser.add_argument("--dqn-updates", type=int, default=2_000,
                         help="updates timed for dqn_updates_per_s")
-    parser.add_argument("--dqn-eval-every-s", type=float, default=1.0,
-                        help="seconds of DQN training between greedy evaluations")
+    parser.add_argument("--dqn-eval-every", type=int, default=8,
+                        help="DQN training iterations (with updates) between greedy evaluations")
     args = parser.parse_args(argv)
-    if args.only:
-        every = ["cartpole", "sampling", "pendulum", "dqn", "apex", "es", "ars", "a2c"]
-        args.skip = sorted(set(args.skip) | (set(every) - set(args.only)))
+    args.skip = Selection(args.only, args.skip)
     pa.init(num_cpus=2)
     try:
         rows(args)

@@ -33,8 +33,11 @@ from pyactor.rl.ppo import compute_gae
 
 @dataclasses.dataclass(frozen=True)
 class A2CConfig(AlgorithmConfig):
-    num_env_runners: int = 2
-    num_envs_per_runner: int = 8
+    # The runner in the driver: A2C is synchronous (the learner waits for the sample, the runners
+    # for the weights), and on envs as cheap as CartPole an actor round trip per 8 steps costs
+    # more than the sampling. num_env_runners=N puts N runner actors behind the same loop.
+    num_env_runners: int = 0
+    num_envs_per_runner: int = 16
     rollout_fragment_length: int = 8
     async_sampling: bool = False  # on-policy gradient: no importance ratio to correct a lag
     gamma: float = 0.99

@@ -8,17 +8,19 @@ The pipeline (the Ape-X layout of Horgan et al. 2018, on one host):
     EnvRunner actors (epsilon-greedy, CPU copy of Q)
         | fragment refs [T, N]                       ^ one weights ref per iteration
         v                                            |
-    ReplayActor (rl/buffers.py)                 driver: DQN.training_step
+    ReplayActor (rl/buffers.py, behind           driver: DQN.training_step
+      rl/sharded_replay.py with one shard)            |
         add_fragment(ref): n-step transitions        |
-        sample(B, beta) ------- batch -------------> DQNLearner.update: loss, Adam step, target
-        update_priorities(ids, |delta|) <----------- (one batch request kept in flight, so the
-                                                      replay draws batch k+1 during SGD on k)
+        sample_batches(K, B, beta) -- K batches ---> DQNLearner.update: K x (loss, Adam step,
+        update_priorities(ids, |delta|) <-----------   target) (one chunk request kept in flight,
+                                                      so the replay draws chunk k+1 during SGD
+                                                      on chunk k; one round trip per K updates)
 
 One iteration (DQN.training_step), top to bottom:
     fragments = await sample(epsilon)            # one fragment per runner; the next round starts
     replay.add_fragment(ref) for each            # the runners' refs, never copied by the driver
     for each update owed (replay_ratio * env steps, once learning_starts steps are in):
-        batch = replay.sample(B, beta)           # uniform, or P(i) ~ p_i**alpha with weights w_i
+        batch = next of replay.sample_batches(K, B, beta)   # uniform, or P(i) ~ p_i**alpha, w_i
         y = r^(n) + gamma^n (1 - done) Q_target(s', argmax_a' Q(s', a'))     # q_targets
         loss = mean(w * huber(y - Q(s, a)))      # td_loss; |y - Q(s, a)| -> new priorities
         Adam step; every target_network_update_freq updates: theta' <- tau theta + (1-tau) theta'
@@ -335,11 +337,11 @@ class DQN(Algorithm):
         for fragment, ref in zip(fragments, refs):
             # The runner's ref: the replay actor reads the arrays from the store itself.
             self.replay.add_fragment(ref if ref is not None else fragment,
-                                     int(fragment["runner_index"]))
+                                     int(fragment["runner_index"]), int(fragment["env_steps"]))
             new_steps += int(fragment["env_steps"])
         self.transitions_added += new_steps
-        ready = min(self.transitions_added, c.replay_buffer_capacity) >= max(
-            c.learning_starts, c.train_batch_size * self.replay.num_shards)
+        ready = min(self.transitions_added, c.replay_buffer_capacity) >= c.learning_starts \
+            and self.replay.smallest_shard_size() >= c.train_batch_size
         if ready:
             self._update_credit += c.replay_ratio * new_steps
         num_updates = int(self._update_credit)

@@ -40,27 +40,35 @@ class ShardedReplay:
             raise ValueError(f"replay capacity {capacity} is less than one transition per shard "
                              f"({num_shards} shards)")
         self.num_shards = num_shards
+        self.shard_capacity = capacity // num_shards
         actor_class = pa.remote(ReplayActor).options(num_cpus=0)
         self.shards = []
         try:
             for s in range(num_shards):
                 shard_seed = None if seed is None else seed + 7_919 * (s + 1)
-                self.shards.append(actor_class.remote(capacity // num_shards, prioritized, alpha,
+                self.shards.append(actor_class.remote(self.shard_capacity, prioritized, alpha,
                                                       n_step, gamma, shard_seed))
         except BaseException:
             self.stop()
             raise
         self._fragments_of: dict[int, int] = {}  # runner index -> fragments routed so far
+        self._routed = [0] * num_shards  # transitions sent to each shard so far
         self._next_chunk = 0
 
-    def add_fragment(self, fragment_or_ref, runner_index: int) -> int:
-        """Route one fragment (preferably its ref: the shard reads it from the store); returns
-        the shard chosen."""
+    def add_fragment(self, fragment_or_ref, runner_index: int, num_transitions: int) -> int:
+        """Route one fragment of num_transitions transitions (preferably its ref: the shard reads
+        it from the store); returns the shard chosen."""
         count = self._fragments_of.get(runner_index, 0)
         self._fragments_of[runner_index] = count + 1
         shard = shard_for(runner_index, count, self.num_shards)
         self.shards[shard].add_fragment.remote(fragment_or_ref)
+        self._routed[shard] += num_transitions
         return shard
+
+    def smallest_shard_size(self) -> int:
+        """Transitions held by the emptiest shard once what was routed has arrived (known here
+        without asking: a batch may be requested from every shard once this is >= its size)."""
+        return min(min(routed, self.shard_capacity) for routed in self._routed)
 
     def sample_batches(self, num_batches: int, batch_size: int, beta: float):
         """(shard, ref of num_batches stacked batches) from the next shard in turn."""
@@ -81,17 +89,20 @@ class ShardedReplay:
     # Checkpoints: every shard's state and the routing counters.
     def get_state(self) -> dict:
         return {"shards": pa.get([shard.get_state.remote() for shard in self.shards]),
-                "fragments_of": dict(self._fragments_of), "next_chunk": self._next_chunk}
+                "fragments_of": dict(self._fragments_of), "next_chunk": self._next_chunk,
+                "routed": list(self._routed)}
 
     def set_state(self, state: dict) -> None:
         if "shards" not in state:  # a one-buffer state, as DQN checkpoints held before shards
-            state = {"shards": [state], "fragments_of": {}, "next_chunk": 0}
+            state = {"shards": [state], "fragments_of": {}, "next_chunk": 0,
+                     "routed": [state["num_added"]]}
         if len(state["shards"]) != self.num_shards:
             raise ValueError(f"the checkpoint has {len(state['shards'])} replay shards, this "
                              f"config {self.num_shards}")
         pa.get([shard.set_state.remote(s) for shard, s in zip(self.shards, state["shards"])])
         self._fragments_of = dict(state["fragments_of"])
         self._next_chunk = state["next_chunk"]
+        self._routed = list(state["routed"])
 
     def stop(self) -> None:
         for shard in self.shards:

@@ -94,3 +94,19 @@ def test_native_cartpole_resets_ended_copies_in_the_same_step():
     running = np.flatnonzero(~terminateds)
     assert np.array_equal(obs[running], next_obs[running])
     assert not np.array_equal(obs[running], previous[running])
+
+
+def test_native_cartpole_steps_like_gymnasium():
+    """Between episode ends, the same-step CartPole gives gymnasium's vectorised CartPole's
+    observations, rewards and terminations for the same seed and actions."""
+    ours = rl_envs.make_vector_env("CartPole-v1", {}, 8)
+    theirs = gym.make_vec("CartPole-v1", num_envs=8, vectorization_mode="vector_entry_point")
+    rl_envs.reset_vector_env(ours, 3, "CartPole-v1")
+    theirs.reset(seed=3)
+    actions = np.random.default_rng(0).integers(0, 2, (8, 8))
+    for step_actions in actions:  # 8 steps: no CartPole episode ends before step 9
+        _, next_obs, rewards, terminateds, _ = rl_envs.step_vector_env(ours, step_actions, "c")
+        obs, their_rewards, their_terminateds, _, _ = theirs.step(step_actions)
+        assert np.array_equal(next_obs, obs) and np.array_equal(rewards, their_rewards)
+        assert np.array_equal(terminateds, their_terminateds)
+    theirs.close()
