@@ -52,6 +52,7 @@ class Algorithm:
     config_class: type[AlgorithmConfig] = AlgorithmConfig
     learner_class: type[Learner] = Learner
     module_class: type[RLModule] = ActorCriticModule
+    env_runner_class: type[EnvRunner] = EnvRunner
 
     def __init__(self, config: AlgorithmConfig):
         if not isinstance(config, self.config_class):
@@ -121,7 +122,8 @@ class Algorithm:
             seed=config.seed, normalize_observations=config.normalize_observations,
             num_cpus_per_env_runner=config.num_cpus_per_env_runner,
             custom_resources_per_env_runner=config.custom_resources_per_env_runner,
-            max_env_runner_restarts=config.max_env_runner_restarts)
+            max_env_runner_restarts=config.max_env_runner_restarts,
+            runner_class=self.env_runner_class)
 
     # ------------------------------------------------------------------ pieces for subclasses
     async def sample(self, num_steps: int | None = None, **explore_kw) -> list[dict]:
@@ -136,15 +138,20 @@ class Algorithm:
         if self.config.async_sampling:
             group.request(length, **explore_kw)  # runners step k+1 while the learner works on k
         for fragment in fragments:
-            self.env_steps_total += int(fragment["env_steps"])
-            self._policy_lags.append(self.weights_version - int(fragment["weights_version"]))
-            returns, lengths = fragment["episode_returns"], fragment["episode_lengths"]
-            self._returns.extend(returns.tolist())
-            self._lengths.extend(lengths.tolist())
-            self.episodes_total += len(returns)
-            if self.obs_stats is not None and "obs_stats" in fragment:
-                self.obs_stats.merge(RunningMeanStd.from_dict(fragment["obs_stats"]))
+            self.record_fragment(fragment)
         return fragments
+
+    def record_fragment(self, fragment: dict) -> None:
+        """Count a fragment's env steps, finished episodes, policy lag and observation
+        statistics (every pipeline calls this once per fragment it consumes)."""
+        self.env_steps_total += int(fragment["env_steps"])
+        self._policy_lags.append(self.weights_version - int(fragment["weights_version"]))
+        returns, lengths = fragment["episode_returns"], fragment["episode_lengths"]
+        self._returns.extend(returns.tolist())
+        self._lengths.extend(lengths.tolist())
+        self.episodes_total += len(returns)
+        if self.obs_stats is not None and "obs_stats" in fragment:
+            self.obs_stats.merge(RunningMeanStd.from_dict(fragment["obs_stats"]))
 
     def sync_weights(self) -> None:
         """Send the learner's weights (and the observation statistics) to every runner."""

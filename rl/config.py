@@ -22,6 +22,9 @@ ALGORITHMS: dict[str, str] = {
     "ES": "pyactor.rl.es:ESConfig",
     "ARS": "pyactor.rl.ars:ARSConfig",
     "A2C": "pyactor.rl.a2c:A2CConfig",
+    "A3C": "pyactor.rl.a3c:A3CConfig",
+    "IMPALA": "pyactor.rl.impala:IMPALAConfig",
+    "APPO": "pyactor.rl.appo:APPOConfig",
 }
 
 

@@ -161,7 +161,7 @@ class EnvRunnerGroup:
     def __init__(self, *, env, env_config: dict, num_env_runners: int, num_envs_per_runner: int,
                  module_spec: ModuleSpec, seed: int | None, normalize_observations: bool,
                  num_cpus_per_env_runner: float = 1, custom_resources_per_env_runner=None,
-                 max_env_runner_restarts: int = -1):
+                 max_env_runner_restarts: int = -1, runner_class: type = None):
         self.num_restarts = 0
         self.max_restarts = max_env_runner_restarts
         self._restarts_of = [0] * num_env_runners
@@ -170,12 +170,13 @@ class EnvRunnerGroup:
         self._weights: tuple | None = None  # (ref, version, obs_stats) last sent
         env = rl_envs.portable(env)  # a registered name means nothing in another process
         args = (env, env_config, num_envs_per_runner, module_spec, seed)
+        runner_class = runner_class or EnvRunner  # a subclass adds methods (A3C's gradients)
         if num_env_runners == 0:
-            self.local: EnvRunner | None = EnvRunner(*args, 0, normalize_observations)
+            self.local: EnvRunner | None = runner_class(*args, 0, normalize_observations)
             self.runners: list = []
             return
         self.local = None
-        actor_class = pa.remote(EnvRunner).options(
+        actor_class = pa.remote(runner_class).options(
             num_cpus=num_cpus_per_env_runner, resources=dict(custom_resources_per_env_runner or {}),
             max_restarts=max_env_runner_restarts, max_task_retries=0)
         self.runners = [actor_class.remote(*args, i, normalize_observations)
@@ -241,6 +242,15 @@ class EnvRunnerGroup:
                                f"without delivering a fragment; last error: {error}") from error
         if self._weights is not None:  # the restarted process starts from its initial weights
             self.runners[index].set_weights.remote(*self._weights)
+
+    def runner_delivered(self, index: int) -> None:
+        """For pipelines that await runners one by one: runner `index` delivered a result."""
+        self._deaths_in_a_row[index] = 0
+
+    def runner_died(self, index: int, error: Exception) -> None:
+        """For pipelines that await runners one by one: count the death of runner `index`
+        (raising past the restart limits) and re-send the last weights to its new process."""
+        self._runner_died(index, error)
 
     def runner_pids(self) -> list[int]:
         return pa.get([runner.pid.remote() for runner in self.runners])
