@@ -71,7 +71,7 @@ def run_vtrace(f, **kw):
 thresholds = st.one_of(st.none(), st.floats(0.3, 3.0))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31), T=st.integers(1, 7), N=st.integers(1, 4),
        p_end=st.sampled_from([0.0, 0.15, 0.4]), gamma=st.floats(0.0, 1.0),
        rho_bar=thresholds, c_bar=thresholds, pg_rho_bar=thresholds, lam=st.floats(0.0, 1.0))
