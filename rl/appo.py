@@ -27,7 +27,9 @@ from pyactor.rl.module import Categorical, ModuleSpec
 
 @dataclasses.dataclass(frozen=True)
 class APPOConfig(IMPALAConfig):
-    clip_param: float = 0.2
+    lr: float = 2e-3
+    entropy_coeff: float = 0.0
+    clip_param: float = 0.3
     use_kl_loss: bool = False
     kl_coeff: float = 1.0
     kl_target: float = 0.01
@@ -88,10 +90,11 @@ class APPOLearner(IMPALALearner):
         kl = kl_divergence(self._target_dist, out["dist"]).mean()
         if self.config["use_kl_loss"]:
             loss = loss + self.kl_coeff * kl
-        self._kl_sum += float(kl)
+        kl = kl.item()  # reported, and averaged over the update for the coefficient
+        self._kl_sum += kl
         self._kl_count += 1
-        return loss, {"kl": float(kl), "kl_coeff": self.kl_coeff,
-                      "clip_fraction": float(((ratio - 1).abs() > clip).float().mean())}
+        return loss, {"kl": kl, "kl_coeff": self.kl_coeff,
+                      "clip_fraction": ((ratio.detach() - 1).abs() > clip).float().mean().item()}
 
     def after_update(self) -> None:
         c = self.config

@@ -49,9 +49,9 @@ class IMPALAConfig(AlgorithmConfig):
     vtrace_clip_pg_rho_threshold: typing.Optional[float] = 1.0  # rho_bar of the policy gradient
     vtrace_lambda: float = 1.0
     vf_loss_coeff: float = 0.5
-    entropy_coeff: float = 0.0
-    num_epochs: int = 2
-    minibatch_size: typing.Optional[int] = 256  # env steps; None: the whole batch at once
+    entropy_coeff: float = 0.01
+    num_epochs: int = 1
+    minibatch_size: typing.Optional[int] = 128  # env steps; None: the whole batch at once
     normalize_advantages: bool = False
     grad_clip: typing.Optional[float] = 0.5
 
@@ -129,8 +129,8 @@ class IMPALALearner(Learner):
         entropy = out["dist"].entropy().mean()
         loss = policy_loss + c["vf_loss_coeff"] * vf_loss - c["entropy_coeff"] * entropy
         grad_norm = self.apply_gradients(loss, c["grad_clip"])
-        return {"policy_loss": float(policy_loss), "vf_loss": float(vf_loss),
-                "entropy": float(entropy), "grad_norm": grad_norm,
+        return {"policy_loss": policy_loss.item(), "vf_loss": vf_loss.item(),
+                "entropy": entropy.item(), "grad_norm": grad_norm,
                 "mean_rho": float(vt.rhos.mean()), **extra}
 
     def reference_logp(self, obs, batch, logp) -> torch.Tensor:

@@ -20,13 +20,13 @@ RESULT_KEYS = ("training_iteration", "env_steps_total", "episodes_total", "episo
 
 
 def save_stop_restore(algo, checkpoint, algo_class):
-    """Save and stop `algo` (its runners free their CPUs), restore: same counters and actions;
-    the restored one trains on and evaluates."""
+    """Save and stop `algo` (its runners free their CPUs), restore with the runner in the driver
+    (no process to start): same counters and actions; it trains on and evaluates."""
     observations = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
     actions = [algo.compute_single_action(o) for o in observations]
     algo.save(checkpoint)
     algo.stop()
-    again = algo_class.from_checkpoint(checkpoint)
+    again = algo_class.from_checkpoint(checkpoint, num_env_runners=0)
     try:
         assert isinstance(again, algo_class)
         assert again.env_steps_total == algo.env_steps_total
@@ -92,7 +92,7 @@ def test_impala_cli_train_evaluate_plot(pa_module, tmp_path, capsys):
     run_dir = re.search(r"run directory: (\S+)", out).group(1)
     assert rl_cli.main(["evaluate", checkpoint, "--episodes", "2"]) == 0
     assert re.search(r"IMPALA CartPole-v1: mean return over 2 episodes", capsys.readouterr().out)
-    algo = rl.Algorithm.from_checkpoint(checkpoint)
+    algo = rl.Algorithm.from_checkpoint(checkpoint, num_env_runners=0)
     try:
         assert isinstance(algo, rl.IMPALA) and algo.env_steps_total == 2 * 4 * 8
         result = algo.train()
