@@ -1,16 +1,21 @@
 """A3C, IMPALA and APPO on the asynchronous pipelines (rl/async_learning.py): a smoke run each on
-a tiny budget (train, policy lag reported, save, restore with the same actions, evaluate), and the
-command line once for the family (train, evaluate, plot)."""
+a tiny budget (train, policy lag reported, save, restore with the same actions, evaluate), the
+command line once for the family (train, evaluate, plot), and InFlight's no-barrier and
+dead-runner behaviour without processes."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import types
 
 import numpy as np
 import pytest
 
 from pyactor import rl
+from pyactor.exceptions import ActorDiedError
 from pyactor.rl import cli as rl_cli
+from pyactor.rl.async_learning import InFlight
 
 TINY = dict(num_envs_per_runner=4, rollout_fragment_length=8, log_to_tensorboard=False, seed=0)
 RESULT_KEYS = ("training_iteration", "env_steps_total", "episodes_total", "episode_return_mean",
@@ -103,3 +108,51 @@ def test_impala_cli_train_evaluate_plot(pa_module, tmp_path, capsys):
     png = tmp_path / "curve.png"
     assert rl_cli.main(["plot", run_dir, "-o", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class FakeRunnerGroup:
+    """Two runners whose work finishes when the test says so (no processes)."""
+
+    def __init__(self):
+        self.local = None
+        ready = asyncio.get_running_loop().create_future()
+        ready.set_result(0)
+        self.runners = [types.SimpleNamespace(pid=types.SimpleNamespace(remote=lambda: ready))
+                        for _ in range(2)]
+        self.deaths, self.delivered = [], []
+
+    def runner_died(self, index, error):
+        self.deaths.append(index)
+
+    def runner_delivered(self, index):
+        self.delivered.append(index)
+
+
+async def test_in_flight_returns_work_as_it_arrives_and_asks_a_dead_runner_again():
+    """The runner that finishes first is returned without waiting for the other; a runner that
+    died is counted, gets on_restart, and is asked again while the other goes on."""
+    group = FakeRunnerGroup()
+    release = {0: asyncio.Event(), 1: asyncio.Event()}
+    calls = {0: 0, 1: 0}
+
+    async def work(index, n):
+        if (index, n) == (1, 0):
+            raise ActorDiedError("runner 1 was killed")
+        await release[index].wait()
+        return index, n
+
+    def submit(index):
+        calls[index] += 1
+        return work(index, calls[index] - 1)
+
+    restarted = []
+    in_flight = InFlight(group, submit, on_restart=restarted.append)
+    release[0].set()
+    assert await in_flight.ready() == [(0, (0, 0))]
+    assert group.deaths == [1] and restarted == [1] and calls[1] == 2
+    release[0].clear()
+    in_flight.start(0)
+    release[1].set()
+    assert await in_flight.ready() == [(1, (1, 1))]  # runner 0's second request still runs
+    assert group.delivered == [0, 1] and set(in_flight.tasks) == {0}
+    in_flight.close()
