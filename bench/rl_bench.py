@@ -28,6 +28,9 @@ throughput, ES/ARS/A2C time to solve CartPole-v1, each beside a baseline measure
                             CartPole-v1 in one process, alternated with it in the same run
     {es,ars,a2c}_cartpole_s{0,1,2}  wall time from build() to a 100-episode mean training return
                             >= 475 on CartPole-v1 with the default config, and the env steps used
+    {impala,appo}_cartpole_s{0,1,2}  the same for IMPALA and APPO (2 runners x 16 envs, the
+                            default config), with the CPU seconds of the driver and the runner
+                            processes (`cpu_s`: what carries over from a shared machine)
 
 Every row prints its figure, the baseline measured in the same run (where there is one), the
 env steps used and `cpu_s`: CPU seconds of the driver process (the pyactor node runs in it) plus
@@ -382,6 +385,33 @@ def es_throughput(rounds: int, output: str, iterations: int = 8) -> dict:
             "cpu_s": sum(cpus)}
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    import os
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def async_time_to_475(config, max_steps: int = 1_000_000) -> dict:
+    """Wall time, env steps and CPU seconds (driver + runners) from build() to a 100-episode
+    mean training return >= 475."""
+    import os
+    start, driver_cpu = time.monotonic(), process_cpu_s(os.getpid())
+    algo = config.build()
+    try:
+        result = algo.train()
+        while not result["episode_return_mean"] >= CARTPOLE_TARGET \
+                and result["env_steps_total"] < max_steps:
+            result = algo.train()
+        runner_cpu = sum(process_cpu_s(pid) for pid in algo.env_runner_group.runner_pids())
+    finally:
+        algo.stop()
+    return {"time_s": time.monotonic() - start, "env_steps": result["env_steps_total"],
+            "reached": result["episode_return_mean"] >= CARTPOLE_TARGET,
+            "cpu_s": process_cpu_s(os.getpid()) - driver_cpu + runner_cpu,
+            "policy_lag": result["policy_lag"]}
+
+
 def rows(args) -> list[dict]:
     out = []
     output = tempfile.mkdtemp(prefix="rl_bench_")
@@ -470,6 +500,19 @@ def rows(args) -> list[dict]:
                              "reached": result["reached"]}, args))
         out.append(emit({"name": f"{label}_cartpole_median", "value": statistics.median(times),
                          "unit": "s"}, args))
+    for name, config_class in (("impala", rl.IMPALAConfig), ("appo", rl.APPOConfig)):
+        if name in args.skip:
+            continue
+        times = []
+        for seed in args.seeds:
+            config = config_class(env="CartPole-v1", seed=seed, output=output,
+                                  log_to_tensorboard=False)
+            result = async_time_to_475(config)
+            times.append(result["time_s"] if result["reached"] else float("inf"))
+            out.append(emit({"name": f"{name}_cartpole_s{seed}", "value": result.pop("time_s"),
+                             "unit": "s", **result}, args))
+        out.append(emit({"name": f"{name}_cartpole_median", "value": statistics.median(times),
+                         "unit": "s"}, args))
     import shutil
     shutil.rmtree(output, ignore_errors=True)
     return out
@@ -477,7 +520,7 @@ def rows(args) -> list[dict]:
 
 # Row groups for --only / --skip; a new group adds its name here and tests `name not in args.skip`.
 GROUPS = ["cartpole", "sb3", "sampling", "pendulum", "dqn", "apex", "es", "es_solve", "ars",
-          "a2c"]
+          "a2c", "impala", "appo", "sac", "td3", "ddpg"]
 
 
 class Selection:

@@ -52,7 +52,7 @@ class Algorithm:
     config_class: type[AlgorithmConfig] = AlgorithmConfig
     learner_class: type[Learner] = Learner
     module_class: type[RLModule] = ActorCriticModule
-    env_runner_class: type[EnvRunner] = EnvRunner  # Ape-X runs a subclass that adds priorities
+    env_runner_class: type[EnvRunner] = EnvRunner  # Ape-X's add priorities, A3C's gradients
 
     def __init__(self, config: AlgorithmConfig):
         if not isinstance(config, self.config_class):
@@ -142,15 +142,20 @@ class Algorithm:
         if self.config.async_sampling:
             group.request(length, **explore_kw)  # runners step k+1 while the learner works on k
         for fragment in fragments:
-            self.env_steps_total += int(fragment["env_steps"])
-            self._policy_lags.append(self.weights_version - int(fragment["weights_version"]))
-            returns, lengths = fragment["episode_returns"], fragment["episode_lengths"]
-            self._returns.extend(returns.tolist())
-            self._lengths.extend(lengths.tolist())
-            self.episodes_total += len(returns)
-            if self.obs_stats is not None and "obs_stats" in fragment:
-                self.obs_stats.merge(RunningMeanStd.from_dict(fragment["obs_stats"]))
+            self.record_fragment(fragment)
         return fragments
+
+    def record_fragment(self, fragment: dict) -> None:
+        """Count a fragment's env steps, finished episodes, policy lag and observation
+        statistics (every pipeline calls this once per fragment it consumes)."""
+        self.env_steps_total += int(fragment["env_steps"])
+        self._policy_lags.append(self.weights_version - int(fragment["weights_version"]))
+        returns, lengths = fragment["episode_returns"], fragment["episode_lengths"]
+        self._returns.extend(returns.tolist())
+        self._lengths.extend(lengths.tolist())
+        self.episodes_total += len(returns)
+        if self.obs_stats is not None and "obs_stats" in fragment:
+            self.obs_stats.merge(RunningMeanStd.from_dict(fragment["obs_stats"]))
 
     def sync_weights(self) -> None:
         """Send the learner's weights (and the observation statistics) to every runner."""

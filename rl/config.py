@@ -23,6 +23,9 @@ ALGORITHMS: dict[str, str] = {
     "ARS": "pyactor.rl.ars:ARSConfig",
     "A2C": "pyactor.rl.a2c:A2CConfig",
     "APEX": "pyactor.rl.apex:ApexDQNConfig",
+    "A3C": "pyactor.rl.a3c:A3CConfig",
+    "IMPALA": "pyactor.rl.impala:IMPALAConfig",
+    "APPO": "pyactor.rl.appo:APPOConfig",
 }
 
 

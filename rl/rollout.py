@@ -193,7 +193,7 @@ class EnvRunnerGroup:
     def __init__(self, *, env, env_config: dict, num_env_runners: int, num_envs_per_runner: int,
                  module_spec: ModuleSpec, seed: int | None, normalize_observations: bool,
                  num_cpus_per_env_runner: float = 1, custom_resources_per_env_runner=None,
-                 max_env_runner_restarts: int = -1, runner_class: type = EnvRunner,
+                 max_env_runner_restarts: int = -1, runner_class: type | None = None,
                  runner_kwargs: dict | None = None):
         self.num_restarts = 0
         self.max_restarts = max_env_runner_restarts
@@ -203,7 +203,9 @@ class EnvRunnerGroup:
         self._weights: tuple | None = None  # (ref, version, obs_stats) last sent
         env = rl_envs.portable(env)  # a registered name means nothing in another process
         args = (env, env_config, num_envs_per_runner, module_spec, seed)
-        # An algorithm may run its own EnvRunner subclass (Ape-X's runners add priorities).
+        # An algorithm may run its own EnvRunner subclass (Ape-X's runners add priorities,
+        # A3C's compute gradients).
+        runner_class = runner_class or EnvRunner
         kwargs = dict(runner_kwargs or {})
         if num_env_runners == 0:
             self.local: EnvRunner | None = runner_class(*args, 0, normalize_observations, **kwargs)
@@ -276,6 +278,15 @@ class EnvRunnerGroup:
                                f"without delivering a fragment; last error: {error}") from error
         if self._weights is not None:  # the restarted process starts from its initial weights
             self.runners[index].set_weights.remote(*self._weights)
+
+    def runner_delivered(self, index: int) -> None:
+        """For pipelines that await runners one by one: runner `index` delivered a result."""
+        self._deaths_in_a_row[index] = 0
+
+    def runner_died(self, index: int, error: Exception) -> None:
+        """For pipelines that await runners one by one: count the death of runner `index`
+        (raising past the restart limits) and re-send the last weights to its new process."""
+        self._runner_died(index, error)
 
     def runner_pids(self) -> list[int]:
         return pa.get([runner.pid.remote() for runner in self.runners])
