@@ -22,6 +22,9 @@ ALGORITHMS: dict[str, str] = {
     "ES": "pyactor.rl.es:ESConfig",
     "ARS": "pyactor.rl.ars:ARSConfig",
     "A2C": "pyactor.rl.a2c:A2CConfig",
+    "SAC": "pyactor.rl.sac:SACConfig",
+    "DDPG": "pyactor.rl.ddpg:DDPGConfig",
+    "TD3": "pyactor.rl.td3:TD3Config",
 }
 
 
