@@ -63,6 +63,12 @@ class ActionScaling:
         self.scale = (high - low) / 2
         self.bias = (high + low) / 2
 
+    def to(self, device) -> "ActionScaling":
+        """This map with its tensors on `device` (a CUDA learner's)."""
+        moved = object.__new__(ActionScaling)
+        moved.scale, moved.bias = self.scale.to(device), self.bias.to(device)
+        return moved
+
     def to_env(self, actions: torch.Tensor) -> torch.Tensor:
         return self.bias + self.scale * actions
 

@@ -79,7 +79,7 @@ class OffPolicyLearner(Learner):
         self.optimizer = torch.optim.Adam(self.critic_params, lr=config["critic_lr"], fused=True)
         self.actor_optimizer = torch.optim.Adam(self.actor_params, lr=config["actor_lr"],
                                                 fused=True)
-        self.scaling = self.module.scaling
+        self.scaling = self.module.scaling.to(self.device)
 
     def update(self, batches: list[dict], **kw) -> list[dict]:
         # Batches arrive as read-only views of the object store; torch only reads them.

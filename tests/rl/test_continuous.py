@@ -6,6 +6,7 @@ refused; per algorithm a tiny run that trains, saves, restores acting identicall
 from __future__ import annotations
 
 import math
+import os
 import re
 
 import gymnasium as gym
@@ -246,11 +247,12 @@ def test_same_seed_gives_identical_td3_runs(pa_module, tmp_path):
     assert runs[0] == runs[1]
 
 
-def test_cli_trains_sac_and_evaluates(pa_module, tmp_path, capsys):
-    """`pyactor rl train --algo SAC --env Pendulum-v1` runs to its stop condition and saves a
-    checkpoint that `pyactor rl evaluate` loads."""
+def test_cli_trains_sac_evaluates_and_plots(pa_module, tmp_path, capsys):
+    """`pyactor rl train --algo SAC --env Pendulum-v1` runs to its stop condition, logs
+    TensorBoard scalars (alpha among them) and saves a checkpoint that `pyactor rl evaluate`
+    loads; `pyactor rl plot` draws the run."""
     config = ('{"num_envs_per_runner": 2, "rollout_fragment_length": 16, "learning_starts": 32,'
-              ' "train_batch_size": 16, "model": {"hidden": [16]}, "log_to_tensorboard": false}')
+              ' "train_batch_size": 16, "model": {"hidden": [16]}}')
     assert rl_cli.main(["train", "--algo", "SAC", "--env", "Pendulum-v1", "--stop",
                         '{"training_iteration": 2}', "--config", config, "--seed", "0",
                         "--output", str(tmp_path)]) == 0
@@ -258,9 +260,15 @@ def test_cli_trains_sac_and_evaluates(pa_module, tmp_path, capsys):
     assert len(re.findall(r"^iter +\d", out, re.M)) == 2
     checkpoint = re.search(r"final checkpoint: (\S+)", out).group(1)
     assert "SAC_Pendulum-v1_" in checkpoint
+    run_dir = re.search(r"run directory: (\S+)", out).group(1)
+    events = [name for name in os.listdir(run_dir) if name.startswith("events.out.tfevents")]
+    assert events and b"learner/alpha" in open(os.path.join(run_dir, events[0]), "rb").read()
     assert rl_cli.main(["evaluate", checkpoint, "--episodes", "2"]) == 0
     assert re.search(r"SAC Pendulum-v1: mean return over 2 episodes: -[\d.]+",
                      capsys.readouterr().out)
+    png = tmp_path / "curve.png"
+    assert rl_cli.main(["plot", run_dir, "-o", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.slow
