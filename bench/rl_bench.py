@@ -31,6 +31,16 @@ throughput, ES/ARS/A2C time to solve CartPole-v1, each beside a baseline measure
     {impala,appo}_cartpole_s{0,1,2}  the same for IMPALA and APPO (2 runners x 16 envs, the
                             default config), with the CPU seconds of the driver and the runner
                             processes (`cpu_s`: what carries over from a shared machine)
+    {sac,td3,ddpg}_pendulum_s{0,1,2}  env steps until the greedy policy's mean return over 10
+                            evaluation episodes (every 1,000 env steps) is >= -200 on Pendulum-v1
+                            with the default config (budget 20k env steps, rl-zoo's for SAC),
+                            with the wall time from build() (evaluations included), gradient
+                            steps, gradient steps/s (over the run's wall time) and the CPU
+                            seconds of the driver and every pyactor process (runner, replay)
+    sac_updates_per_s       SACLearner gradient steps per CPU second on a Pendulum-sized batch
+                            (default config); baseline: the same SAC step written plainly
+                            (CleanRL's layout: two nn.Sequential critics, three Adam optimisers),
+                            alternated with it in the same process
 
 Every row prints its figure, the baseline measured in the same run (where there is one), the
 env steps used and `cpu_s`: CPU seconds of the driver process (the pyactor node runs in it) plus
@@ -40,7 +50,7 @@ env steps, CPU seconds and ratios carry over; wall times do not.
     python bench/rl_bench.py [--json] [--seeds 0 1 2] [--only cartpole sampling ...]
                              [--skip sb3 pendulum dqn es ...]
     groups: cartpole (PPO, with the SB3 baseline unless `sb3` is skipped), sampling, pendulum,
-            dqn, apex, es (es_steps_per_s), es_solve, ars, a2c
+            dqn, apex, es (es_steps_per_s), es_solve, ars, a2c, impala, appo, sac, td3, ddpg
 """
 
 from __future__ import annotations
@@ -84,6 +94,7 @@ def algo_cpu_s(algo, driver_cpu_start: float) -> float:
     runners = algo.env_runner_group.runners
     pids = pa.get([runner.pid.remote() for runner in runners]) if runners else []
     return time.process_time() - driver_cpu_start + sum(process_cpu_s(pid) for pid in pids)
+PENDULUM_SOLVED = -200.0  # SAC, TD3, DDPG: greedy mean return (rl-zoo's SAC reaches ~ -150)
 
 
 def ours_time_to(config: rl.PPOConfig, target: float, max_steps: int) -> dict:
@@ -335,6 +346,143 @@ def apex_vs_dqn(rounds: int, iterations: int, output: str) -> dict:
             for key in apex[0]}
 
 
+def process_tree_cpu_s() -> dict[int, float]:
+    """CPU seconds (user + system) of this process and each of its descendants, by pid."""
+    import os
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        parents[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    tree, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return {pid: cpu[pid] for pid in tree if pid in cpu}
+
+
+def continuous_to_minus_200(config_class, seed: int, output: str, max_steps: int = 20_000) -> dict:
+    """Env steps, wall time, gradient steps and CPU seconds until the greedy policy's mean return
+    over 10 episodes (evaluated every 1,000 env steps) is >= -200 on Pendulum-v1."""
+    cpu_before = process_tree_cpu_s()
+    start = time.monotonic()
+    algo = config_class(env="Pendulum-v1", seed=seed, output=output,
+                        log_to_tensorboard=False).build()
+    try:
+        best, evaluated_at = -float("inf"), 0
+        while best < PENDULUM_SOLVED and algo.env_steps_total < max_steps:
+            result = algo.train()
+            if result["env_steps_total"] - evaluated_at >= 1_000:
+                evaluated_at = result["env_steps_total"]
+                best = max(best, algo.evaluate(episodes=10)["episode_return_mean"])
+        wall_s = time.monotonic() - start
+        cpu_after = process_tree_cpu_s()
+    finally:
+        algo.stop()
+    cpu_s = sum(cpu - cpu_before.get(pid, 0.0) for pid, cpu in cpu_after.items())
+    updates = result["learner/num_updates_total"]
+    return {"env_steps": algo.env_steps_total, "time_s": wall_s, "grad_steps": updates,
+            "grad_steps_per_s": updates / wall_s, "cpu_s": cpu_s,
+            "reached": best >= PENDULUM_SOLVED, "best_eval": best}
+
+
+def plain_sac_step(config, obs_dim: int, act_dim: int):
+    """A step function doing SAC's update the plain way (CleanRL's sac_continuous_action.py
+    layout), for sac_updates_per_s's baseline: same sizes, same losses."""
+    from torch import nn
+
+    hidden = config.model["hidden"]
+
+    def net(n_in, n_out):
+        sizes = [n_in, *hidden]
+        layers = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        return nn.Sequential(*layers, nn.Linear(sizes[-1], n_out))
+
+    actor, q1, q2 = net(obs_dim, 2 * act_dim), net(obs_dim + act_dim, 1), net(obs_dim + act_dim, 1)
+    q1_target, q2_target = net(obs_dim + act_dim, 1), net(obs_dim + act_dim, 1)
+    q1_target.load_state_dict(q1.state_dict())
+    q2_target.load_state_dict(q2.state_dict())
+    log_alpha = torch.zeros(1, requires_grad=True)
+    q_opt = torch.optim.Adam([*q1.parameters(), *q2.parameters()], lr=config.critic_lr)
+    pi_opt = torch.optim.Adam(actor.parameters(), lr=config.actor_lr)
+    a_opt = torch.optim.Adam([log_alpha], lr=config.alpha_lr)
+
+    def sample(obs):
+        mean, log_std = actor(obs).chunk(2, -1)
+        std = log_std.clamp(-20, 2).exp()
+        u = torch.distributions.Normal(mean, std).rsample()
+        a = torch.tanh(u)
+        logp = torch.distributions.Normal(mean, std).log_prob(u) - torch.log(1 - a * a + 1e-6)
+        return a, logp.sum(-1, keepdim=True)
+
+    def step(b):
+        obs, act, rew = torch.as_tensor(b["obs"]), torch.as_tensor(b["actions"]), torch.as_tensor(b["rewards"])[:, None]
+        nxt, done = torch.as_tensor(b["next_obs"]), torch.as_tensor(b["terminateds"]).float()[:, None]
+        alpha = log_alpha.exp().item()
+        with torch.no_grad():
+            na, nlogp = sample(nxt)
+            x = torch.cat([nxt, na], -1)
+            y = rew + config.gamma * (1 - done) * (torch.min(q1_target(x), q2_target(x)) - alpha * nlogp)
+        x = torch.cat([obs, act], -1)
+        q_loss = nn.functional.mse_loss(q1(x), y) + nn.functional.mse_loss(q2(x), y)
+        q_opt.zero_grad(); q_loss.backward(); q_opt.step()
+        a, logp = sample(obs)
+        x = torch.cat([obs, a], -1)
+        pi_loss = (alpha * logp - torch.min(q1(x), q2(x))).mean()
+        pi_opt.zero_grad(); pi_loss.backward(); pi_opt.step()
+        a_loss = (-log_alpha.exp() * (logp.detach() - act_dim)).mean()
+        a_opt.zero_grad(); a_loss.backward(); a_opt.step()
+        with torch.no_grad():
+            for net_, target in ((q1, q1_target), (q2, q2_target)):
+                for p, tp in zip(net_.parameters(), target.parameters()):
+                    tp.data.mul_(1 - config.tau).add_(config.tau * p.data)
+
+    return step
+
+
+def sac_updates_per_s(rounds: int, updates: int = 300) -> dict:
+    """Gradient steps per CPU second: SACLearner against plain_sac_step, alternated."""
+    from pyactor.rl.continuous_modules import SquashedGaussianModule
+    from pyactor.rl.sac import SACLearner
+
+    config = rl.SACConfig(env="Pendulum-v1")
+    obs_space, act_space = rl_envs.probe_spaces("Pendulum-v1", {})
+    spec = ModuleSpec(SquashedGaussianModule, obs_space, act_space,
+                      {**config.model, "num_critics": 2, "algorithm": "SAC"})
+    learner = SACLearner(spec, config.to_dict(), seed=0)
+    plain = plain_sac_step(config, 3, 1)
+    rng = np.random.default_rng(0)
+    size = config.train_batch_size
+    batch = {"obs": rng.normal(size=(size, 3)).astype(np.float32),
+             "actions": rng.uniform(-2, 2, (size, 1)).astype(np.float32),
+             "rewards": rng.normal(size=size).astype(np.float32),
+             "next_obs": rng.normal(size=(size, 3)).astype(np.float32),
+             "terminateds": np.zeros(size, bool),
+             "discounts": np.full(size, config.gamma, np.float32)}
+    ours, base = [], []
+    for _ in range(rounds):
+        start = time.process_time()
+        for _ in range(updates):
+            learner.update([batch])
+        ours.append(updates / (time.process_time() - start))
+        start = time.process_time()
+        for _ in range(updates):
+            plain(batch)
+        base.append(updates / (time.process_time() - start))
+    return {"value": statistics.median(ours), "baseline": statistics.median(base)}
+
+
 def bare_env_steps_per_s(seconds: float = 1.0) -> float:
     """One gymnasium CartPole-v1 stepped in a plain loop (alternating actions, reset at the end
     of each episode): the simulator's own speed in one process."""
@@ -513,6 +661,22 @@ def rows(args) -> list[dict]:
                              "unit": "s", **result}, args))
         out.append(emit({"name": f"{name}_cartpole_median", "value": statistics.median(times),
                          "unit": "s"}, args))
+    if "sac" not in args.skip:
+        rates = sac_updates_per_s(args.rounds)
+        out.append(emit({"name": "sac_updates_per_s", "value": rates["value"], "unit": "1/cpu s",
+                         "baseline": rates["baseline"],
+                         "ratio": rates["value"] / rates["baseline"]}, args))
+    for name in ("sac", "td3", "ddpg"):
+        if name in args.skip:
+            continue
+        steps = []
+        for seed in args.seeds:
+            run = continuous_to_minus_200(rl.get_config_class(name), seed, output)
+            steps.append(run["env_steps"] if run["reached"] else float("inf"))
+            out.append(emit({"name": f"{name}_pendulum_s{seed}", "value": run.pop("env_steps"),
+                             "unit": "env steps", **run}, args))
+        out.append(emit({"name": f"{name}_pendulum_median", "value": statistics.median(steps),
+                         "unit": "env steps"}, args))
     import shutil
     shutil.rmtree(output, ignore_errors=True)
     return out

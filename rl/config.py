@@ -26,6 +26,9 @@ ALGORITHMS: dict[str, str] = {
     "A3C": "pyactor.rl.a3c:A3CConfig",
     "IMPALA": "pyactor.rl.impala:IMPALAConfig",
     "APPO": "pyactor.rl.appo:APPOConfig",
+    "SAC": "pyactor.rl.sac:SACConfig",
+    "DDPG": "pyactor.rl.ddpg:DDPGConfig",
+    "TD3": "pyactor.rl.td3:TD3Config",
 }
 
 
