@@ -40,7 +40,7 @@ from pyactor._private.sim_cluster import HeadProcess, SimCluster, SimDriver
 NODE_TIMEOUT_S = "10"  # set by --node-timeout: a starved simulator must not lose its nodes
 
 
-async def idle_rows(sizes: list[int], window_s: float, deltas: bool) -> list[dict]:
+async def idle_rows(sizes: list[int], window_s: float, deltas: bool, emit) -> list[dict]:
     head = HeadProcess.start(env={"PYACTOR_VIEW_DELTAS": "1" if deltas else "0",
                                   "PYACTOR_NODE_TIMEOUT_S": NODE_TIMEOUT_S})
     cluster = SimCluster(head)
@@ -59,6 +59,7 @@ async def idle_rows(sizes: list[int], window_s: float, deltas: bool) -> list[dic
                          "head_bytes_out_per_s": round((head.bytes_written() - written) / elapsed),
                          "pulls": sum(node.pulls for node in cluster.nodes),
                          "lost_nodes": len(cluster.nodes) - len(cluster.alive_nodes())})
+            emit(rows[-1])
     finally:
         cluster.close()
         head.stop()
@@ -151,9 +152,9 @@ async def main(args) -> None:
             emit(row)
             rows.append(row)
     if "idle" in only:
-        keep(await idle_rows(sizes, args.window, True))
-        keep(await idle_rows([int(n) for n in args.baseline_sizes.split(",")], args.window,
-                             False))
+        rows += await idle_rows(sizes, args.window, True, emit)
+        rows += await idle_rows([int(n) for n in args.baseline_sizes.split(",")], args.window,
+                                False, emit)
     if "placement" in only:
         keep(await placement_and_failure(64, args.actors, None))
         keep(await placement_and_failure(args.big, args.actors, 0.1))

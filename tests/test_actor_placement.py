@@ -301,3 +301,16 @@ def test_a_restart_onto_a_node_that_dies_before_it_came_up_is_not_counted():
     head.alive = {third}
     head.directory.on_node_dead(second)
     assert actor.node_id == third and actor.state == "restarting" and actor.restarts == 1
+
+
+def test_timeouts_from_the_environment_are_checked(monkeypatch):
+    """PYACTOR_NODE_TIMEOUT_S must be a number above the heartbeat interval; a bad value is a
+    ValueError naming the variable."""
+    import pytest
+    from pyactor._private.cluster import HEARTBEAT_S, node_timeout_s
+    monkeypatch.setenv("PYACTOR_NODE_TIMEOUT_S", "12.5")
+    assert node_timeout_s() == 12.5
+    for bad in ("soon", str(HEARTBEAT_S)):
+        monkeypatch.setenv("PYACTOR_NODE_TIMEOUT_S", bad)
+        with pytest.raises(ValueError, match="PYACTOR_NODE_TIMEOUT_S"):
+            node_timeout_s()

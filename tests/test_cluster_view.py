@@ -30,7 +30,7 @@ def play(head: HeadView, change) -> None:
         head.forget_tombstones(value)
 
 
-@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(changes, max_size=40), st.data())
 def test_a_delta_applied_to_its_base_gives_the_full_view(steps, data):
     """For every base the head can still serve, the table at that base plus the delta from it
@@ -50,7 +50,7 @@ def test_a_delta_applied_to_its_base_gives_the_full_view(steps, data):
     assert member.rows == head.rows and member.version == head.version
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(changes, st.booleans()), max_size=40), st.data())
 def test_lost_repeated_and_reordered_deltas_converge_after_a_pull(steps, data):
     """Deltas computed from the member's acknowledged version and delivered in any order, some
