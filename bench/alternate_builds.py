@@ -4,6 +4,7 @@ with this build's compiled `_store_cffi` copied in) and of this one, one after t
 several rounds, so both see the same machine. Prints, per row, both medians and their ratio.
 
     python bench/alternate_builds.py --before /tmp/before [--rounds 3] [--rows a,b] [--json]
+                                     [--script bench/task_actor_rows.py]
 
 Used to check that state recording (task_events.py) leaves the task and actor rows within the
 noise: the ratio's spread over rounds is that noise.
@@ -17,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 DEFAULT_ROWS = ("single_client_task_roundtrip", "single_client_tasks_sync",
                 "single_client_tasks_and_get_batch", "single_client_tasks_async",
@@ -25,13 +27,15 @@ DEFAULT_ROWS = ("single_client_task_roundtrip", "single_client_tasks_sync",
                 "n_n_actor_calls_async")
 
 
-def run_build(pythonpath: str | None) -> dict[str, float]:
+def run_build(pythonpath: str | None, script: str | None = None) -> dict[str, float]:
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-m", "pyactor.cli", "microbenchmark", "--quick",
-                          "--json"], capture_output=True, text=True, env=env, check=True,
-                         timeout=900).stdout
+    command = [sys.executable, os.path.abspath(script)] if script else [
+        sys.executable, "-m", "pyactor.cli", "microbenchmark", "--quick", "--json"]
+    # Not from a checkout: `python -m` puts the working folder first on the path.
+    out = subprocess.run(command, capture_output=True, text=True, env=env, check=True,
+                         timeout=900, cwd=tempfile.gettempdir()).stdout
     rows = {}
     for line in out.splitlines():
         row = json.loads(line)
@@ -45,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rows", default=",".join(DEFAULT_ROWS))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--script", default=None,
+                        help="run this script (JSON rows, e.g. bench/task_actor_rows.py) "
+                        "instead of `pyactor microbenchmark --quick`")
     args = parser.parse_args(argv)
     names = args.rows.split(",")
     before: dict[str, list] = {n: [] for n in names}
@@ -54,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         if round_index % 2:
             order.reverse()  # neither build always runs first
         for label, path in order:
-            rows = run_build(path)
+            rows = run_build(path, args.script)
             for name in names:
                 (before if label == "before" else after)[name].append(rows.get(name, 0.0))
     for name in names:

@@ -74,7 +74,8 @@ def add_commands(commands) -> None:
                                description="Print what a worker process (by pid) or the "
                                "worker hosting an actor (by actor id, or its first "
                                "characters) wrote to stdout, or stderr with --err.")
-    logs.add_argument("target", metavar="ACTOR_ID_OR_WORKER_PID")
+    logs.add_argument("target", metavar="ACTOR_ID_OR_WORKER_PID",
+                      help="a worker's pid, or an actor's id (or its first characters)")
     logs.add_argument("--err", action="store_true", help="stderr instead of stdout")
     logs.add_argument("--follow", "-f", action="store_true",
                       help="keep printing what it writes (Ctrl-C stops)")

@@ -112,6 +112,8 @@ def test_memory_summary_explains_every_known_reference(pa_fresh, tmp_path, capsy
         assert wait_until(lambda: _kinds(next(
             o for o in state.memory_summary().objects if o.object_id == viewed_id))
             == ["ZERO_COPY_VIEW"])
+        row = next(o for o in state.list_objects(limit=None) if o.object_id == viewed_id)
+        assert row.state == "DELETED" and row.owner_pid == 0 and row.pinned_by == {me: 1}
         assert view[-1] == 99_999
 
         runtime = api._runtime

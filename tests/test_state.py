@@ -109,6 +109,7 @@ def test_task_history_has_states_transitions_and_errors(pa_module, tmp_path):
     assert done.state == "FINISHED" and done.type == "NORMAL_TASK" and done.name.endswith(
         "add_one")
     assert done.pid > 0 and done.pid != os.getpid() and done.owner_pid == os.getpid()
+    assert done.resources == {"CPU": 1}
     assert [s for s, _ in done.events] == ["PENDING_WORKER", "RUNNING", "FINISHED"]
     times = [t for _, t in done.events]
     assert times == sorted(times) and done.duration_s >= 0
@@ -244,3 +245,35 @@ def test_list_nodes_command_in_a_fresh_process(pa_module):
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [row["node_id"] for row in rows] == [runtime.node_id.hex()]
+
+
+def test_follow_writes_what_the_file_holds_then_what_is_appended(tmp_path):
+    """`pyactor logs --follow` prints the file so far, then each new chunk, until told to
+    stop; a file that was rotated (shorter than what was read) is read from its start."""
+    from pyactor._private.worker_logs import follow
+    path = tmp_path / "worker-1.out"
+    path.write_bytes(b"first\n")
+    chunks: list[bytes] = []
+    script = iter([lambda: path.write_bytes(b"first\nsecond\n"),
+                   lambda: path.write_bytes(b"new\n"), None])
+
+    def stop() -> bool:
+        step = next(script)
+        if step is None:
+            return True
+        step()
+        return False
+    follow([str(path)], chunks.append, stop=stop, poll_s=0)
+    assert chunks == [b"first\n", b"second\n", b"new\n"]
+
+
+async def test_state_calls_from_a_running_event_loop(pa_module):
+    """list_async runs on the caller's loop; the blocking calls still work from a coroutine
+    (they run their own loop in a thread)."""
+    rows = await state.list_async("nodes", filters=["state=ALIVE"])
+    assert len(rows) == 1 and rows[0].is_head
+    assert [n.node_id for n in state.list_nodes()] == [rows[0].node_id]
+    summary = await state.memory_summary_async()
+    assert summary.nodes[0].node_id == rows[0].node_id
+    with pytest.raises(ValueError, match="kind must be one of"):
+        await state.list_async("bogus")

@@ -53,9 +53,9 @@ def build_summary(snapshots: list[dict]) -> MemorySummary:
     objects = [_object_row(object_id, owners.get(object_id), borrowed.get(object_id, []),
                            stores.get(object_id, {}), by_address)
                for object_id in sorted(set(owners) | set(stores))]
-    process_rows = _process_rows(processes, owners, memory, labels)
+    process_rows = _process_rows(processes, owners, objects, memory, labels)
     return MemorySummary(objects=objects, processes=process_rows,
-                         nodes=_node_rows(snapshots, objects, process_rows))
+                         nodes=_node_rows(snapshots, process_rows))
 
 
 def _object_row(object_id: str, owner, borrowers: list, copies: dict,
@@ -105,7 +105,10 @@ def _object_row(object_id: str, owner, borrowers: list, copies: dict,
         home = entry["node_id"]
         size = entry["inline_bytes"]
     else:
-        state, home, size = "STORE_ONLY", next(iter(sorted(copies)), ""), 0
+        # No owner knows it: the store's state says why it is still there (DELETED: freed
+        # by its owner, kept by views; SEALED: its owner is gone or did not answer).
+        home = next(iter(sorted(copies)), "")
+        state, size = copies[home]["state"], 0
     if home and home in copies:
         size = copies[home]["size"]
     elif copies and not size:
@@ -133,11 +136,15 @@ def _refs_detail(entry: dict, pid: int) -> str:
         " (record_ref_call_sites=True shows where they were made)")
 
 
-def _process_rows(processes: dict, owners: dict, memory: dict,
+def _process_rows(processes: dict, owners: dict, objects: list, memory: dict,
                   labels: dict) -> list[ProcessMemory]:
     owned: dict[int, list] = {}
     for object_id, (process, entry) in owners.items():
         owned.setdefault(process["pid"], []).append(entry)
+    store_bytes: dict[int, int] = {}
+    for obj in objects:
+        if obj.location == "STORE" and obj.owner_pid:
+            store_bytes[obj.owner_pid] = store_bytes.get(obj.owner_pid, 0) + obj.size_bytes
     rows = []
     for pid, process in sorted(processes.items()):
         entries = owned.get(pid, [])
@@ -147,22 +154,14 @@ def _process_rows(processes: dict, owners: dict, memory: dict,
             pid=pid, kind=process["kind"], node_id=process["node_id"],
             label=labels.get(pid, ""), owned_objects=len(entries),
             owned_inline_bytes=sum(e["inline_bytes"] for e in entries),
-            owned_store_bytes=0, refs_held=refs,
+            owned_store_bytes=store_bytes.get(pid, 0), refs_held=refs,
             uss_bytes=used.get("uss", 0), pss_bytes=used.get("pss", 0),
             rss_bytes=used.get("rss", 0), store_rss_bytes=used.get("store_rss", 0),
             store_pss_bytes=used.get("store_pss", 0)))
     return rows
 
 
-def _node_rows(snapshots: list[dict], objects: list, processes: list) -> list[NodeMemory]:
-    by_pid = {row.pid: row for row in processes}
-    store_bytes: dict[int, int] = {}
-    for obj in objects:
-        if obj.location == "STORE" and obj.owner_pid:
-            store_bytes[obj.owner_pid] = store_bytes.get(obj.owner_pid, 0) + obj.size_bytes
-    for pid, total in store_bytes.items():
-        if pid in by_pid:
-            by_pid[pid].owned_store_bytes = total
+def _node_rows(snapshots: list[dict], processes: list) -> list[NodeMemory]:
     rows = []
     for snapshot in snapshots:
         if "error" in snapshot:

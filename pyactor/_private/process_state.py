@@ -50,15 +50,16 @@ def task_rows(runtime, since: float = 0.0) -> list[dict]:
                      "actor_id": spec.actor.hex() if spec.actor else "", "state": state,
                      "submitted_at": spec.submitted_at, "args_ready_at": spec.args_ready_at,
                      "ended_at": 0.0, "error": "", "attempt": spec.attempt,
-                     "owner_pid": os.getpid()})
-    for (task_id, name, actor_id, submitted, args_ready, ended, state, error,
-         attempt) in task_events.snapshot(task_events.FINISHED, since):
+                     "owner_pid": os.getpid(), "resources": spec.demand or {}})
+    for (task_id, name, actor_id, submitted, args_ready, ended, state, error, attempt,
+         resources) in task_events.snapshot(task_events.FINISHED, since):
         rows.append({"side": "owner", "task_id": task_id.hex(), "name": name,
                      "actor_id": actor_id.hex() if actor_id else "",
                      "state": task_events.FINAL_STATES[state], "submitted_at": submitted,
                      "args_ready_at": args_ready, "ended_at": ended,
                      "error": error_text(error) if error is not None else "",
-                     "attempt": attempt, "owner_pid": os.getpid()})
+                     "attempt": attempt, "owner_pid": os.getpid(),
+                     "resources": resources or {}})
     for task_id, (name, actor_id, started) in list(task_events.RUNNING.items()):
         rows.append({"side": "worker", "task_id": task_id.hex(), "name": name,
                      "actor_id": actor_id.hex() if actor_id else "", "state": "RUNNING",

@@ -113,12 +113,25 @@ async def _gather(host: str, port: int, token: bytes, sections: list[str], optio
             link.close()
 
 
+async def gather_async(sections: list[str] | None, *, address: str | None = None,
+                       token=None, options: dict | None = None, actors: bool = False,
+                       groups: bool = False) -> dict:
+    """`gather` on the caller's event loop."""
+    host, port, token_bytes = resolve(address, token)
+    try:
+        return await _gather(host, port, token_bytes, sections, options or {}, actors, groups)
+    except (ConnectionRefusedError, OSError) as error:
+        if isinstance(error, (TimeoutError, PermissionError)):
+            raise
+        raise PyActorError(f"could not reach the cluster: {error}") from error
+
+
 def gather(sections: list[str] | None, *, address: str | None = None, token=None,
            options: dict | None = None, actors: bool = False, groups: bool = False) -> dict:
     """Ask the cluster: {"nodes": pa.nodes() rows, "snapshots": one per alive node (when
     sections is not None), "actors": the head's actor rows, "groups": placement groups}."""
-    host, port, token_bytes = resolve(address, token)
-    coroutine = _gather(host, port, token_bytes, sections, options or {}, actors, groups)
+    coroutine = gather_async(sections, address=address, token=token, options=options,
+                             actors=actors, groups=groups)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -144,9 +157,5 @@ def _run(coroutine):
     loop = uvloop.new_event_loop()
     try:
         return loop.run_until_complete(coroutine)
-    except (ConnectionRefusedError, OSError) as error:
-        if isinstance(error, (TimeoutError, PermissionError)):
-            raise
-        raise PyActorError(f"could not reach the cluster: {error}") from error
     finally:
         loop.close()

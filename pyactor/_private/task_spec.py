@@ -35,6 +35,7 @@ class TaskSpec:
         self.route = ROUTE_OPEN  # which path sends it (direct.py)
         self.submitted_at = _now()  # made at .remote(): the task's history (task_events.py)
         self.args_ready_at = 0.0  # set when it had to wait for ref arguments
+        self.demand = None  # a task's resources (remote_function.py); None for actor calls
 
     def encode_call(self, runtime, args: tuple, kwargs: dict) -> None:
         """Encode the call's arguments (in the submitting thread), noting whether any must be

@@ -88,12 +88,14 @@ class TaskState:
     events: list = field(default_factory=list)  # [(state, time)], its transitions in order
     args_decoded_at: float = 0.0  # its worker had its arguments (fetched, unpickled)
     thread: int = 0  # the worker thread that ran it (0: the main thread)
+    resources: dict = field(default_factory=dict)  # a task's demand ({} for actor calls)
 
 
 @dataclass
 class ObjectState:
     object_id: str
-    state: str  # PENDING, READY, FAILED (as its owner sees it); STORE_ONLY: no owner answered
+    state: str  # PENDING, READY, FAILED (as its owner sees it); when no owner knows it, the
+    #             store's: DELETED (freed by its owner, kept by views), SEALED, CREATED
     size_bytes: int
     location: str  # INLINE (in its owner's memory), STORE, PENDING
     node_id: str  # the node whose store holds it (empty when inline)
@@ -255,14 +257,12 @@ def _select(rows: list, filters, limit, row_type) -> list:
 def list_nodes(filters=None, limit: int | None = DEFAULT_LIMIT, address: str | None = None
                ) -> list[NodeState]:
     """Every node of the cluster (dead ones stay a while: see docs/cluster.md)."""
-    _parse_filters(filters, NodeState)
-    return _select(_node_rows(state_client.gather(None, address=address)["nodes"]),
-                   filters, limit, NodeState)
+    return _list("nodes", filters, limit, address)
 
 
-def _node_rows(nodes: list[dict]) -> list[NodeState]:
+def _node_rows(answer: dict) -> list[NodeState]:
     rows = []
-    for node in nodes:
+    for node in answer["nodes"]:
         store = node.get("ObjectStore") or {}
         rows.append(NodeState(
             node_id=node["NodeID"], state="ALIVE" if node["Alive"] else "DEAD",
@@ -280,8 +280,10 @@ def _node_rows(nodes: list[dict]) -> list[NodeState]:
 def list_actors(filters=None, limit: int | None = DEFAULT_LIMIT, address: str | None = None
                 ) -> list[ActorState]:
     """Every actor the head knows: alive, pending, restarting, and dead ones."""
-    _parse_filters(filters, ActorState)
-    answer = state_client.gather([], address=address, actors=True)
+    return _list("actors", filters, limit, address)
+
+
+def _actor_rows(answer: dict) -> list[ActorState]:
     hosts = {}  # actor id -> (pid, worker id) of the worker running it now
     for snapshot in answer["snapshots"]:
         for worker in snapshot.get("workers", ()):
@@ -302,33 +304,32 @@ def list_actors(filters=None, limit: int | None = DEFAULT_LIMIT, address: str | 
             started_at=actor["started_at"], ended_at=actor["ended_at"],
             error=actor["death_cause"]))
     rows.sort(key=lambda row: row.created_at)
-    return _select(rows, filters, limit, ActorState)
+    return rows
 
 
 def list_placement_groups(filters=None, limit: int | None = DEFAULT_LIMIT,
                           address: str | None = None) -> list[PlacementGroupState]:
-    _parse_filters(filters, PlacementGroupState)
-    groups = state_client.gather(None, address=address, groups=True)["groups"] or {}
-    rows = [PlacementGroupState(
+    return _list("placement-groups", filters, limit, address)
+
+
+def _group_rows(answer: dict) -> list[PlacementGroupState]:
+    return [PlacementGroupState(
         placement_group_id=g["placement_group_id"], name=g["name"], namespace=g["namespace"],
         strategy=g["strategy"], state=g["state"], bundles=dict(g["bundles"]),
         bundles_to_node_id=dict(g["bundles_to_node_id"]), detached=g["is_detached"])
-        for g in groups.values()]
-    return _select(rows, filters, limit, PlacementGroupState)
+        for g in (answer["groups"] or {}).values()]
 
 
 # ---------------------------------------------------------------------- workers
 def list_workers(filters=None, limit: int | None = DEFAULT_LIMIT, address: str | None = None
                  ) -> list[WorkerState]:
     """Every worker and driver process of every node, with its memory (USS/PSS from /proc)."""
-    _parse_filters(filters, WorkerState)
-    answer = state_client.gather(["process_memory"], address=address)
-    return _select(_worker_rows(answer["snapshots"]), filters, limit, WorkerState)
+    return _list("workers", filters, limit, address)
 
 
-def _worker_rows(snapshots: list[dict]) -> list[WorkerState]:
+def _worker_rows(answer: dict) -> list[WorkerState]:
     rows = []
-    for snapshot in snapshots:
+    for snapshot in answer["snapshots"]:
         memory = snapshot.get("process_memory") or {}
         for worker in snapshot.get("workers", ()):
             used = memory.get(str(worker["pid"]), {})
@@ -348,9 +349,7 @@ def list_tasks(filters=None, limit: int | None = DEFAULT_LIMIT, address: str | N
                ) -> list[TaskState]:
     """Tasks and actor calls: those not finished, and the recent history of finished ones
     (bounded per process: task_events.py), oldest first; `limit` keeps the most recent."""
-    _parse_filters(filters, TaskState)
-    answer = state_client.gather(["tasks"], address=address)
-    return _select(_task_rows(answer["snapshots"]), filters, limit, TaskState)
+    return _list("tasks", filters, limit, address)
 
 
 def _task_rows(snapshots: list[dict]) -> list[TaskState]:
@@ -363,7 +362,8 @@ def _task_rows(snapshots: list[dict]) -> list[TaskState]:
                 if row["side"] == "owner":
                     known = owners.get(task_id)
                     # The live row of a call that has just finished may sit beside its record.
-                    if known is None or (not known["ended_at"] and row["ended_at"]):
+                    if known is None or (known["state"] not in _FINAL
+                                         and row["state"] in _FINAL):
                         owners[task_id] = row
                 elif row["side"] == "worker":
                     known = runs.get(task_id)
@@ -372,7 +372,7 @@ def _task_rows(snapshots: list[dict]) -> list[TaskState]:
     rows = []
     for task_id in set(owners) | set(runs):
         owner, run = owners.get(task_id), runs.get(task_id)
-        if owner is not None and owner["ended_at"]:
+        if owner is not None and owner["state"] in _FINAL:
             state = owner["state"]
         elif run is not None and run["state"] == "RUNNING":
             state = "RUNNING"
@@ -395,7 +395,7 @@ def _task_rows(snapshots: list[dict]) -> list[TaskState]:
             events.append(("PENDING_WORKER", args_ready or submitted))
         if started:
             events.append(("RUNNING", started))
-        if ended and state in ("FINISHED", "FAILED", "CANCELLED"):
+        if ended and state in _FINAL:
             events.append((state, ended))
         rows.append(TaskState(
             task_id=task_id, state=state, name=name, func_or_class_name=name,
@@ -409,9 +409,13 @@ def _task_rows(snapshots: list[dict]) -> list[TaskState]:
             ended_at=ended, duration_s=max(0.0, run_ended - started) if run_ended else 0.0,
             error=owner["error"] if owner is not None else "", events=events,
             args_decoded_at=run["args_decoded_at"] if run is not None else 0.0,
-            thread=run["thread"] if run is not None else 0))
+            thread=run["thread"] if run is not None else 0,
+            resources=owner["resources"] if owner is not None else {}))
     rows.sort(key=lambda row: (row.submitted_at or row.started_at, row.task_id))
     return rows
+
+
+_FINAL = ("FINISHED", "FAILED", "CANCELLED")
 
 
 def summarize_tasks(address: str | None = None) -> dict[str, dict[str, int]]:
@@ -436,10 +440,7 @@ def _count_states(rows: list, key: str) -> dict[str, dict[str, int]]:
 def list_objects(filters=None, limit: int | None = DEFAULT_LIMIT, address: str | None = None
                  ) -> list[ObjectState]:
     """Every object of the cluster: its size, where it lives, its owner, who keeps it."""
-    _parse_filters(filters, ObjectState)
-    from pyactor._private.memory_report import build_summary
-    summary = build_summary(state_client.gather(_MEMORY_SECTIONS, address=address)["snapshots"])
-    return _select(summary.objects, filters, limit, ObjectState)
+    return _list("objects", filters, limit, address)
 
 
 def summarize_objects(address: str | None = None) -> dict[str, dict]:
@@ -455,8 +456,61 @@ def summarize_objects(address: str | None = None) -> dict[str, dict]:
 def memory_summary(address: str | None = None) -> MemorySummary:
     """Every object with who keeps it alive and why, totals per process and per node, and
     each process's USS/PSS beside the store bytes it maps. `print()` it for a report."""
-    from pyactor._private.memory_report import build_summary
-    return build_summary(state_client.gather(_MEMORY_SECTIONS, address=address)["snapshots"])
+    return _memory_rows(state_client.gather(_MEMORY_SECTIONS, address=address))
 
 
 _MEMORY_SECTIONS = ["objects", "store_objects", "process_memory"]
+
+
+def _memory_rows(answer: dict) -> MemorySummary:
+    from pyactor._private.memory_report import build_summary
+    return build_summary(answer["snapshots"])
+
+
+# ---------------------------------------------------------------------- one query per kind
+@dataclass(frozen=True)
+class _Query:
+    sections: list | None  # what each node is asked for (None: only the list of nodes)
+    build: Any  # answer -> rows
+    row_type: type
+    actors: bool = False  # ask the head for its actor table
+    groups: bool = False  # and for its placement groups
+
+
+_QUERIES = {
+    "nodes": _Query(None, _node_rows, NodeState),
+    "actors": _Query([], _actor_rows, ActorState, actors=True),
+    "placement-groups": _Query(None, _group_rows, PlacementGroupState, groups=True),
+    "workers": _Query(["process_memory"], _worker_rows, WorkerState),
+    "tasks": _Query(["tasks"], lambda answer: _task_rows(answer["snapshots"]), TaskState),
+    "objects": _Query(_MEMORY_SECTIONS, lambda answer: _memory_rows(answer).objects,
+                      ObjectState),
+}
+LIST_KINDS = tuple(_QUERIES)
+
+
+def _list(kind: str, filters, limit, address) -> list:
+    query = _QUERIES[kind]
+    _parse_filters(filters, query.row_type)  # bad input fails before anything is sent
+    answer = state_client.gather(query.sections, address=address, actors=query.actors,
+                                 groups=query.groups)
+    return _select(query.build(answer), filters, limit, query.row_type)
+
+
+async def list_async(kind: str, filters=None, limit: int | None = DEFAULT_LIMIT,
+                     address: str | None = None) -> list:
+    """`list_<kind>` for code running on an event loop (a web server): `kind` is one of
+    LIST_KINDS ("nodes", "actors", "tasks", "objects", "workers", "placement-groups"). The
+    query runs on the caller's loop, which must not be a pyactor node's own."""
+    query = _QUERIES.get(kind)
+    if query is None:
+        raise ValueError(f"kind must be one of {', '.join(LIST_KINDS)}, got {kind!r}")
+    _parse_filters(filters, query.row_type)
+    answer = await state_client.gather_async(query.sections, address=address,
+                                             actors=query.actors, groups=query.groups)
+    return _select(query.build(answer), filters, limit, query.row_type)
+
+
+async def memory_summary_async(address: str | None = None) -> MemorySummary:
+    """memory_summary() for code running on an event loop."""
+    return _memory_rows(await state_client.gather_async(_MEMORY_SECTIONS, address=address))
