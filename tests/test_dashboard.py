@@ -46,7 +46,7 @@ class DashCounter:
 
 
 @pa.remote
-def square(x):
+def dash_square(x):
     return x * x
 
 
@@ -113,15 +113,15 @@ def test_api_shows_actors_tasks_objects_and_task_counts(cluster):
     opener = browser_session(cluster)
     counter = DashCounter.options(name="dash-counter").remote()
     assert pa.get(counter.add.remote(1)) == 1
-    assert pa.get([square.remote(i) for i in range(10)]) == [i * i for i in range(10)]
+    assert pa.get([dash_square.remote(i) for i in range(10)]) == [i * i for i in range(10)]
     big = pa.put(b"x" * (1 << 20))
 
     actors = _get(opener, cluster.base, "/api/actors")
     row = next(a for a in actors if a["name"] == "dash-counter")
     assert row["class_name"].endswith("DashCounter") and row["state"] == "ALIVE"
     tasks = _get(opener, cluster.base, "/api/tasks?limit=1000")
-    assert sum(t["func_or_class_name"].endswith("square") and t["state"] == "FINISHED"
-               for t in tasks) == 10
+    assert len({t["task_id"] for t in tasks if t["func_or_class_name"].endswith("dash_square")
+                and t["state"] == "FINISHED"}) == 10
     objects = _get(opener, cluster.base, "/api/objects?limit=1000")
     assert big.hex() in {o["object_id"] for o in objects}
     assert wait_until(lambda: _get(opener, cluster.base, "/api/cluster")["tasks"].get(
@@ -238,7 +238,7 @@ async def test_in_a_browser_a_person_sees_the_node_an_actor_and_task_counts_grow
     chromium = find_chromium()
     actor = DashCounter.options(name="browser-actor").remote()
     assert await actor.add.remote(2) == 2
-    await asyncio.gather(*[square.remote(i) for i in range(5)])
+    await asyncio.gather(*[dash_square.remote(i) for i in range(5)])
     node_id = (await asyncio.to_thread(pa.nodes))[0]["NodeID"]
     loaded = "document.body.dataset.loaded === '1'"
     async with HeadlessChromium(chromium) as browser:
@@ -252,7 +252,7 @@ async def test_in_a_browser_a_person_sees_the_node_an_actor_and_task_counts_grow
         finished_before = int(await browser.text("tasks-finished"))
         assert finished_before >= 6
 
-        await asyncio.gather(*[square.remote(i) for i in range(20)])
+        await asyncio.gather(*[dash_square.remote(i) for i in range(20)])
         opener = browser_session(cluster)
         assert await asyncio.to_thread(wait_until, lambda: _get(opener, cluster.base, (
             "/api/cluster"))["tasks"].get("FINISHED", 0) >= finished_before + 20, 15)

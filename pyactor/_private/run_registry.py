@@ -7,6 +7,10 @@
 One small file per run, written once when the run starts: the cost is an open and a write per run,
 never per result. The dashboard then reads the run's own progress.csv/result.json files. The
 folder keeps the newest MAX_RUNS entries; `pyactor stop` empties it with the session.
+
+A run registers only on a host where `pyactor start --head` recorded a cluster (its address file
+is in the session folder): that is where a dashboard runs. A program on its own `pa.init()` node
+leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ def register_run(kind: str, path: str, name: str | None = None) -> None:
     """Record a run directory; never raises (a run must not fail because of the dashboard)."""
     if kind not in KINDS:
         raise ValueError(f"run kind must be one of {KINDS}, got {kind!r}")
+    if not session.cluster_recorded():
+        return  # no cluster started on this host: no dashboard to list it
     path = os.path.abspath(path)
     entry = {"kind": kind, "path": path, "name": name or os.path.basename(path),
              "registered_at": time.time(), "pid": os.getpid()}

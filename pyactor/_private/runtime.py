@@ -890,8 +890,11 @@ class Runtime:
                 if len(ret) > 3 and ret[3]:
                     entry.contained = self.adopt_refs(ret[3])
             refs.unpin_task(entry)
+        # The end of a call that ran is its worker's record: the clock is read here only for
+        # failures (a call that may never have reached a worker).
         record_finished((spec.task_id, spec.name, spec.actor, spec.submitted_at,
-                         spec.args_ready_at, _now(), FINISHED_OK if error is None else
+                         spec.args_ready_at, 0.0 if error is None else _now(),
+                         FINISHED_OK if error is None else
                          CANCELLED if spec.cancelled else TASK_FAILED, error, spec.attempt,
                          spec.demand))
         self._keep_lineage(spec, error is None and any(
@@ -935,8 +938,9 @@ class Runtime:
             return True
         self.refs.unpin_task(entry)
         record_finished((spec.task_id, spec.name, spec.actor, spec.submitted_at,
-                         spec.args_ready_at, _now(), FINISHED_OK if done.error is None
-                         else TASK_FAILED, done.error, spec.attempt, spec.demand))
+                         spec.args_ready_at, 0.0 if done.error is None else _now(),
+                         FINISHED_OK if done.error is None else TASK_FAILED, done.error,
+                         spec.attempt, spec.demand))
         self._keep_lineage(spec, node_id is not None)
         return True
 

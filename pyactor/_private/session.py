@@ -12,10 +12,11 @@ import json
 import os
 
 
-def session_dir() -> str:
+def session_dir(create: bool = True) -> str:
     path = os.environ.get("PYACTOR_SESSION_DIR") or os.path.join(
         os.environ.get("XDG_RUNTIME_DIR") or "/tmp", f"pyactor-{os.getuid()}")
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    if create:
+        os.makedirs(path, mode=0o700, exist_ok=True)
     return path
 
 
@@ -45,6 +46,11 @@ def write_cluster_address(address: str, token_hex: str) -> None:
 
 def read_cluster_address() -> dict | None:
     return _read(_path("address.json"), None)
+
+
+def cluster_recorded() -> bool:
+    """Whether `pyactor start --head` recorded a cluster on this host (creates nothing)."""
+    return os.path.exists(os.path.join(session_dir(create=False), "address.json"))
 
 
 def record_node(pid: int, address: str, head: bool, log_path: str, node_id: str = "",

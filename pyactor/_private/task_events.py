@@ -7,8 +7,9 @@ answers of every process of the cluster).
 
     owner (runtime.py)    TaskSpec() at .remote()      submitted_at = time()
                           the call resolves (_finish)  FINISHED.append(task id, name, actor,
-                                                         submitted, args ready, ended, state,
-                                                         error, attempt, resources)
+                                                         submitted, args ready, ended (failures
+                                                         only), state, error, attempt,
+                                                         resources)
     worker (worker.py)    a call starts                RUNNING[task id] = (name, actor, start)
                           it ends                      RAN.append(task id, name, actor, start,
                                                          args decoded, ended, failed, thread)
@@ -16,7 +17,8 @@ answers of every process of the cluster).
                           from another node              start, end, bytes)
 
 Limits (per process): the last MAX_EVENTS finished calls of each kind, and none older than
-MAX_AGE_S (dropped when read); set with PYACTOR_TASK_EVENTS_MAX (0 turns recording off) and
+MAX_AGE_S (dropped when read; a call's age counts from its end, or from its submission when
+only its owner's record is left); set with PYACTOR_TASK_EVENTS_MAX (0 turns recording off) and
 PYACTOR_TASK_EVENTS_MAX_AGE_S.
 """
 
@@ -66,8 +68,8 @@ def snapshot(events: deque, since: float = 0.0) -> list[tuple]:
 
 def _end_of(event: tuple) -> float:
     """The time an event ended (its newest timestamp)."""
-    if len(event) == 10:  # FINISHED
-        return event[5]
+    if len(event) == 10:  # FINISHED: its end, or (a call that ran: see runtime._finish) its
+        return max(event[3], event[5])  # submission
     if len(event) == 8:  # RAN
         return event[5]
     return event[3]  # TRANSFERS

@@ -1,8 +1,8 @@
 """The dashboard's rows of actors, tasks, objects, workers and placement groups: the state API
-(pyactor/util/state.py), run on a thread (its calls block) and turned into JSON-ready dicts.
+(pyactor/util/state.py, its async variant, on the server's loop) as JSON-ready dicts.
 
     GET /api/actors?filter=state=ALIVE&limit=50 --> rows("actors", [("state", "ALIVE")], 50)
-        --> state.list_actors(filters=["state=ALIVE"], limit=50, address=<the cluster>)
+        --> await state.list_async("actors", filters=["state=ALIVE"], limit=50, address=...)
 
 The state API reads the token from $PYACTOR_TOKEN when given an address: the dashboard's process
 sets it to the token it was started with (its own environment, readable only by this user).
@@ -10,7 +10,6 @@ sets it to the token it was started with (its own environment, readable only by 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 
@@ -26,20 +25,20 @@ class StateSource:
         if kind not in KINDS:
             raise ValueError(f"no state rows of kind {kind!r}")
         from pyactor.util import state
-        lister = getattr(state, f"list_{kind}")
-        rows = await asyncio.to_thread(lister, filters=[f"{k}={v}" for k, v in filters] or None,
-                                       limit=limit, address=self.address)
+        rows = await state.list_async(kind.replace("_", "-"),
+                                      filters=[f"{k}={v}" for k, v in filters] or None,
+                                      limit=limit, address=self.address)
         return [_jsonable(dataclasses.asdict(row)) for row in rows]
 
     async def task_owner(self, task_id: bytes) -> list | None:
         """The runtime address of the process that owns an unfinished task, or None."""
         from pyactor.util import state
-        tasks = await asyncio.to_thread(state.list_tasks, filters=[f"task_id={task_id.hex()}"],
-                                        limit=1, address=self.address)
+        tasks = await state.list_async("tasks", filters=[f"task_id={task_id.hex()}"], limit=1,
+                                       address=self.address)
         if not tasks or tasks[0].state in ("FINISHED", "FAILED", "CANCELLED"):
             return None
-        owners = await asyncio.to_thread(state.list_workers, filters=[
-            f"pid={tasks[0].owner_pid}"], limit=None, address=self.address)
+        owners = await state.list_async("workers", filters=[f"pid={tasks[0].owner_pid}"],
+                                        limit=None, address=self.address)
         return list(owners[0].address) if owners and owners[0].address else None
 
 

@@ -362,7 +362,8 @@ def _task_rows(snapshots: list[dict]) -> list[TaskState]:
                 if row["side"] == "owner":
                     known = owners.get(task_id)
                     # The live row of a call that has just finished may sit beside its record.
-                    if known is None or (not known["ended_at"] and row["ended_at"]):
+                    if known is None or (known["state"] not in _FINAL
+                                         and row["state"] in _FINAL):
                         owners[task_id] = row
                 elif row["side"] == "worker":
                     known = runs.get(task_id)
@@ -371,7 +372,7 @@ def _task_rows(snapshots: list[dict]) -> list[TaskState]:
     rows = []
     for task_id in set(owners) | set(runs):
         owner, run = owners.get(task_id), runs.get(task_id)
-        if owner is not None and owner["ended_at"]:
+        if owner is not None and owner["state"] in _FINAL:
             state = owner["state"]
         elif run is not None and run["state"] == "RUNNING":
             state = "RUNNING"
@@ -394,7 +395,7 @@ def _task_rows(snapshots: list[dict]) -> list[TaskState]:
             events.append(("PENDING_WORKER", args_ready or submitted))
         if started:
             events.append(("RUNNING", started))
-        if ended and state in ("FINISHED", "FAILED", "CANCELLED"):
+        if ended and state in _FINAL:
             events.append((state, ended))
         rows.append(TaskState(
             task_id=task_id, state=state, name=name, func_or_class_name=name,
@@ -412,6 +413,9 @@ def _task_rows(snapshots: list[dict]) -> list[TaskState]:
             resources=owner["resources"] if owner is not None else {}))
     rows.sort(key=lambda row: (row.submitted_at or row.started_at, row.task_id))
     return rows
+
+
+_FINAL = ("FINISHED", "FAILED", "CANCELLED")
 
 
 def summarize_tasks(address: str | None = None) -> dict[str, dict[str, int]]:
