@@ -134,9 +134,10 @@ def cmd_logs(args) -> int:
     from pyactor.util import state
     workers = state.list_workers(limit=None, address=args.address)
     target = args.target.strip().lower()
+    matches = []
     if target.isdigit():
         matches = [w for w in workers if w.pid == int(target) and w.kind == "worker"]
-    else:
+    if not matches:  # an actor id (whose first characters may all be digits)
         matches = [w for w in workers if w.actor_id and w.actor_id.startswith(target)]
     if not matches:
         print(f"no worker with pid {target} and no actor whose id starts with {target!r} "

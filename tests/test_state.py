@@ -277,3 +277,17 @@ async def test_state_calls_from_a_running_event_loop(pa_module):
     assert summary.nodes[0].node_id == rows[0].node_id
     with pytest.raises(ValueError, match="kind must be one of"):
         await state.list_async("bogus")
+
+
+def test_logs_takes_an_actor_id_that_starts_with_digits(tmp_path, monkeypatch, capsys):
+    """`pyactor logs 1234...`: no worker has that pid, so it is the start of an actor id."""
+    log = tmp_path / "worker-7.out"
+    log.write_text("from the actor\n")
+    worker = state.WorkerState(worker_id="w", kind="worker", state="ACTOR", pid=7,
+                               node_id="n", actor_id="1234567890ab", address=[],
+                               started_at=0.0, log_files=[str(log)])
+    monkeypatch.setattr(state, "list_workers", lambda **_kw: [worker])
+    assert cli.main(["logs", "1234567890"]) == 0
+    assert "from the actor" in capsys.readouterr().out
+    assert cli.main(["logs", "7"]) == 0  # a pid
+    assert "from the actor" in capsys.readouterr().out
