@@ -149,3 +149,39 @@ def test_spill_options_are_checked(pa_fresh):
         pa.init(spill_limit_bytes=-1)
     with pytest.raises(TypeError, match="spill_dir"):
         pa.init(spill_dir=3)
+
+
+def test_spilled_objects_show_in_the_memory_report_and_metrics(small_store):
+    """`pyactor memory` says an object is SPILLED (with its size and owner) once it is on disk;
+    the node's metrics count the spilled bytes."""
+    from pyactor.util import state
+    first = pa.put(_array(1))
+    rest = [pa.put(_array(i)) for i in range(STORE_BYTES // OBJECT_BYTES + 1)]
+    assert first.hex() in _spill_files()
+    rows = {row.object_id: row for row in state.memory_summary().objects}
+    row = rows[first.hex()]
+    assert row.location == "SPILLED"
+    assert row.size_bytes >= OBJECT_BYTES
+    assert row.owner_pid == os.getpid()
+    assert any(rows[ref.hex()].location == "STORE" for ref in rest)
+    del rest
+
+
+def test_node_metrics_report_spilled_bytes_and_waiting_leases():
+    """The node's gauges include what its spiller holds and the leases waiting for a worker
+    (counted over every runtime_env's queue)."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from pyactor._private.metrics_export import NodeMetrics
+    spiller = SimpleNamespace(stats=lambda: {"spilled_bytes": 3 << 20, "spilled_objects": 3,
+                                             "spilled_total_bytes": 5 << 20,
+                                             "restored_total_bytes": 2 << 20})
+    node = SimpleNamespace(store=None, spiller=spiller, workers={},
+                           waiting_for_worker={"": deque([1, 2]), "env": deque([3])})
+    gauges = {row[0]: row[5][0][1][0] for row in NodeMetrics(node).node_rows()
+              if row[0] != "pyactor_workers"}
+    assert gauges["pyactor_object_store_spilled_bytes"] == 3 << 20
+    assert gauges["pyactor_object_store_spilled_objects"] == 3
+    assert gauges["pyactor_object_store_restored_total_bytes"] == 2 << 20
+    assert gauges["pyactor_leases_waiting"] == 3

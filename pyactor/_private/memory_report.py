@@ -24,6 +24,7 @@ def build_summary(snapshots: list[dict]) -> MemorySummary:
     owners: dict[str, tuple[dict, dict]] = {}  # object id -> (process, entry row)
     borrowed: dict[str, list[tuple[dict, dict]]] = {}
     stores: dict[str, dict[str, dict]] = {}  # object id -> node id -> store row
+    spilled: dict[str, tuple[str, int]] = {}  # object id -> (node id, size) of spilled ones
     memory: dict[int, dict] = {}
     labels: dict[int, str] = {}
     for snapshot in snapshots:
@@ -35,6 +36,8 @@ def build_summary(snapshots: list[dict]) -> MemorySummary:
                 labels[worker["pid"]] = f"actor {worker['actor_id'][:12]}"
         for row in snapshot.get("store_objects", ()):
             stores.setdefault(row["object_id"], {})[node_id] = row
+        for object_id, size in (snapshot.get("spilled_objects") or {}).items():
+            spilled[object_id] = (node_id, size)
         for process in snapshot.get("processes", ()):
             if "error" in process:
                 continue
@@ -51,15 +54,15 @@ def build_summary(snapshots: list[dict]) -> MemorySummary:
                 else:
                     borrowed.setdefault(row["object_id"], []).append((process, row))
     objects = [_object_row(object_id, owners.get(object_id), borrowed.get(object_id, []),
-                           stores.get(object_id, {}), by_address)
-               for object_id in sorted(set(owners) | set(stores))]
+                           stores.get(object_id, {}), by_address, spilled.get(object_id))
+               for object_id in sorted(set(owners) | set(stores) | set(spilled))]
     process_rows = _process_rows(processes, owners, objects, memory, labels)
     return MemorySummary(objects=objects, processes=process_rows,
                          nodes=_node_rows(snapshots, process_rows))
 
 
 def _object_row(object_id: str, owner, borrowers: list, copies: dict,
-                by_address: dict) -> ObjectState:
+                by_address: dict, spilled: tuple | None = None) -> ObjectState:
     holders: list[Holder] = []
     sites: list[str] = []
     process, entry = owner if owner is not None else ({}, None)
@@ -104,6 +107,8 @@ def _object_row(object_id: str, owner, borrowers: list, copies: dict,
         state = entry["state"]
         home = entry["node_id"]
         size = entry["inline_bytes"]
+    elif spilled is not None and not copies:
+        home, state, size = spilled[0], "SPILLED", 0
     else:
         # No owner knows it: the store's state says why it is still there (DELETED: freed
         # by its owner, kept by views; SEALED: its owner is gone or did not answer).
@@ -113,7 +118,10 @@ def _object_row(object_id: str, owner, borrowers: list, copies: dict,
         size = copies[home]["size"]
     elif copies and not size:
         size = next(iter(copies.values()))["size"]
-    if state == "PENDING":
+    if spilled is not None and home == spilled[0] and home not in copies:
+        location = "SPILLED"  # on its node's disk; read back when someone gets it
+        size = size or spilled[1]
+    elif state == "PENDING":
         location = "PENDING"
     elif home or copies:
         location = "STORE"

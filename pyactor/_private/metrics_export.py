@@ -98,13 +98,25 @@ class NodeMetrics:
                        stats.object_count, now),
                 _gauge("pyactor_object_store_evicted_bytes", "Bytes evicted from this node's "
                        "store to make room, since it started", stats.evicted_bytes, now)]
+        spiller = getattr(node, "spiller", None)
+        if spiller is not None:
+            spill = spiller.stats()
+            rows += [
+                _gauge("pyactor_object_store_spilled_bytes", "Bytes of this node's objects "
+                       "spilled to its disk now", spill["spilled_bytes"], now),
+                _gauge("pyactor_object_store_spilled_objects", "Objects of this node spilled "
+                       "to its disk now", spill["spilled_objects"], now),
+                _gauge("pyactor_object_store_spilled_total_bytes", "Bytes spilled to disk since "
+                       "the node started", spill["spilled_total_bytes"], now),
+                _gauge("pyactor_object_store_restored_total_bytes", "Bytes read back from disk "
+                       "since the node started", spill["restored_total_bytes"], now)]
         by_state: dict[str, int] = {}
         for worker in node.workers.values():
             by_state[worker.state] = by_state.get(worker.state, 0) + 1
         rows.append(["pyactor_workers", GAUGE, "Worker processes of this node, by state",
                      ["State"], [], [[[s], [n, now]] for s, n in sorted(by_state.items())]])
         rows.append(_gauge("pyactor_leases_waiting", "Task leases waiting for a worker on this "
-                           "node", len(node.waiting_for_worker), now))
+                           "node", sum(map(len, node.waiting_for_worker.values())), now))
         return rows
 
 

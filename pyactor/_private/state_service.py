@@ -111,6 +111,10 @@ class NodeStateService:
                 {**row, "object_id": row["object_id"].hex(),
                  "pins": [[pid, count] for pid, count in row["pins"].items()]}
                 for row in node.store.list_objects()]
+            spiller = getattr(node, "spiller", None)
+            if spiller is not None:  # on this node's disk, out of its store (spilling.py)
+                snapshot["spilled_objects"] = {object_id.hex(): size for object_id, size
+                                               in list(spiller.spilled.items())}
         if "process_memory" in sections:
             snapshot["process_memory"] = {
                 str(row["pid"]): process_memory(row["pid"], node.store_name)
