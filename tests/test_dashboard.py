@@ -19,9 +19,9 @@ from pyactor.exceptions import TaskCancelledError
 aiohttp = pytest.importorskip("aiohttp")
 from pyactor.dashboard import auth  # noqa: E402
 
-from tests.chromium import HeadlessChromium, find_chromium  # noqa: E402
-from tests.conftest import wait_until  # noqa: E402
-from tests.dashboard_cluster import browser_session, head_with_dashboard, request  # noqa: E402
+from chromium import HeadlessChromium, find_chromium  # noqa: E402
+from conftest import wait_until  # noqa: E402
+from dashboard_cluster import browser_session, head_with_dashboard, request  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ARTIFACTS = os.path.join(os.path.dirname(__file__), os.pardir, "test-artifacts")
@@ -224,7 +224,7 @@ def test_without_aiohttp_the_command_says_how_to_get_it(monkeypatch, capsys):
 
 def test_import_pyactor_loads_neither_the_dashboard_nor_its_web_library():
     """The dashboard stays out of `import pyactor` (and of every worker)."""
-    from tests.conftest import run_python
+    from conftest import run_python
     result = run_python("import sys, pyactor, pyactor.util\n"
                         "print(sorted(m for m in sys.modules if m.startswith(('aiohttp', "
                         "'pyactor.dashboard', 'prometheus_client'))))")
