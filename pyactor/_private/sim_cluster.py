@@ -102,8 +102,9 @@ class SimNode:
     pulls: int = 0  # snapshots it asked for after a gap
 
     def row(self) -> list:
+        # NodeInfo.wire()'s fields; a simulated node exports no metrics
         return [self.node_id, ["127.0.0.1", 1], self.total, self.available, True, False, {},
-                len(self.hosted), 0]
+                len(self.hosted), 0, ""]
 
     def on_message(self, conn, raw) -> None:
         message = P.decode(raw)
