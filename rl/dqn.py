@@ -70,7 +70,7 @@ class DQNConfig(AlgorithmConfig):
     replay_ratio: float = 0.5  # SGD updates per env step sampled
     # Batches fetched from the replay actor per round trip (the round trip, not the SGD step,
     # was most of an update's cost when fetched one at a time).
-    replay_batches_per_request: int = 16
+    replay_batches_per_request: int = 4  # 16: staler priorities, and seed 0 stalled at 465
     learning_starts: int = 1000  # env steps in the replay buffer before the first update
     replay_buffer_capacity: int = 50_000  # transitions
     n_step: int = 3
