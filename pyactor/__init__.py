@@ -15,7 +15,7 @@ example. They are loaded on first use (PEP 562), so that processes which only ne
 
 from __future__ import annotations
 
-import importlib
+from pyactor._private.lazy_exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -42,16 +42,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS) + ["exceptions"]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        if name == "exceptions":
-            return importlib.import_module("pyactor.exceptions")
-        raise AttributeError(f"module 'pyactor' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS, submodules=("exceptions",))

@@ -12,7 +12,7 @@ learner (model + optimiser), config / algorithm (the driver loop, results, check
 
 from __future__ import annotations
 
-import importlib
+from pyactor._private.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "Algorithm": "pyactor.rl.algorithm", "AlgorithmConfig": "pyactor.rl.config",
@@ -40,14 +40,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pyactor.rl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -20,7 +20,7 @@ progress.py, result_grid.py, plot.py ; search/ and schedulers/ (the decisions).
 
 from __future__ import annotations
 
-import importlib
+from pyactor._private.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "report": "session", "get_checkpoint": "session", "get_trial_id": "session",
@@ -48,19 +48,7 @@ _SCHEDULER_EXPORTS = {
 __all__ = sorted(set(_EXPORTS) | _SEARCH_EXPORTS | _SCHEDULER_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        module = f"pyactor.tune.{_EXPORTS[name]}"
-    elif name in _SEARCH_EXPORTS:
-        module = "pyactor.tune.search"
-    elif name in _SCHEDULER_EXPORTS:
-        module = "pyactor.tune.schedulers"
-    else:
-        raise AttributeError(f"module 'pyactor.tune' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(globals(), {
+    **{name: f"pyactor.tune.{module}" for name, module in _EXPORTS.items()},
+    **dict.fromkeys(_SEARCH_EXPORTS, "pyactor.tune.search"),
+    **dict.fromkeys(_SCHEDULER_EXPORTS, "pyactor.tune.schedulers")})

@@ -10,7 +10,7 @@ touched.
 
 from __future__ import annotations
 
-import importlib
+from pyactor._private.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "ActorPool": "pyactor.util.actor_pool",
@@ -28,14 +28,4 @@ __all__ = sorted([*_EXPORTS, "PlacementGroup", "get_placement_group", "placement
                   "placement_group_table", "remove_placement_group"])
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pyactor.util' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)
