@@ -29,7 +29,7 @@ class ActorView:
     __slots__ = ("actor_id", "state", "address", "conn", "incarnation", "death_cause", "queue",
                  "in_flight", "max_task_retries", "asking", "sequence", "blocked", "node_id",
                  "end_when_idle", "control_address", "submitted", "accepted", "claimed",
-                 "direct_spec", "kills_pending", "max_restarts")
+                 "direct_spec", "kills_pending", "max_restarts", "awaiting_cause")
 
     def __init__(self, actor_id: bytes, max_task_retries: int):
         self.actor_id = actor_id
@@ -56,6 +56,9 @@ class ActorView:
         self.claimed = 0
         self.direct_spec: TaskSpec | None = None
         self.kills_pending = 0  # pa.kill() returned; the IO thread has not dropped the process
+        # Calls lost with a process that is not restarted for them: failed once the node says
+        # why the actor died (a kill, its placement group, its node), so the error names it.
+        self.awaiting_cause: list[TaskSpec] = []
 
 
 class ActorSubmitter:
@@ -140,7 +143,10 @@ class ActorSubmitter:
         self._flush(view)
 
     def _ask_node(self, view: ActorView) -> None:
-        if view.asking or self.runtime.closed or self.runtime.node_conn is None:
+        if view.asking:
+            return
+        if self.runtime.closed or self.runtime.node_conn is None:
+            self._fail_lost_calls(view, None)
             return
         view.asking = True
 
@@ -158,8 +164,10 @@ class ActorSubmitter:
             if status == "dead":
                 view.state = "dead"
                 view.death_cause = cause
+                self._fail_lost_calls(view, cause)
                 self._fail_all(view)
                 return
+            self._fail_lost_calls(view, None)  # restarted: the calls lost were not retried
             try:
                 conn = await self.runtime.peer(address)
             except Exception as error:
@@ -231,12 +239,28 @@ class ActorSubmitter:
             if spec.retries_left != 0 and not spec.cancelled:
                 spec.retries_left -= 1
                 retry.append(spec)
-            else:
+            elif spec.cancelled:
                 self.by_task.pop(spec.task_id, None)
-                error = TaskCancelledError("actor task was cancelled") if spec.cancelled \
-                    else ActorDiedError(_lost_call_cause(view, spec.method))
+                error = TaskCancelledError("actor task was cancelled")
                 self.runtime._finish(spec, error=pickle.dumps(error))
+            elif view.state == "dead":
+                self.by_task.pop(spec.task_id, None)
+                self.runtime._finish(spec, error=pickle.dumps(
+                    ActorDiedError(_lost_call_cause(view, spec.method, view.death_cause))))
+            else:  # the node's answer to _ask_node says why the process died
+                self.by_task.pop(spec.task_id, None)
+                view.awaiting_cause.append(spec)
         view.queue.extendleft(reversed(retry))
+        if view.awaiting_cause and view.state != "alive":
+            self._ask_node(view)
+        elif view.awaiting_cause:  # already talking to the next incarnation
+            self._fail_lost_calls(view, None)
+
+    def _fail_lost_calls(self, view: ActorView, cause: str | None) -> None:
+        lost, view.awaiting_cause = view.awaiting_cause, []
+        for spec in lost:
+            self.runtime._finish(spec, error=pickle.dumps(
+                ActorDiedError(_lost_call_cause(view, spec.method, cause))))
 
     # ------------------------------------------------------------------ the direct path
     def direct_call_lost(self, spec: TaskSpec, incarnation: int | None) -> None:
@@ -354,11 +378,13 @@ def _max_restarts_of(spec_blob: bytes) -> int | None:
         return None
 
 
-def _lost_call_cause(view: ActorView, method: str) -> str:
-    """Why a call that was sent to an actor whose process died fails (it is not retried).
-    The incarnation that died tells whether the actor had restarts left: incarnation n is the
-    actor after n - 1 restarts."""
+def _lost_call_cause(view: ActorView, method: str, cause: str | None = None) -> str:
+    """Why a call that was sent to an actor whose process died fails (it is not retried):
+    the node's cause when the actor is dead for good, else whether it had restarts left (the
+    incarnation that died tells: incarnation n is the actor after n - 1 restarts)."""
     name = f"the actor {view.actor_id.hex()} died before {method} finished"
+    if cause:
+        return f"{name}, and it will not be restarted: {cause}"
     restarts = view.incarnation - 1
     if view.max_restarts is not None and view.max_restarts != -1 and \
             restarts >= view.max_restarts:

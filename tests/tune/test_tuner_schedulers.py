@@ -50,6 +50,8 @@ def pbt_trainable(config):
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             step, score = json.load(open(os.path.join(path, "s.json")))
+    if step == 0 and "barrier" in config:
+        _meet(config["barrier"], config["trials"])
     while step < 12:
         step += 1
         score += config["lr"]
@@ -60,16 +62,27 @@ def pbt_trainable(config):
             tune.report({"score": score}, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
+def _meet(folder, count, timeout_s=60.0):
+    """Wait until `count` trials have arrived (one file each), so their steps overlap however
+    far apart their actors started; after the timeout go on (the test then says why)."""
+    os.makedirs(folder, exist_ok=True)
+    tempfile.mkstemp(dir=folder)
+    deadline = time.monotonic() + timeout_s
+    while len(os.listdir(folder)) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_pbt_exploits_the_best_trials_checkpoint(tmp_path):
     """PBT copies a top trial's checkpoint and config into a bottom trial: the poor lr trials
     end with a score they could not reach alone."""
     scheduler = tune.PopulationBasedTraining(
         time_attr="training_iteration", perturbation_interval=3,
         hyperparam_mutations={"lr": [0.01, 0.1, 1.0]}, seed=0)
-    # All four at once (0.5 CPU each), so every trial passes every perturbation point.
+    # All four at once (0.5 CPU each), starting together at a barrier, so every trial passes
+    # every perturbation point while the others run.
     grid = _fit(tmp_path, tune.with_resources(pbt_trainable, {"cpu": 0.5}),
-                # 0.1 s steps: the four trials overlap even when their actors start far apart
-                {"lr": tune.grid_search([0.01, 0.01, 0.01, 1.0]), "step_s": 0.1},
+                {"lr": tune.grid_search([0.01, 0.01, 0.01, 1.0]), "step_s": 0.05,
+                 "barrier": str(tmp_path / "barrier"), "trials": 4},
                 metric="score", mode="max", scheduler=scheduler)
     assert scheduler.decisions, "PBT took no decision"
     alone = 12 * 0.01
