@@ -35,19 +35,25 @@ def resolve(address: str | None, token=None) -> tuple[str, int, bytes]:
     return api._resolve_address(address or "auto", token)
 
 
-class _Link:
-    """One authenticated connection with request/reply matching."""
+class Link:
+    """One authenticated connection with request/reply matching (also the dashboard's)."""
 
     def __init__(self):
         self.conn = None
         self.waiting: dict[int, asyncio.Future] = {}
         self.ids = itertools.count(1)
 
-    async def open(self, host: str, port: int, token: bytes) -> "_Link":
+    @property
+    def closed(self) -> bool:
+        return self.conn is None or self.conn.closed
+
+    async def open(self, host: str, port: int, token: bytes, register: bool = True) -> "Link":
+        """register: say who calls, as a node wants; a runtime (a task's owner) does not."""
         self.conn = await transport.connect(host, port, token, self._on_message,
                                             on_close=self._on_close)
-        self.conn.send(P.encode(P.Register(next(self.ids), "cli", os.getpid(), b"", ["", 0],
-                                           "", [])))
+        if register:
+            self.conn.send(P.encode(P.Register(next(self.ids), "cli", os.getpid(), b"",
+                                               ["", 0], "", [])))
         return self
 
     def _on_message(self, _conn, raw) -> None:
@@ -68,12 +74,15 @@ class _Link:
                                                      f"{reason or 'closed'}"))
         self.waiting.clear()
 
-    async def request(self, kind: type, *fields) -> Any:
+    async def request(self, kind: type, *fields, timeout_s: float = QUERY_TIMEOUT_S) -> Any:
         request_id = next(self.ids)
         future = asyncio.get_running_loop().create_future()
         self.waiting[request_id] = future
         self.conn.send(P.encode(kind(request_id, *fields)))
-        return await asyncio.wait_for(future, QUERY_TIMEOUT_S)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self.waiting.pop(request_id, None)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -82,7 +91,7 @@ class _Link:
 
 async def _gather(host: str, port: int, token: bytes, sections: list[str], options: dict,
                   actors: bool, groups: bool) -> dict:
-    first = await _Link().open(host, port, token)
+    first = await Link().open(host, port, token)
     links = [first]
     try:
         nodes = await first.request(P.ClusterInfo, "nodes")
@@ -98,7 +107,7 @@ async def _gather(host: str, port: int, token: bytes, sections: list[str], optio
                     if address == (host, port):
                         link = first
                     else:
-                        link = await _Link().open(address[0], address[1], token)
+                        link = await Link().open(address[0], address[1], token)
                         links.append(link)
                     return await link.request(P.StateQuery, "node",
                                               {**options, "sections": sections})

@@ -12,11 +12,9 @@ token like any other peer. A connection that drops is reopened on the next reque
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 
 from pyactor._private import protocol as P
-from pyactor._private import transport
+from pyactor._private.state_client import Link
 
 REQUEST_TIMEOUT_S = 10.0
 
@@ -26,41 +24,18 @@ class ClusterClient:
         host, _, port = address.rpartition(":")
         self.head = (host, int(port))
         self.token = token
-        self._conns: dict[tuple, transport.Connection] = {}
-        self._pending: dict[int, asyncio.Future] = {}
-        self._ids = itertools.count(1)
+        self._links: dict[tuple, Link] = {}
 
-    async def _connect(self, address: tuple, node: bool = True) -> transport.Connection:
-        conn = self._conns.get(address)
-        if conn is not None and not conn.closed:
-            return conn
-        conn = await transport.connect(address[0], address[1], self.token, self._on_message)
-        if node:  # a node wants to know who calls; a runtime (a task's owner) does not
-            conn.send(P.encode(P.Register(next(self._ids), "cli", os.getpid(), b"", ["", 0],
-                                          "", [])))
-        self._conns[address] = conn
-        return conn
-
-    def _on_message(self, _conn, raw) -> None:
-        message = P.decode(raw)
-        if isinstance(message, P.Reply):
-            future = self._pending.pop(message.request_id, None)
-            if future is not None and not future.done():
-                if message.error is not None:
-                    future.set_exception(RuntimeError(str(message.error)))
-                else:
-                    future.set_result(message.value)
+    async def _link(self, address: tuple, register: bool = True) -> Link:
+        link = self._links.get(address)
+        if link is None or link.closed:
+            link = await Link().open(address[0], address[1], self.token, register=register)
+            self._links[address] = link
+        return link
 
     async def request(self, address: tuple, kind: type, *fields):
-        conn = await self._connect(address)
-        request_id = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
-        conn.send(P.encode(kind(request_id, *fields)))
-        try:
-            return await asyncio.wait_for(future, REQUEST_TIMEOUT_S)
-        finally:
-            self._pending.pop(request_id, None)
+        link = await self._link(address)
+        return await link.request(kind, *fields, timeout_s=REQUEST_TIMEOUT_S)
 
     async def nodes(self) -> list[dict]:
         return await self.request(self.head, P.ClusterInfo, "nodes")
@@ -78,10 +53,10 @@ class ClusterClient:
 
     async def cancel_task(self, task_id: bytes, owner_address: list, force: bool) -> None:
         """Ask the task's owner to cancel it (as a borrower would); the owner answers nothing."""
-        conn = await self._connect((owner_address[0], int(owner_address[1])), node=False)
-        conn.send(P.encode(P.CancelTask(task_id, force, b"", True)))
+        link = await self._link((owner_address[0], int(owner_address[1])), register=False)
+        link.conn.send(P.encode(P.CancelTask(task_id, force, b"", True)))
 
     def close(self) -> None:
-        for conn in self._conns.values():
-            conn.close()
-        self._conns.clear()
+        for link in self._links.values():
+            link.close()
+        self._links.clear()

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from pyactor.dashboard import auth, runs, state_source
 from pyactor.dashboard.cluster_client import ClusterClient
+from pyactor.exceptions import PyActorError
 
 THROUGHPUT_SAMPLES = 300
 SAMPLE_INTERVAL_S = 1.0
@@ -69,7 +70,7 @@ class Dashboard:
         while True:
             try:
                 await self.sample()
-            except (OSError, RuntimeError, asyncio.TimeoutError):
+            except (OSError, PyActorError, asyncio.TimeoutError):
                 pass  # the cluster is away for a moment: the graph shows a gap
             await asyncio.sleep(SAMPLE_INTERVAL_S)
 
@@ -204,8 +205,8 @@ async def _kill_actor(request: web.Request) -> web.Response:
     no_restart = request.query.get("no_restart", "1") != "0"
     try:
         await _dashboard(request).client.kill_actor(actor_id, no_restart)
-    except RuntimeError as error:
-        raise web.HTTPNotFound(text=str(error)) from None
+    except PyActorError as error:  # e.g. the node lost its head
+        raise web.HTTPServiceUnavailable(text=str(error)) from None
     return web.json_response({"killed": actor_id.hex(), "no_restart": no_restart})
 
 
