@@ -181,13 +181,12 @@ def sampling_throughput(rounds: int, fragments: int = 40, length: int = 64) -> d
     loop = asyncio.new_event_loop()
 
     async def pipeline() -> tuple[int, float]:
-        # The library's path, as Algorithm.sample with async_sampling: the next fragments are
-        # requested as soon as these are in, so the runners never wait for the driver.
+        # The library's path, as Algorithm.sample with async_sampling: each runner is asked for
+        # its next fragment as soon as its last one is in.
         steps = 0
         group.request(length)
         for _ in range(fragments // 2):
-            collected = await group.collect()
-            group.request(length)
+            collected = await group.collect(length)
             steps += sum(int(f["env_steps"]) for f in collected)
         steps += sum(int(f["env_steps"]) for f in await group.collect())
         return steps

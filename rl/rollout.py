@@ -4,7 +4,7 @@ keeps them alive and fed with weights.
     EnvRunnerGroup (driver)                        EnvRunner actor i (one process each)
       sync_weights: one pa.put(flat float32) ----> set_weights(ref, version, obs stats): read in place
       request(T): sample.remote(T) -----------------> T steps of N envs, policy in the loop
-      collect(): await fragment refs <-------------- fragment: dict of [T, N] numpy arrays in the
+      collect(T): await fragment refs <------------- fragment: dict of [T, N] numpy arrays in the
                                                      object store + the episodes finished in it
       a runner that died (ActorDiedError) is restarted by the runtime (max_restarts); the group
       counts it, re-sends the last weights, and the iteration goes on with the other fragments.
@@ -18,6 +18,7 @@ actions, rewards, terminateds, truncateds, plus what the module's forward_explor
 
 from __future__ import annotations
 
+import asyncio
 import os
 import warnings
 from typing import Any
@@ -235,34 +236,51 @@ class EnvRunnerGroup:
     def request(self, num_steps: int, **explore_kw) -> None:
         """Start one fragment on every runner; `collect` awaits them."""
         assert not self._pending, "collect() the fragments already requested first"
+        self._num_steps, self._explore_kw = num_steps, explore_kw
         if self.local is not None:
             self._pending = [(0, self.local.sample(num_steps, **explore_kw))]
             return
         self._pending = [(i, runner.sample.remote(num_steps, **explore_kw))
                          for i, runner in enumerate(self.runners)]
-        self._num_steps, self._explore_kw = num_steps, explore_kw
 
-    async def collect(self) -> list[dict]:
-        """The fragments requested last, without those of runners that died; if none survived,
-        sample again from the restarted runners."""
+    async def collect(self, next_steps: int | None = None, **next_explore_kw) -> list[dict]:
+        """The fragments requested last (in runner order), without those of runners that died; if
+        none survived, sample again from the restarted runners. With `next_steps`, each runner is
+        asked for its next fragment the moment this one arrives (the double buffering of
+        async sampling): a runner never waits for the slowest one, and the next fragments are
+        still sampled with the weights of this moment, as when requested after collect()."""
+        if self.local is not None:
+            fragments = [item for _, item in self._pending]
+            self._pending = []
+            self.collected_refs = [None] * len(fragments)
+            if next_steps is not None:
+                self.request(next_steps, **next_explore_kw)
+            return fragments
         while True:
             pending, self._pending = self._pending, []
-            fragments, refs = [], []
-            for index, item in pending:
-                if self.local is not None:
-                    fragments.append(item)
-                    refs.append(None)
-                    continue
+            arrived: dict[int, tuple[dict, Any]] = {}
+            requeue = next_steps is not None
+
+            async def fetch(index: int, ref) -> None:
                 try:
-                    fragments.append(await item)
-                    refs.append(item)
+                    arrived[index] = (await ref, ref)
                     self._deaths_in_a_row[index] = 0
                 except ActorDiedError as error:
                     self._runner_died(index, error)
-            if fragments:
-                self.collected_refs = refs  # the fragments' refs (None: local), e.g. for a replay
-                return fragments
-            self.request(self._num_steps, **self._explore_kw)
+                if requeue:  # a restarted runner too: it has had the last weights re-sent
+                    self._pending.append(
+                        (index, self.runners[index].sample.remote(next_steps, **next_explore_kw)))
+
+            await asyncio.gather(*(fetch(index, ref) for index, ref in pending))
+            if requeue:
+                self._pending.sort(key=lambda item: item[0])
+                self._num_steps, self._explore_kw = next_steps, next_explore_kw
+            if arrived:
+                order = sorted(arrived)
+                self.collected_refs = [arrived[i][1] for i in order]  # e.g. for a replay
+                return [arrived[i][0] for i in order]
+            if not requeue:
+                self.request(self._num_steps, **self._explore_kw)
 
     def _runner_died(self, index: int, error: Exception) -> None:
         if "__init__ raised" in str(error):  # dead for good, and every restart would fail alike
