@@ -123,4 +123,8 @@ def gated_runner_class():
                 pa.get(self.gate.wait_for_runner_0_second.remote())
             return super().sample(num_steps, explore, **explore_kw)
 
+        def modules_loaded(self, names: list[str]) -> list[bool]:
+            import sys
+            return [name in sys.modules for name in names]
+
     return GatedRunner

@@ -8,6 +8,7 @@ import asyncio
 
 import numpy as np
 import pytest
+import torch
 
 import pyactor as pa
 from pyactor import rl
@@ -131,6 +132,30 @@ async def test_collect_asks_each_runner_again_as_soon_as_its_fragment_is_in(pa_m
         assert [f["runner_index"] for f in second] == [0, 1]
         assert [f["env_steps"] for f in second] == [6, 6]
         assert not group._pending
+    finally:
+        group.stop()
+        pa.kill(gate)
+
+
+def test_actor_critic_runner_acts_without_importing_torch(pa_module):
+    """A runner of the stock actor-critic steps with its numpy policy built from the spec and
+    never imports torch (seconds of CPU at every runner start); the weights it acts with are the
+    ones sent (its greedy actions are the driver module's)."""
+    spec = _spec(CountEnv)
+    module = spec.build()
+    gate = pa.remote(RunnerGate).options(num_cpus=0).remote()
+    group = EnvRunnerGroup(env=CountEnv, env_config={}, num_env_runners=1, num_envs_per_runner=2,
+                           module_spec=spec, seed=0, normalize_observations=False,
+                           runner_class=gated_runner_class(), runner_kwargs={"gate": gate})
+    try:
+        group.sync_weights(module.get_flat_weights(), 3, None)
+        runner = group.runners[0]
+        fragment = pa.get(runner.sample.remote(4, explore=False), timeout=GUARD_S)
+        assert fragment["weights_version"] == 3
+        expected = module.forward_inference(torch.tensor(fragment["obs"].reshape(-1, 1)))
+        assert np.array_equal(fragment["actions"].reshape(-1), expected["actions"].numpy())
+        assert pa.get(runner.modules_loaded.remote(["torch", "numpy"]),
+                      timeout=GUARD_S) == [False, True]
     finally:
         group.stop()
         pa.kill(gate)
