@@ -124,6 +124,7 @@ async def test_collect_asks_each_runner_again_as_soon_as_its_fragment_is_in(pa_m
                            module_spec=_spec(), seed=0, normalize_observations=False,
                            runner_class=gated_runner_class(), runner_kwargs={"gate": gate})
     try:
+        group.sync_weights(_spec().build().get_flat_weights(), 1, None)
         group.request(4)
         first = await asyncio.wait_for(group.collect(3), GUARD_S)
         assert [f["runner_index"] for f in first] == [0, 1]
