@@ -254,6 +254,8 @@ class DQNLearner(Learner):
                         "weights")}
             tensors["actions"] = tensors["actions"].long()
             tensors["terminateds"] = tensors["terminateds"].float()
+            if self.hand_step is not None:
+                tensors = self.hand_step.prepare(tensors)
             rows = range(len(batch["weights"])) if stacked else [None]
             for row in rows:
                 step = tensors if row is None else {k: v[row] for k, v in tensors.items()}

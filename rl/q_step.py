@@ -32,32 +32,36 @@ import torch
 from torch.nn import functional as F
 
 
-def _relu_grad(h):
-    return h > 0
+# Each derivative multiplies the upstream gradient by f'(z), read from the output h = f(z).
+def _relu_backward(grad, h):
+    return torch.ops.aten.threshold_backward(grad, h, 0)  # one call for grad * (h > 0)
 
 
-def _tanh_grad(h):
-    return 1.0 - h * h
+def _tanh_backward(grad, h):
+    return grad.mul_(1.0 - h * h)
 
 
-def _elu_grad(h):  # h = exp(z) - 1 for z <= 0, so f'(z) = h + 1 there
-    return torch.where(h > 0, 1.0, h + 1.0)
+def _elu_backward(grad, h):  # h = exp(z) - 1 for z <= 0, so f'(z) = h + 1 there
+    return grad.mul_(torch.where(h > 0, 1.0, h + 1.0))
 
 
-# activation name -> (in-place function, derivative from the activation's output)
-_ACTIVATIONS = {"relu": (torch.relu_, _relu_grad), "tanh": (torch.tanh_, _tanh_grad),
-                "elu": (lambda x: F.elu(x, inplace=True), _elu_grad)}
+# activation name -> (in-place function, backward through it)
+_ACTIVATIONS = {"relu": (torch.relu_, _relu_backward), "tanh": (torch.tanh_, _tanh_backward),
+                "elu": (lambda x: F.elu(x, inplace=True), _elu_backward)}
 
 
-def head_weights(module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W, b) of the linear map h_L -> Q(s, .), dueling heads folded in."""
-    advantage = module.advantage[0]
-    if module.value is None:
-        return advantage.weight, advantage.bias
-    value = module.value[0]
-    weight = advantage.weight - advantage.weight.mean(0, keepdim=True) + value.weight
-    bias = advantage.bias - advantage.bias.mean() + value.bias
+def head_weights(advantage: tuple, value: tuple | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, b) of the linear map h_L -> Q(s, .) from the heads' (weight, bias), dueling folded
+    in (value None: no dueling)."""
+    if value is None:
+        return advantage
+    weight = advantage[0] - advantage[0].mean(0, keepdim=True) + value[0]
+    bias = advantage[1] - advantage[1].mean() + value[1]
     return weight, bias
+
+
+def _linear_params(module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(linear.weight, linear.bias) for linear in module]
 
 
 def supports(module) -> bool:
@@ -74,11 +78,16 @@ class HandQStep:
     """Loss, gradients and TD errors of one batch, for a QModule and its target network."""
 
     def __init__(self, module, target, double_q: bool, loss_fn: str):
-        self.module, self.target = module, target
         self.double_q, self.loss_fn = double_q, loss_fn
-        self.activate, self.derivative = _ACTIVATIONS[module.model_config["activation"]]
-        self.trunk = [linear for linear, _ in module._trunk_layers]
-        self.target_trunk = [linear for linear, _ in target._trunk_layers]
+        self.activate, self.backward_activation = _ACTIVATIONS[module.model_config["activation"]]
+        # The parameters themselves, once: nn.Module attribute lookups cost more than the maths.
+        # (Optimiser steps, checkpoint loads and target copies all write them in place.)
+        self.trunk = [(linear.weight, linear.bias) for linear, _ in module._trunk_layers]
+        self.advantage = _linear_params(module.advantage)[0]
+        self.value = None if module.value is None else _linear_params(module.value)[0]
+        self.target_trunk = [(linear.weight, linear.bias) for linear, _ in target._trunk_layers]
+        self.target_advantage = _linear_params(target.advantage)[0]
+        self.target_value = None if target.value is None else _linear_params(target.value)[0]
         self._target_head = None  # folded once per target refresh, not once per step
 
     def target_changed(self) -> None:
@@ -86,27 +95,36 @@ class HandQStep:
 
     def _trunk(self, layers, x) -> list[torch.Tensor]:
         hidden = [x]
-        for linear in layers:
-            hidden.append(self.activate(F.linear(hidden[-1], linear.weight, linear.bias)))
+        for weight, bias in layers:
+            hidden.append(self.activate(F.linear(hidden[-1], weight, bias)))
         return hidden
+
+    @staticmethod
+    def prepare(tensors: dict) -> dict:
+        """What a step needs that can be computed for a whole chunk of K stacked batches at once
+        ([K, B, ...] or one batch [B, ...]): [obs; next_obs] per batch and gamma^m (1 - done)."""
+        tensors["both_obs"] = torch.cat([tensors["obs"], tensors["next_obs"]], dim=-2)
+        tensors["bootstrap_scale"] = tensors["discounts"] * (1.0 - tensors["terminateds"])
+        return tensors
 
     @torch.no_grad()
     def gradients(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Set every parameter's .grad for `batch`; returns (loss, Q(s, a), |TD error|)."""
         obs, next_obs, actions = batch["obs"], batch["next_obs"], batch["actions"]
         size = len(obs)
-        weight, bias = head_weights(self.module)
-        hidden = self._trunk(self.trunk, torch.cat([obs, next_obs]) if self.double_q else obs)
+        weight, bias = head_weights(self.advantage, self.value)
+        hidden = self._trunk(self.trunk, batch["both_obs"] if self.double_q else obs)
         q_all = F.linear(hidden[-1], weight, bias)
         if self._target_head is None:
-            self._target_head = [t.clone() for t in head_weights(self.target)]
+            self._target_head = [t.clone() for t in head_weights(self.target_advantage,
+                                                                 self.target_value)]
         next_q_target = F.linear(self._trunk(self.target_trunk, next_obs)[-1], *self._target_head)
         if self.double_q:
             best = q_all[size:].argmax(-1, keepdim=True)
             bootstrap = next_q_target.gather(-1, best).squeeze(-1)
         else:
             bootstrap = next_q_target.max(-1).values
-        targets = batch["rewards"] + batch["discounts"] * (1.0 - batch["terminateds"]) * bootstrap
+        targets = torch.addcmul(batch["rewards"], batch["bootstrap_scale"], bootstrap)
         q_taken = q_all[:size].gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         diff = q_taken - targets
         if self.loss_fn == "huber":
@@ -117,7 +135,7 @@ class HandQStep:
             slope = diff
         loss = (batch["weights"] * per_sample).mean()
         d_q = torch.zeros(size, q_all.shape[1]).scatter_(
-            1, actions.unsqueeze(-1), (batch["weights"] * slope / size).unsqueeze(-1))
+            1, actions.unsqueeze(-1), (slope * batch["weights"]).div_(size).unsqueeze(-1))
         self._backward(hidden, d_q, weight, size)
         return loss, q_taken, diff.abs_()
 
@@ -125,23 +143,21 @@ class HandQStep:
                   size: int) -> None:
         last = hidden[-1][:size]
         d_weight, d_bias = d_q.t().mm(last), d_q.sum(0)
-        advantage = self.module.advantage[0]
-        if self.module.value is None:
-            advantage.weight.grad, advantage.bias.grad = d_weight, d_bias
+        if self.value is None:
+            self.advantage[0].grad, self.advantage[1].grad = d_weight, d_bias
         else:
-            value = self.module.value[0]
-            advantage.weight.grad = d_weight - d_weight.mean(0, keepdim=True)
-            advantage.bias.grad = d_bias - d_bias.mean()
-            value.weight.grad = d_weight.sum(0, keepdim=True)
-            value.bias.grad = d_bias.sum(0, keepdim=True)
+            self.advantage[0].grad = d_weight - d_weight.mean(0, keepdim=True)
+            self.advantage[1].grad = d_bias - d_bias.mean()
+            self.value[0].grad = d_weight.sum(0, keepdim=True)
+            self.value[1].grad = d_bias.sum(0, keepdim=True)
         d_hidden = d_q.mm(weight)
         for index in range(len(self.trunk), 0, -1):
-            linear = self.trunk[index - 1]
-            d_z = d_hidden.mul_(self.derivative(hidden[index][:size]))
-            linear.weight.grad = d_z.t().mm(hidden[index - 1][:size])
-            linear.bias.grad = d_z.sum(0)
+            layer_weight, layer_bias = self.trunk[index - 1]
+            d_z = self.backward_activation(d_hidden, hidden[index][:size])
+            layer_weight.grad = d_z.t().mm(hidden[index - 1][:size])
+            layer_bias.grad = d_z.sum(0)
             if index > 1:
-                d_hidden = d_z.mm(linear.weight)
+                d_hidden = d_z.mm(layer_weight)
 
 
 # ---------------------------------------------------------------------- numpy inference

@@ -95,6 +95,7 @@ def test_hand_derived_step_matches_autograd(activation, dueling, double_q, loss_
              "rewards": 3 * torch.randn(size, generator=generator),
              "terminateds": (torch.rand(size, generator=generator) < 0.3).float(),
              "discounts": torch.full((size,), 0.97), "weights": torch.rand(size, generator=generator)}
+    batch = learner.hand_step.prepare(batch)
     for _ in range(2):  # the second round with a changed target network
         loss, q_taken, errors = learner.hand_step.gradients(batch)
         hand = [p.grad.clone() for p in learner.parameters]
