@@ -23,6 +23,7 @@ One iteration (DQN.training_step), top to bottom:
         batch = next of replay.sample_batches(K, B, beta)   # uniform, or P(i) ~ p_i**alpha, w_i
         y = r^(n) + gamma^n (1 - done) Q_target(s', argmax_a' Q(s', a'))     # q_targets
         loss = mean(w * huber(y - Q(s, a)))      # td_loss; |y - Q(s, a)| -> new priorities
+        gradients: by hand for QModule's MLP (rl/q_step.py), else autograd
         Adam step; every target_network_update_freq updates: theta' <- tau theta + (1-tau) theta'
     sync_weights()                               # one put, read by every runner
 
