@@ -22,13 +22,18 @@ throughput, ES/ARS/A2C time to solve CartPole-v1, each beside a baseline measure
                             policy has a mean return >= 475 over 20 episodes (evaluated every
                             --dqn-eval-every iterations of learning; evaluation time counts), with
                             the env steps and learner updates used and the CPU seconds of all
-                            the run's processes (budget --dqn-budget-s)
+                            the run's processes (budget --dqn-budget-s); updates/s and env
+                            steps/s over the training time (evaluations taken out), the
+                            driver's CPU seconds and all processes' CPU ms per update
     apex_{updates,env_steps}_per_s  Ape-X's learner updates/s and env steps/s with its defaults
                             (2 runners, 2 replay shards) once learning started; baseline: DQN
                             with the same 2 runners, alternated in the same run
     dqn_updates_per_s       DQN learner updates/s through the pipeline (the replay actor draws
                             the next prioritized batch while the driver runs SGD); baseline: the
                             same sampling and SGD one after the other in one process
+    dqn_sgd_cpu_ms          CPU ms of one DQN SGD step (default config, batches of 128) with the
+                            hand-derived gradients of rl/q_step.py; baseline: the same step
+                            through autograd, alternated in the same run
     es_steps_per_s          simulator steps/s of ES with 2 workers on CartPole-v1 over training
                             iterations 2-9 of the default config (the episode length grows as
                             the policy learns: the mean is in `episode_len`); baseline: a bare `env.step` loop on one
@@ -305,6 +310,7 @@ def dqn_time_to_475(seed: int, budget_s: float, output: str, eval_every: int) ->
     iterations, not seconds, so a loaded machine does not evaluate more often per env step; the
     evaluations' time counts)."""
     cpu_start = tree_cpu_seconds()
+    driver_cpu_start = time.process_time()
     start = time.monotonic()
     algo = rl.DQNConfig(env="CartPole-v1", seed=seed, output=output,
                         log_to_tensorboard=False).build()
@@ -319,10 +325,18 @@ def dqn_time_to_475(seed: int, budget_s: float, output: str, eval_every: int) ->
                 eval_s += time.monotonic() - eval_start
                 num_evals += 1
         wall = time.monotonic() - start
-        return {"time_s": wall, "env_steps": algo.env_steps_total,
-                "updates": result["learner/num_updates_total"], "reached": best >= CARTPOLE_TARGET,
-                "best_eval": best, "eval_s": eval_s, "evals": num_evals,
-                "cpu_s": tree_cpu_seconds() - cpu_start}
+        updates = result["learner/num_updates_total"]
+        cpu = tree_cpu_seconds() - cpu_start
+        # Rates over the training time alone (evaluations taken out): they and the counts and
+        # CPU seconds carry over from a loaded machine, the wall time does not.
+        train_s = max(wall - eval_s, 1e-9)
+        return {"time_s": wall, "env_steps": algo.env_steps_total, "updates": updates,
+                "reached": best >= CARTPOLE_TARGET, "best_eval": best, "eval_s": eval_s,
+                "evals": num_evals, "cpu_s": cpu,
+                "driver_cpu_s": time.process_time() - driver_cpu_start,
+                "updates_per_s": updates / train_s,
+                "env_steps_per_s": algo.env_steps_total / train_s,
+                "cpu_ms_per_update": 1000 * cpu / max(updates, 1)}
     finally:
         algo.stop()
 
@@ -361,7 +375,23 @@ def dqn_updates_per_s(num_updates: int, output: str) -> dict:
     for _ in range(num_updates):
         out = learner.update([buffer.sample(config.train_batch_size, 0.4)])
         buffer.update_priorities(out["ids"], out["priorities"])
-    return {"value": done / elapsed, "baseline": num_updates / (time.perf_counter() - start)}
+    baseline = num_updates / (time.perf_counter() - start)
+    # The SGD step alone, CPU ms per update: rl/q_step.py's hand-derived gradients against the
+    # same step through autograd (the learner's fallback), alternated on the same K batches.
+    batches = buffer.sample_batches(config.replay_batches_per_request, config.train_batch_size)
+    hand_step, hand, autograd = learner.hand_step, [], []
+    for _ in range(5):
+        for times, step in ((hand, hand_step), (autograd, None)):
+            learner.hand_step = step
+            cpu_start = time.process_time()
+            for _ in range(max(num_updates // 40, 1)):
+                learner.update([batches])
+            times.append((time.process_time() - cpu_start)
+                         / (max(num_updates // 40, 1) * config.replay_batches_per_request))
+    learner.hand_step = hand_step
+    return {"value": done / elapsed, "baseline": baseline,
+            "sgd_cpu_ms": 1000 * statistics.median(hand),
+            "autograd_sgd_cpu_ms": 1000 * statistics.median(autograd)}
 
 
 def learner_throughput(config, iterations: int) -> dict:
@@ -673,6 +703,9 @@ def rows(args) -> list[dict]:
         out.append(emit({"name": "dqn_updates_per_s", "value": rates["value"], "unit": "1/s",
                          "baseline": rates["baseline"],
                          "ratio": rates["value"] / rates["baseline"]}, args))
+        out.append(emit({"name": "dqn_sgd_cpu_ms", "value": rates["sgd_cpu_ms"], "unit": "ms",
+                         "baseline": rates["autograd_sgd_cpu_ms"],
+                         "ratio": rates["sgd_cpu_ms"] / rates["autograd_sgd_cpu_ms"]}, args))
     if "apex" not in args.skip:
         apex = apex_vs_dqn(args.rounds, args.apex_iterations, output)
         for key, unit in (("updates_per_s", "1/s"), ("env_steps_per_s", "steps/s")):

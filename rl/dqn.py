@@ -23,6 +23,7 @@ One iteration (DQN.training_step), top to bottom:
         batch = next of replay.sample_batches(K, B, beta)   # uniform, or P(i) ~ p_i**alpha, w_i
         y = r^(n) + gamma^n (1 - done) Q_target(s', argmax_a' Q(s', a'))     # q_targets
         loss = mean(w * huber(y - Q(s, a)))      # td_loss; |y - Q(s, a)| -> new priorities
+        gradients: by hand for QModule's MLP (rl/q_step.py), else autograd
         Adam step; every target_network_update_freq updates: theta' <- tau theta + (1-tau) theta'
     sync_weights()                               # one put, read by every runner
 
@@ -43,6 +44,7 @@ from torch import nn
 
 from pyactor.rl.algorithm import Algorithm
 from pyactor.rl.config import AlgorithmConfig, check_schedule, schedule_value
+from pyactor.rl import q_step
 from pyactor.rl.learner import Learner
 from pyactor.rl.module import ACTIVATIONS, RLModule, functional_layers, mlp, run_mlp
 from pyactor.rl.sharded_replay import ShardedReplay
@@ -160,6 +162,15 @@ class QModule(RLModule):
     def forward_inference(self, obs):
         return {"actions": self.q_values(obs).argmax(-1)}
 
+    def numpy_policy(self):
+        """The numpy copy runners and evaluate() act with (rl/q_step.py), unless a subclass
+        changed how this module acts."""
+        if not q_step.supports(self) or any(
+                getattr(type(self), name) is not getattr(QModule, name)
+                for name in ("forward_exploration", "forward_inference")):
+            return None
+        return q_step.NumpyQ(self)
+
     def forward_train(self, batch):
         return {"q_values": self.q_values(batch["obs"])}
 
@@ -219,6 +230,10 @@ class DQNLearner(Learner):
         super().__init__(module_spec, config, seed)
         self.target = copy.deepcopy(self.module)
         self.target.requires_grad_(False)
+        # QModule's MLP takes the hand-derived step (rl/q_step.py); another module, autograd's.
+        self.hand_step = q_step.HandQStep(self.module, self.target, config["double_q"],
+                                   config["td_error_loss_fn"]) if q_step.supports(self.module) \
+            else None
 
     def update(self, batches: list[dict], **kw) -> dict:
         # Batches arrive as read-only views of the object store; torch only reads them.
@@ -240,6 +255,8 @@ class DQNLearner(Learner):
                         "weights")}
             tensors["actions"] = tensors["actions"].long()
             tensors["terminateds"] = tensors["terminateds"].float()
+            if self.hand_step is not None:
+                tensors = self.hand_step.prepare(tensors)
             rows = range(len(batch["weights"])) if stacked else [None]
             for row in rows:
                 step = tensors if row is None else {k: v[row] for k, v in tensors.items()}
@@ -257,6 +274,30 @@ class DQNLearner(Learner):
         """The loss of Mnih et al. 2015 on one batch of tensors and one Adam step; returns the
         |TD errors| and (loss, mean Q, mean |TD error|, grad norm) as one tensor, read as
         Python floats once per update call."""
+        if self.hand_step is None:
+            return self._sgd_step_autograd(batch)
+        c = self.config
+        loss, q_taken, errors = self.hand_step.gradients(batch)
+        grads = [p.grad for p in self.parameters]
+        # nn.utils.clip_grad_norm_'s maths, as Learner.apply_gradients does it.
+        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if c["grad_clip"]:
+            torch._foreach_mul_(grads, (c["grad_clip"] / (grad_norm + 1e-6)).clamp(max=1.0))
+        self.optimizer.step()
+        self._count_update()
+        return errors, torch.stack([loss, q_taken.mean(), errors.mean(), grad_norm])
+
+    def _count_update(self) -> None:
+        c = self.config
+        self.num_updates += 1
+        if self.num_updates % c["target_network_update_freq"] == 0:
+            update_target(self.target, self.module, c["tau"])
+            if self.hand_step is not None:
+                self.hand_step.target_changed()
+
+    def _sgd_step_autograd(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """_sgd_step through autograd: for modules other than QModule's MLP, and the reference
+        the hand-derived gradients are tested against."""
         c = self.config
         obs, next_obs, actions = batch["obs"], batch["next_obs"], batch["actions"]
         if c["double_q"]:  # one pass of the online net over s and s'
@@ -270,9 +311,7 @@ class DQNLearner(Learner):
         q_taken = q_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         loss, errors = td_loss(q_taken, targets, batch["weights"], c["td_error_loss_fn"])
         grad_norm = self.apply_gradients(loss, c["grad_clip"])
-        self.num_updates += 1
-        if self.num_updates % c["target_network_update_freq"] == 0:
-            update_target(self.target, self.module, c["tau"])
+        self._count_update()
         errors = errors.detach().abs()
         return errors, torch.stack([loss.detach(), q_taken.detach().mean(), errors.mean(),
                                     torch.tensor(grad_norm)])
@@ -288,6 +327,8 @@ class DQNLearner(Learner):
     def set_state(self, state: dict) -> None:
         super().set_state(state)
         self.target.load_state_dict(state["target"])
+        if self.hand_step is not None:
+            self.hand_step.target_changed()
 
 
 # ---------------------------------------------------------------------- the algorithm

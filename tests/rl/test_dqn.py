@@ -72,6 +72,80 @@ def test_target_update_hard_and_soft():
     torch.testing.assert_close(target.weight, online.weight)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh", "elu"])
+@pytest.mark.parametrize("dueling,double_q,loss_fn", [
+    (True, True, "huber"), (True, False, "mse"), (False, True, "mse"), (False, False, "huber")])
+def test_hand_derived_step_matches_autograd(activation, dueling, double_q, loss_fn):
+    """rl/q_step.py's gradients, loss and TD errors equal autograd's through q_values, q_targets
+    and td_loss, for every activation, head, target and loss; after a target refresh too."""
+    import gymnasium as gym
+    from pyactor.rl.dqn import DQNLearner
+    from pyactor.rl.module import ModuleSpec
+    config = rl.DQNConfig(dueling=dueling, double_q=double_q, td_error_loss_fn=loss_fn,
+                          model={"hidden": [16, 8], "activation": activation}).to_dict()
+    spec = ModuleSpec(QModule, gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(3),
+                      {**config["model"], "dueling": dueling})
+    learner = DQNLearner(spec, config, seed=0)
+    assert learner.hand_step is not None
+    generator = torch.Generator().manual_seed(1)
+    size = 32
+    batch = {"obs": 2 * torch.randn(size, 4, generator=generator),
+             "next_obs": 2 * torch.randn(size, 4, generator=generator),
+             "actions": torch.randint(0, 3, (size,), generator=generator),
+             "rewards": 3 * torch.randn(size, generator=generator),
+             "terminateds": (torch.rand(size, generator=generator) < 0.3).float(),
+             "discounts": torch.full((size,), 0.97), "weights": torch.rand(size, generator=generator)}
+    batch = learner.hand_step.prepare(batch)
+    for _ in range(2):  # the second round with a changed target network
+        loss, q_taken, errors = learner.hand_step.gradients(batch)
+        hand = [p.grad.clone() for p in learner.parameters]
+        for p in learner.parameters:
+            p.grad = None
+        both = learner.module.q_values(torch.cat([batch["obs"], batch["next_obs"]]))
+        with torch.no_grad():
+            targets = q_targets(batch["rewards"], batch["terminateds"], batch["discounts"],
+                                learner.target.q_values(batch["next_obs"]),
+                                both[size:] if double_q else None)
+        expected_q = both[:size].gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
+        expected_loss, expected_errors = td_loss(expected_q, targets, batch["weights"], loss_fn)
+        expected_loss.backward()
+        for grad, param in zip(hand, learner.parameters):
+            torch.testing.assert_close(grad, param.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(loss, expected_loss.detach())
+        torch.testing.assert_close(q_taken, expected_q.detach())
+        torch.testing.assert_close(errors, expected_errors.abs())
+        with torch.no_grad():
+            for param in learner.target.parameters():
+                param.add_(0.5 * torch.randn(param.shape, generator=generator))
+        learner.hand_step.target_changed()
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "elu"])
+@pytest.mark.parametrize("dueling", [True, False])
+def test_numpy_copy_acts_like_the_module(activation, dueling):
+    """QModule's numpy copy (what runners and evaluate() act with) gives the module's Q-values
+    and greedy actions, follows set_flat_weights, and explores at rate epsilon."""
+    import gymnasium as gym
+    module = QModule(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(3),
+                     {"hidden": [16, 8], "activation": activation, "dueling": dueling,
+                      "explore_epsilon": 0.5})
+    policy = module.numpy_policy()
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(torch.randn(param.shape))
+    policy.set_flat_weights(module.get_flat_weights())
+    obs = np.random.default_rng(0).normal(size=(200, 4)).astype(np.float32)
+    with torch.no_grad():
+        expected = module.q_values(torch.from_numpy(obs)).numpy()
+    np.testing.assert_allclose(policy.q_values(obs), expected, rtol=1e-5, atol=1e-5)
+    assert policy.greedy(obs)["actions"].tolist() == expected.argmax(1).tolist()
+    many = np.repeat(obs, 50, axis=0)
+    changed = policy.explore(many, np.random.default_rng(0))["actions"] != expected.argmax(1).repeat(50)
+    assert float(changed.mean()) == pytest.approx(0.5 * 2 / 3, abs=0.02)
+    with pytest.raises(ValueError, match="weights vector has 3 values"):
+        policy.set_flat_weights(np.zeros(3, np.float32))
+
+
 def test_epsilon_greedy_explores_at_rate_epsilon():
     """With epsilon 0 every action is greedy; with epsilon e a fraction of about e(1 - 1/A) of
     actions differ from the greedy one."""
