@@ -11,8 +11,8 @@ actors without starting processes, die. Measured here, CPU from /proc of each pr
             before deltas);
   placement 10,000 actors of 1 CPU created through the head on 64 and on 1,000 nodes, all at
             once: placements per second of wall time (first create sent to last actor hosted),
-            placements per second of the head's CPU, the head's and the simulator's CPU per
-            second of wall, and actors per node (max/min/stddev, nodes over their CPUs, offers
+            placements per second of the head's CPU, the head's, the simulator's and the
+            driver's (this process) CPU per second of wall, and actors per node (max/min/stddev, nodes over their CPUs, offers
             a node had no room for and sent back). --load-followers nodes (10 by default) ask for
             the other nodes' load, as nodes that spill work do; the rest are sent membership
             changes only (cluster.py);
@@ -97,11 +97,13 @@ class Bench:
             await driver.connect()
             await asyncio.sleep(4 * HEARTBEAT_S)
             cpu, sim_cpu = head.cpu_seconds(), await fleet.cpu_seconds()
-            written, start = head.bytes_written(), time.monotonic()
+            written, driver_cpu = head.bytes_written(), time.process_time()
+            start = time.monotonic()
             ids = await driver.create_actors(actors, {"CPU": 1}, max_restarts=1)
             placed = await fleet.wait_for(lambda: len(fleet.placements) >= actors, 120)
             elapsed = max(fleet.hosted_at.values()) - start
             head_cpu = head.cpu_seconds() - cpu
+            driver_cpu = time.process_time() - driver_cpu
             sim_cpu = await fleet.cpu_seconds() - sim_cpu
             rows.append({"scenario": "placement", "nodes": nodes, "cpus_per_node": cpus,
                          "actors": actors, "all_placed": placed,
@@ -113,6 +115,8 @@ class Bench:
                          "placements_per_head_cpu_s": round(len(fleet.placements) /
                                                             max(head_cpu, 0.01)),
                          "sim_cpu_core_fraction": round(sim_cpu / elapsed, 3),
+                         # this process: the driver's creations and the fleet's reports
+                         "driver_cpu_core_fraction": round(driver_cpu / elapsed, 3),
                          "head_bytes_out": head.bytes_written() - written,
                          "load_avg_1m": os.getloadavg()[0],
                          **await fleet.spread()})

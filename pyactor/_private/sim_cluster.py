@@ -187,8 +187,9 @@ class SimCluster:
         self._changed = asyncio.Event()  # set on every hosting
         self._beat_task: asyncio.Task | None = None
         self.on_hosted_hook = None  # (node, actor id, when): sim_fleet reports it to its parent
+        self.join_retries = 0  # handshakes the head closed (its time limit) and tried again
 
-    async def add_nodes(self, count: int, resources: dict, batch: int = 25,
+    async def add_nodes(self, count: int, resources: dict, batch: int = 10,
                         follow_load: int = 0) -> list[SimNode]:
         """Join `count` nodes of `resources`, `batch` at a time; the first `follow_load` of them
         ask for the other nodes' load in their heartbeats."""
@@ -203,10 +204,19 @@ class SimCluster:
             added += fresh
         return added
 
-    async def _connect(self, node: SimNode) -> None:
-        node.conn = await transport.connect(self.head.host, self.head.port, self.head.token,
-                                            node.on_message, on_close=node.on_close,
-                                            timeout_s=60)
+    async def _connect(self, node: SimNode, attempts: int = 5) -> None:
+        for attempt in range(attempts):
+            try:
+                node.conn = await transport.connect(
+                    self.head.host, self.head.port, self.head.token, node.on_message,
+                    on_close=node.on_close, timeout_s=60)
+                break
+            except ConnectionError:
+                # On a starved host the head may close a handshake that outlived its limit:
+                # join again (counted), as the simulated node's operator would.
+                if attempt == attempts - 1:
+                    raise
+                self.join_retries += 1
         node.conn.send(P.encode(P.JoinCluster(node.row())))
         self.nodes.append(node)  # heartbeating from now on
 

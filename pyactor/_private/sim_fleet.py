@@ -72,7 +72,12 @@ class SimFleet:
                 self._changed.set()
                 continue
             future = self._pending.pop(message["id"], None)
-            if future is not None and not future.done():
+            if future is None or future.done():
+                continue
+            if "error" in message:
+                future.set_exception(RuntimeError(f"a simulator process failed: "
+                                                  f"{message['error']}"))
+            else:
                 future.set_result(message)
         for future in list(self._pending.values()):  # the child is gone
             if not future.done():
@@ -147,6 +152,7 @@ class SimFleet:
                 "deferred": sum(a["deferred"] for a in answers),
                 "pulls": sum(a["pulls"] for a in answers),
                 "view_rows_sent": sum(a["view_rows"] for a in answers),
+                "join_retries": sum(a["join_retries"] for a in answers),
                 "lost_nodes": sum(a["lost"] for a in answers)}
 
     async def cpu_seconds(self) -> float:
@@ -194,7 +200,14 @@ class _Child:
             self._send({"op": "hosted", "items": items})
 
     async def handle(self, message: dict) -> None:
-        op, reply = message["op"], {"id": message["id"]}
+        try:
+            reply = await self._answer(message)
+        except Exception as error:  # noqa: BLE001 - the parent must hear of it, not wait
+            reply = {"error": f"{type(error).__name__}: {error}"}
+        self._send({"id": message["id"], **reply})
+
+    async def _answer(self, message: dict) -> dict:
+        op, reply = message["op"], {}
         if op == "add":
             nodes = await self.cluster.add_nodes(message["count"], message["resources"],
                                                  follow_load=message["follow_load"])
@@ -225,11 +238,12 @@ class _Child:
                          deferred=sum(node.deferred for node in self.cluster.nodes),
                          pulls=sum(node.pulls for node in self.cluster.nodes),
                          view_rows=sum(node.view_rows for node in self.cluster.nodes),
+                         join_retries=self.cluster.join_retries,
                          lost=sum(1 for node in self.cluster.nodes
                                   if not node.alive and node.node_id not in self.killed))
         elif op == "stats":
             reply["cpu_s"] = time.process_time()
-        self._send(reply)
+        return reply
 
 
 async def _child_main() -> None:
