@@ -211,9 +211,9 @@ class SimCluster:
                     self.head.host, self.head.port, self.head.token, node.on_message,
                     on_close=node.on_close, timeout_s=60)
                 break
-            except ConnectionError:
-                # On a starved host the head may close a handshake that outlived its limit:
-                # join again (counted), as the simulated node's operator would.
+            except (ConnectionError, TimeoutError):
+                # On a starved host the head may close a handshake that outlived its limit, or
+                # not answer it in time: join again (counted), as the node's operator would.
                 if attempt == attempts - 1:
                     raise
                 self.join_retries += 1
