@@ -133,7 +133,7 @@ def play_split(head: HeadView, change) -> None:
         play(head, change)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(split_changes, st.booleans()), max_size=40), st.data())
 def test_a_member_sent_membership_changes_only_agrees_on_membership(steps, data):
     """Deltas without load changes, lost, repeated and reordered: the member's rows always
