@@ -110,3 +110,82 @@ def test_an_unchanged_row_does_not_move_the_version():
     assert not head.upsert(b"a", [1]) and head.version == 1
     assert head.delta(1) == Delta(1, 1, [], [])
     assert head.snapshot() == Snapshot(1, [[b"a", [1]]])
+
+
+def membership(row):
+    return row[1]
+
+
+# A change for rows with a membership part and a load part: [node id, membership, load].
+split_changes = st.one_of(
+    st.tuples(st.just("upsert"), st.sampled_from(NODES), st.tuples(st.integers(0, 1),
+                                                                    st.integers(0, 3))),
+    st.tuples(st.just("remove"), st.sampled_from(NODES), st.none()),
+    st.tuples(st.just("forget"), st.none(), st.integers(0, 40)),
+)
+
+
+def play_split(head: HeadView, change) -> None:
+    what, node_id, value = change
+    if what == "upsert":
+        head.upsert(node_id, [node_id, *value])
+    else:
+        play(head, change)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(split_changes, st.booleans()), max_size=40), st.data())
+def test_a_member_sent_membership_changes_only_agrees_on_membership(steps, data):
+    """Deltas without load changes, lost, repeated and reordered: the member's rows always
+    agree with the head's table at the member's version on every row's membership part, each
+    row is one the head once held for that node, a beat where only load changed sends nothing
+    new, and a snapshot (sent when it starts following the load) makes it exact."""
+    head = HeadView(membership_of=membership)
+    member = MemberView()
+    history = {0: {}}
+    ever = set()  # every (node id, row) the head held
+    in_flight: list[Delta] = []
+    acked = sent = 0
+    for change, beat in steps:
+        play_split(head, change)
+        history[head.version] = dict(head.rows)
+        ever.update((node_id, tuple(row)) for node_id, row in head.rows.items())
+        if not beat or sent >= head.member_version:
+            continue  # as cluster.py: nothing to send a member already sent the membership
+        delta = head.delta(min(acked, sent), with_load=False)
+        sent = head.version
+        if delta is None:
+            member.apply_snapshot(head.snapshot())
+        else:
+            in_flight += [delta] * data.draw(st.integers(0, 2), label="copies")
+        if in_flight:
+            order = data.draw(st.permutations(in_flight), label="arrival order")
+            arrived = data.draw(st.integers(0, len(order)), label="arrived")
+            in_flight = list(order[arrived:])
+            for message in order[:arrived]:
+                member.apply_delta(message)
+                past = history[member.version]
+                assert member.rows.keys() == past.keys()
+                for node_id, row in member.rows.items():
+                    assert membership(row) == membership(past[node_id])
+                    assert (node_id, tuple(row)) in ever
+        acked = member.version  # its next heartbeat says what it holds
+    member.apply_snapshot(head.snapshot())
+    assert member.rows == head.rows and member.version == head.version
+
+
+def test_a_load_change_moves_the_version_but_not_the_membership_version():
+    """Only a membership change (or a removal) moves member_version; a delta without load then
+    carries just the rows whose membership changed."""
+    head = HeadView(membership_of=membership)
+    head.upsert(b"a", [b"a", 0, 0])
+    head.upsert(b"b", [b"b", 0, 0])
+    assert head.member_version == 2
+    head.upsert(b"a", [b"a", 0, 5])
+    assert (head.version, head.member_version) == (3, 2)
+    assert head.delta(2, with_load=False) == Delta(2, 3, [], [])
+    assert head.delta(2) == Delta(2, 3, [[b"a", [b"a", 0, 5]]], [])
+    head.upsert(b"b", [b"b", 1, 0])
+    assert head.delta(2, with_load=False) == Delta(2, 4, [[b"b", [b"b", 1, 0]]], [])
+    head.remove(b"a")
+    assert head.member_version == 5 and head.delta(4, with_load=False) == Delta(4, 5, [], [b"a"])

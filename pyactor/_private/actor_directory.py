@@ -92,6 +92,9 @@ class ActorDirectory:
         self._index = PlacementIndex()  # free units (heartbeat - reserved) and actors per node
         self._on_node: dict[bytes, set[bytes]] = {}  # node -> actors placed there, not dead
         self.held: dict[bytes, None] = {}  # actors waiting for room, oldest first
+        # conn -> actors it waits on (WaitActor): a closing connection (at scale, a node's)
+        # touches only those, not every actor.
+        self._waiting: dict = {}
 
     # ------------------------------------------------------------------ requests
     def create(self, conn, message: P.CreateActor) -> None:
@@ -145,6 +148,7 @@ class ActorDirectory:
             self._reply(conn, message.request_id, actor.view())
         else:
             actor.waiters.append((conn, message.request_id, message.known_incarnation))
+            self._waiting.setdefault(conn, set()).add(actor.actor_id)
 
     def kill(self, conn, message: P.KillActor) -> None:
         actor = self.actors.get(message.actor_id)
@@ -267,8 +271,10 @@ class ActorDirectory:
                 self._kill(actor, "its placement group was removed", no_restart=True)
 
     def on_requester_closed(self, conn) -> None:
-        for actor in self.actors.values():
-            actor.waiters = [w for w in actor.waiters if w[0] is not conn]
+        for actor_id in self._waiting.pop(conn, ()):
+            actor = self.actors.get(actor_id)
+            if actor is not None:
+                actor.waiters = [w for w in actor.waiters if w[0] is not conn]
 
     # ------------------------------------------------------------------ internals
     def _place(self, actor: ActorRecord) -> tuple[bytes | None, str]:
@@ -399,6 +405,14 @@ class ActorDirectory:
                 self._reply(conn, request_id, actor.view())
             else:
                 actor.waiters.append((conn, request_id, known))
+        still_waiting = {id(w[0]) for w in actor.waiters}
+        for conn, _, _ in waiters:
+            if id(conn) not in still_waiting:
+                waiting = self._waiting.get(conn)
+                if waiting is not None:
+                    waiting.discard(actor.actor_id)
+                    if not waiting:
+                        del self._waiting[conn]
 
     def alive_count(self, node_id: bytes | None = None) -> int:
         return sum(1 for a in self.actors.values()

@@ -221,9 +221,11 @@ class _IndexedNode:
         return all(units <= self.free(name) for name, units in shape)
 
     def entry(self, shape: tuple) -> tuple:
-        """Its heap entry: (rank, version, id); smaller ranks are placed first."""
-        load = max((Fraction(self.total[name] - self.free(name) + units, self.total[name])
-                    for name, units in shape if self.total.get(name, 0) > 0),
-                   default=Fraction(0))
-        per_cpu = Fraction(self.actors * SCALE, max(self.total.get(CPU, 0), SCALE))
+        """Its heap entry: (rank, version, id); smaller ranks are placed first. The ratios are
+        floats here (a Fraction each cost more than the rest of a placement): two different
+        ratios of integer units below 10**7 differ by far more than a float's rounding, so
+        floats order nodes exactly as place_actor's Fractions do."""
+        load = max(((self.total[name] - self.free(name) + units) / self.total[name]
+                    for name, units in shape if self.total.get(name, 0) > 0), default=0.0)
+        per_cpu = self.actors * SCALE / max(self.total.get(CPU, 0), SCALE)
         return ((load, per_cpu, self.last_chosen, self.node_id), self.version, self.node_id)

@@ -8,6 +8,12 @@ step share one encoding, and a beat where nothing changed sends nothing. A membe
 delta it cannot apply (a gap) asks for the whole table (`PullView`). With the table each node
 can place work elsewhere (spillback) and find the nodes that hold objects.
 
+The other nodes' load (free resources, store figures, counts) changes with every actor and task
+and matters to a member only when it sends work elsewhere, so only members that say so in their
+heartbeat (`wants_load`, set for LOAD_INTEREST_S after a node last considered spilling) are sent
+load changes; the others get a row only when its membership (address, totals, alive) changes. A
+burst of actors on N nodes thus costs the head N HostActor, not N deltas of N rows.
+
 A node is declared dead when its connection to the head closes or when it has sent no heartbeat
 for NODE_TIMEOUT_S: so a node that dies is known dead within NODE_TIMEOUT_S (3 s) at worst, and
 at once when its process exits (the OS closes its connection).
@@ -38,6 +44,7 @@ logger = logging.getLogger("pyactor.cluster")
 HEARTBEAT_S = 0.5
 NODE_TIMEOUT_S = 3.0
 DEAD_NODE_KEEP_S = 300.0  # PYACTOR_DEAD_NODE_KEEP_S on the head overrides it
+LOAD_INTEREST_S = 30.0  # a member follows the other nodes' load this long after wanting it
 
 
 def seconds_from_env(name: str, default: float, minimum: float, strict: bool = False) -> float:
@@ -88,6 +95,7 @@ class NodeInfo:
     died_at: float = 0.0  # head side: when it was declared dead (monotonic)
     view_acked: int = 0  # head side: the view version its last heartbeat said it holds
     view_sent: int = 0  # head side: the version last sent to it
+    wants_load: bool = False  # head side: its heartbeat asks for the other nodes' load
 
     def wire(self) -> list:
         return [self.node_id, self.address, self.total, self.available, self.alive,
@@ -98,6 +106,12 @@ class NodeInfo:
         node_id, address, total, available, alive, is_head, store, actors, workers, metrics = fields
         return cls(node_id, address, total, available, alive, is_head, store, actors, workers,
                    metrics)
+
+
+def membership_part(row: list) -> tuple:
+    """The fields of a wire row that every member is sent at once when they change: address,
+    totals, alive, is_head, metrics URL (the rest is load: see the module docstring)."""
+    return row[1], row[2], row[4], row[5], row[9]
 
 
 class Membership:
@@ -127,11 +141,13 @@ class Membership:
         self._task: asyncio.Task | None = None
         self._stopping = False
         self.dead_keep_s = dead_node_keep_s() if self.is_head else DEAD_NODE_KEEP_S
-        self.view = HeadView() if self.is_head else None  # the head's versioned table
+        # the head's versioned table
+        self.view = HeadView(membership_of=membership_part) if self.is_head else None
         self.deltas = view_deltas_enabled()
         self.node_timeout_s = node_timeout_s() if self.is_head else NODE_TIMEOUT_S
         self.mirror = MemberView()  # a member's copy of it
         self._pulling = False  # a member asked for a snapshot and waits for it
+        self._load_wanted_until = 0.0  # a member: follow the others' load until then
         self._broadcast_scheduled = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -177,7 +193,8 @@ class Membership:
             self.forget_dead(now)
             self._broadcast()
         elif self.head_conn is not None and not self.head_conn.closed:
-            self.head_conn.send(P.encode(P.Heartbeat(me.wire(), self.mirror.version)))
+            self.head_conn.send(P.encode(P.Heartbeat(me.wire(), self.mirror.version,
+                                                     self.wants_load())))
 
     # ------------------------------------------------------------------ head side
     def on_join(self, conn, message: P.JoinCluster) -> None:
@@ -203,6 +220,11 @@ class Membership:
         info.last_heartbeat = time.monotonic()
         # Never backwards: a heartbeat sent before the join's snapshot arrived says 0.
         info.view_acked = max(info.view_acked, message.view_version)
+        wants_load = bool(message.wants_load)
+        if wants_load != info.wants_load:
+            info.wants_load = wants_load
+            if wants_load:  # its load figures are as old as its last snapshot: a fresh one
+                self._send_snapshot(info)
         if available == info.available and store == info.store and actors == info.actors \
                 and workers == info.workers:
             return False
@@ -264,22 +286,27 @@ class Membership:
         if not self.deltas:
             self._broadcast_whole()
             return
-        encoded: dict[int, bytes] = {}  # base -> packed ViewDelta (or ViewSnapshot)
+        encoded: dict[tuple, bytes] = {}  # (base, with load) -> packed ViewDelta (or Snapshot)
         oldest_acked = view.version
         for info in self.nodes.values():
             conn = info.conn
             if not info.alive or conn is None or conn.closed:
                 continue
             oldest_acked = min(oldest_acked, info.view_acked)
-            if info.view_sent >= view.version:
-                continue  # it has (or is getting) the current version
-            base = min(info.view_acked, info.view_sent)
-            body = encoded.get(base)
+            if info.view_sent >= (view.version if info.wants_load else view.member_version):
+                continue  # it has (or is getting) all it follows of the current version
+            # The connection delivers in order or closes, so the member will hold what it was
+            # last sent before this arrives: count from there, not from its (older)
+            # acknowledgement, or every row goes out twice while heartbeats catch up. A member
+            # that lost a delta all the same (a gap) pulls the whole view.
+            base = max(info.view_sent, info.view_acked)
+            key = (base, info.wants_load)
+            body = encoded.get(key)
             if body is None:
-                delta = view.delta(base)
+                delta = view.delta(base, with_load=info.wants_load)
                 message = P.ViewDelta(*delta) if delta is not None else \
                     P.ViewSnapshot(*view.snapshot())
-                body = encoded[base] = msgpack.packb(P.encode(message), use_bin_type=True)
+                body = encoded[key] = msgpack.packb(P.encode(message), use_bin_type=True)
             conn.send_packed(body)
             info.view_sent = view.version
         view.forget_tombstones(oldest_acked)
@@ -293,6 +320,14 @@ class Membership:
         self._on_view_changed()
 
     # ------------------------------------------------------------------ member side
+    def want_load(self) -> None:
+        """This member is about to place work by the other nodes' load: follow it for the next
+        LOAD_INTEREST_S (from its next heartbeat; until then its figures may be old)."""
+        self._load_wanted_until = time.monotonic() + LOAD_INTEREST_S
+
+    def wants_load(self) -> bool:
+        return time.monotonic() < self._load_wanted_until
+
     def on_delta(self, conn, message: P.ViewDelta) -> None:
         changes = self.mirror.apply_delta(Delta(*message))
         if changes is None:  # a gap: what it holds is too old for this delta

@@ -5,6 +5,9 @@ The head owns a `HeadView`; every other node mirrors it in a `MemberView`. Each 
 
     head.delta(base)  -> Delta(base, version, rows changed after base, ids removed after base)
                          or None when tombstones after `base` were already forgotten
+    head.delta(base, with_load=False) -> the same, counting only changes to a row's
+                         membership part (`membership_of(row)`): for members that do not
+                         follow the other nodes' load
     head.snapshot()   -> Snapshot(version, every row)
     member.apply_delta(delta) -> the changes, or None: a gap (base newer than what it holds):
                                  the member must pull a snapshot
@@ -16,13 +19,20 @@ holds brings it to the delta's version whatever came before: deltas may arrive t
 for the next (the head sends changes since the member's *acknowledged* version, carried by its
 heartbeats), or pulls a snapshot when it sees a gap. The head encodes one delta per distinct
 acknowledged version per beat, so members that are in step share one encoding.
+
+A row has a membership part (who the node is, where, its totals, alive) and a load part (what it
+has free, its store and counts), which changes with every actor or task it runs. Most members
+never look at the other nodes' load, so the head sends them only the rows whose membership
+changed (each row still whole, its load as of now); such a member's table agrees with one of the
+head's past tables on every row's membership part, and its load figures are each a past value of
+that row's. A member that starts following the load is sent a snapshot first.
 No I/O, no clock: cluster.py sends what this computes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 
 class Delta(NamedTuple):
@@ -37,23 +47,35 @@ class Snapshot(NamedTuple):
     rows: list  # [node_id, row] of every row
 
 
+def whole_row(row: Any) -> Any:
+    """The default membership part of a row: all of it (every change is a membership change)."""
+    return row
+
+
 @dataclass
 class HeadView:
-    """The head's table: rows by node id, each stamped with the version that last changed it."""
+    """The head's table: rows by node id, each stamped with the version that last changed it
+    and with the version that last changed its membership part."""
 
     version: int = 0
     rows: dict[bytes, Any] = field(default_factory=dict)
     changed_at: dict[bytes, int] = field(default_factory=dict)
+    member_changed_at: dict[bytes, int] = field(default_factory=dict)
     removed_at: dict[bytes, int] = field(default_factory=dict)  # tombstones
     floor: int = 0  # deltas can be computed from bases >= floor (older tombstones forgotten)
+    member_version: int = 0  # the last version that changed a membership part (or removed)
+    membership_of: Callable[[Any], Any] = whole_row
 
     def upsert(self, node_id: bytes, row: Any) -> bool:
         """Set a node's row; True if it changed (and so the version moved)."""
-        if node_id in self.rows and self.rows[node_id] == row:
+        old = self.rows.get(node_id)
+        if old is not None and old == row:
             return False
         self.version += 1
         self.rows[node_id] = row
         self.changed_at[node_id] = self.version
+        if old is None or self.membership_of(old) != self.membership_of(row):
+            self.member_changed_at[node_id] = self.member_version = self.version
         self.removed_at.pop(node_id, None)
         return True
 
@@ -61,18 +83,20 @@ class HeadView:
         if node_id not in self.rows:
             return False
         self.version += 1
-        del self.rows[node_id], self.changed_at[node_id]
-        self.removed_at[node_id] = self.version
+        del self.rows[node_id], self.changed_at[node_id], self.member_changed_at[node_id]
+        self.removed_at[node_id] = self.member_version = self.version
         return True
 
-    def delta(self, base: int) -> Delta | None:
-        """What changed after `base`; None if the member must take a snapshot instead."""
+    def delta(self, base: int, with_load: bool = True) -> Delta | None:
+        """What changed after `base` (only membership changes unless `with_load`); None if the
+        member must take a snapshot instead."""
         if base < self.floor or base > self.version:
             return None
         if base == self.version:
             return Delta(base, base, [], [])
+        stamps = self.changed_at if with_load else self.member_changed_at
         rows = [[node_id, self.rows[node_id]]
-                for node_id, stamp in self.changed_at.items() if stamp > base]
+                for node_id, stamp in stamps.items() if stamp > base]
         removed = [node_id for node_id, stamp in self.removed_at.items() if stamp > base]
         return Delta(base, self.version, rows, removed)
 

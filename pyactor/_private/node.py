@@ -480,6 +480,7 @@ class Node:
 
     def _spill_target(self, demand: ResourceSet) -> NodeInfo | None:
         """Another node to send a lease request to when this one is busy or too small."""
+        self.membership.want_load()  # the others' free figures: sent while this node spills
         nodes = self._node_views()
         if len(nodes) < 2:
             return None
@@ -866,10 +867,10 @@ class Node:
 
     def _node_view(self, node_id: bytes) -> NodeView | None:
         """One alive node's view (the head's own row fresh), for the actor directory."""
-        if node_id == self.node_id:
-            info = self._local_status()
-        else:
-            info = self.membership.nodes.get(node_id)
+        if node_id == self.node_id:  # read at every placement: only what placement needs
+            return NodeView(node_id.hex(), ResourceSet.from_dict(self.scheduler.total()),
+                            ResourceSet.from_dict(self.scheduler.available()), True, True)
+        info = self.membership.nodes.get(node_id)
         if info is None or not info.alive:
             return None
         return NodeView(node_id.hex(), ResourceSet.from_dict(info.total),
@@ -993,6 +994,12 @@ class Node:
                 merged = await self.metrics.collect()
                 self._reply(conn, message.request_id, to_snapshot(merged))
             asyncio.get_running_loop().create_task(answer())
+            return
+        head = self.membership.head_conn
+        if head is not None and not head.closed:
+            # A member's table follows the other nodes' load only while it spills work: the
+            # head's figures are current.
+            self._forward_to_head(conn, message)
             return
         nodes = self.membership.all_nodes()
         if message.what == "resources":

@@ -264,6 +264,7 @@ class JoinCluster(NamedTuple):
 class Heartbeat(NamedTuple):
     node: list
     view_version: int  # the cluster view's version this node holds (its acknowledgement)
+    wants_load: bool  # send it the other nodes' load changes too (cluster.py)
 
 
 class ClusterView(NamedTuple):

@@ -32,6 +32,22 @@ from pyactor._private.cluster_view import Delta, MemberView, Snapshot
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+async def wait_for_change(predicate, changed: asyncio.Event, timeout_s: float) -> bool:
+    """Wait until predicate() holds, checked each time `changed` is set and every 50 ms;
+    False if it did not within timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        changed.clear()
+        try:
+            await asyncio.wait_for(changed.wait(), min(remaining, 0.05))
+        except asyncio.TimeoutError:
+            pass
+    return True
+
+
 class HeadProcess:
     """A real node (node_main) in a child process, the head unless `head` is given; stopped
     by closing its stdin."""
@@ -100,6 +116,8 @@ class SimNode:
     alive: bool = True
     deferred: int = 0  # HostActor it had no room for (sent back)
     pulls: int = 0  # snapshots it asked for after a gap
+    view_rows: int = 0  # rows it was sent in deltas and snapshots
+    follows_load: bool = False  # asks for the other nodes' load, as a node that spills does
 
     def row(self) -> list:
         # NodeInfo.wire()'s fields; a simulated node exports no metrics
@@ -110,10 +128,12 @@ class SimNode:
         message = P.decode(raw)
         kind = type(message)
         if kind is P.ViewDelta:
+            self.view_rows += len(message.rows)
             if self.view.apply_delta(Delta(*message)) is None:
                 self.pulls += 1
                 conn.send(P.encode(P.PullView(self.view.version)))
         elif kind is P.ViewSnapshot:
+            self.view_rows += len(message.rows)
             self.view.apply_snapshot(Snapshot(*message))
         elif kind is P.HostActor:
             self.host(message)
@@ -145,7 +165,8 @@ class SimNode:
 
     def heartbeat(self) -> None:
         if self.alive and self.conn is not None and not self.conn.closed:
-            self.conn.send(P.encode(P.Heartbeat(self.row(), self.view.version)))
+            self.conn.send(P.encode(P.Heartbeat(self.row(), self.view.version,
+                                                self.follows_load)))
 
     def die(self) -> None:
         self.alive = False
@@ -165,22 +186,37 @@ class SimCluster:
         self.hosted_at: dict[bytes, float] = {}  # actor id -> when it was last hosted
         self._changed = asyncio.Event()  # set on every hosting
         self._beat_task: asyncio.Task | None = None
+        self.on_hosted_hook = None  # (node, actor id, when): sim_fleet reports it to its parent
+        self.join_retries = 0  # handshakes the head closed (its time limit) and tried again
 
-    async def add_nodes(self, count: int, resources: dict, batch: int = 25) -> list[SimNode]:
+    async def add_nodes(self, count: int, resources: dict, batch: int = 10,
+                        follow_load: int = 0) -> list[SimNode]:
+        """Join `count` nodes of `resources`, `batch` at a time; the first `follow_load` of them
+        ask for the other nodes' load in their heartbeats."""
         added = []
         if self._beat_task is None:
             self._beat_task = asyncio.get_running_loop().create_task(self._beat())
         for start in range(0, count, batch):
-            fresh = [SimNode(os.urandom(16), dict(resources), self, dict(resources))
-                     for _ in range(min(batch, count - start))]
+            fresh = [SimNode(os.urandom(16), dict(resources), self, dict(resources),
+                             follows_load=start + i < follow_load)
+                     for i in range(min(batch, count - start))]
             await asyncio.gather(*(self._connect(node) for node in fresh))
             added += fresh
         return added
 
-    async def _connect(self, node: SimNode) -> None:
-        node.conn = await transport.connect(self.head.host, self.head.port, self.head.token,
-                                            node.on_message, on_close=node.on_close,
-                                            timeout_s=60)
+    async def _connect(self, node: SimNode, attempts: int = 5) -> None:
+        for attempt in range(attempts):
+            try:
+                node.conn = await transport.connect(
+                    self.head.host, self.head.port, self.head.token, node.on_message,
+                    on_close=node.on_close, timeout_s=60)
+                break
+            except (ConnectionError, TimeoutError):
+                # On a starved host the head may close a handshake that outlived its limit, or
+                # not answer it in time: join again (counted), as the node's operator would.
+                if attempt == attempts - 1:
+                    raise
+                self.join_retries += 1
         node.conn.send(P.encode(P.JoinCluster(node.row())))
         self.nodes.append(node)  # heartbeating from now on
 
@@ -194,22 +230,14 @@ class SimCluster:
 
     def on_hosted(self, node: SimNode, actor_id: bytes) -> None:
         self.placements[actor_id] = node
-        self.hosted_at[actor_id] = time.monotonic()
+        self.hosted_at[actor_id] = now = time.monotonic()
         self._changed.set()
+        if self.on_hosted_hook is not None:
+            self.on_hosted_hook(node, actor_id, now)
 
     async def wait_for(self, predicate, timeout_s: float) -> bool:
         """Wait until predicate() holds (checked after each hosting and every 50 ms)."""
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
-            except asyncio.TimeoutError:
-                pass
-        return True
+        return await wait_for_change(predicate, self._changed, timeout_s)
 
     def alive_nodes(self) -> list[SimNode]:
         return [node for node in self.nodes if node.alive]
