@@ -14,7 +14,14 @@ throughput, ES/ARS/A2C time to solve CartPole-v1, each beside a baseline measure
                             the same learner on the same fragments, alternated
     sampling_2x16           env steps/s of 2 runner actors x 16 CartPole envs, policy in the
                             loop; baseline: the same two runners' work done by one process
-                            (ratio: actors / one process; two cores bound it by 2)
+                            (ratio: actors / one process; two cores bound it by 2), with the
+                            CPU microseconds per env step of the runners and of the driver, the
+                            share of wall time each runner was on a CPU (`runner_busy`) and the
+                            ratio two fully used cores would give at these CPU costs
+                            (`cpu_ratio_bound`): what carries over from a shared machine
+    runner_start_2x16       wall seconds from EnvRunnerGroup() to the first fragment of both
+                            runners, and the runners' CPU seconds by then; baseline: runners
+                            that import torch to build their module (as all did before)
     ppo_pendulum            env steps and time for PPO to reach a mean return >= -300 on
                             Pendulum-v1 (budget 200k env steps)
     dqn_cartpole_s{0,1,2}   wall time from build() to the first evaluation in which DQN's greedy
@@ -238,24 +245,26 @@ def sampling_throughput(rounds: int, fragments: int = 40, length: int = 64) -> d
     loop = asyncio.new_event_loop()
 
     async def pipeline() -> tuple[int, float]:
-        # The library's path, as Algorithm.sample with async_sampling: the next fragments are
-        # requested as soon as these are in, so the runners never wait for the driver.
+        # The library's path, as Algorithm.sample with async_sampling: each runner is asked for
+        # its next fragment as soon as its last one is in.
         steps = 0
         group.request(length)
         for _ in range(fragments // 2):
-            collected = await group.collect()
-            group.request(length)
+            collected = await group.collect(length)
             steps += sum(int(f["env_steps"]) for f in collected)
         steps += sum(int(f["env_steps"]) for f in await group.collect())
         return steps
 
-    def actors() -> tuple[float, float]:
-        cpu_before = time.process_time() + sum(process_cpu_s(pid) for pid in pids)
+    def actors() -> tuple[float, float, float, float, float]:
+        runners_before = sum(process_cpu_s(pid) for pid in pids)
+        driver_before = time.process_time()
         start = time.perf_counter()
         steps = loop.run_until_complete(pipeline())
         elapsed = time.perf_counter() - start
-        cpu = time.process_time() + sum(process_cpu_s(pid) for pid in pids) - cpu_before
-        return steps / elapsed, cpu / steps * 1e6
+        driver = time.process_time() - driver_before
+        runners = sum(process_cpu_s(pid) for pid in pids) - runners_before
+        return (steps / elapsed, (runners + driver) / steps * 1e6, runners / steps * 1e6,
+                driver / steps * 1e6, runners / (elapsed * len(pids)))
 
     def one_process() -> tuple[float, float]:
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -271,11 +280,54 @@ def sampling_throughput(rounds: int, fragments: int = 40, length: int = 64) -> d
         base.append(one_process())
     group.stop()
     loop.close()
-    return {"value": statistics.median(r for r, _ in ours),
+    cpu, base_cpu = statistics.median(r[1] for r in ours), statistics.median(c for _, c in base)
+    return {"value": statistics.median(r[0] for r in ours),
             "baseline": statistics.median(r for r, _ in base),
             "env_steps": (fragments + 2) * length * 16 * rounds,
-            "cpu_us_per_step": statistics.median(c for _, c in ours),
-            "baseline_cpu_us_per_step": statistics.median(c for _, c in base)}
+            "cpu_us_per_step": cpu, "baseline_cpu_us_per_step": base_cpu,
+            "runner_cpu_us_per_step": statistics.median(r[2] for r in ours),
+            "driver_cpu_us_per_step": statistics.median(r[3] for r in ours),
+            # the share of its wall time each runner spent on a CPU (1: never waiting)
+            "runner_busy": statistics.median(r[4] for r in ours),
+            # the ratio two fully used cores would give at these CPU costs per step
+            "cpu_ratio_bound": 2 * base_cpu / cpu}
+
+
+class _TorchActorCritic(ActorCriticModule):
+    """The stock actor-critic under another name: a spec of it gets no torch-free numpy policy,
+    so its runners import torch and build the module first, as every runner did before."""
+
+
+def runner_start(rounds: int) -> dict:
+    """Wall time from EnvRunnerGroup() to both runners' first fragment (2 runners x 16 CartPole
+    envs) and the runner processes' CPU seconds by then; baseline: the same with runners that
+    import torch to build their module (alternated in the same run)."""
+    obs_space, act_space = rl_envs.probe_spaces("CartPole-v1", {})
+    weights = ModuleSpec(ActorCriticModule, obs_space, act_space, {}).build().get_flat_weights()
+
+    def start(module_class) -> tuple[float, float]:
+        spec = ModuleSpec(module_class, obs_space, act_space, {})
+        begin = time.perf_counter()
+        group = EnvRunnerGroup(env="CartPole-v1", env_config={}, num_env_runners=2,
+                               num_envs_per_runner=16, module_spec=spec, seed=0,
+                               normalize_observations=False)
+        try:
+            group.sync_weights(weights, 1, None)
+            group.request(8)
+            asyncio.run(group.collect())
+            elapsed = time.perf_counter() - begin
+            return elapsed, sum(process_cpu_s(pid) for pid in group.runner_pids())
+        finally:
+            group.stop()
+
+    ours, base = [], []
+    for _ in range(rounds):
+        ours.append(start(ActorCriticModule))
+        base.append(start(_TorchActorCritic))
+    return {"value": statistics.median(t for t, _ in ours),
+            "baseline": statistics.median(t for t, _ in base),
+            "cpu_s": statistics.median(c for _, c in ours),
+            "baseline_cpu_s": statistics.median(c for _, c in base)}
 
 
 def tree_cpu_seconds() -> float:
@@ -661,6 +713,9 @@ def rows(args) -> list[dict]:
         out.append(emit({"name": "sampling_2x16", "unit": "steps/s", **sampled,
                          "ratio": sampled["value"] / sampled["baseline"],
                          "cpu_parallel_ceiling": parallel_ceiling(args.rounds)}, args))
+        started = runner_start(args.rounds)
+        out.append(emit({"name": "runner_start_2x16", "unit": "s", **started,
+                         "ratio": started["value"] / started["baseline"]}, args))
     if "pendulum" not in args.skip:
         config = rl.PPOConfig(seed=0, output=output, log_to_tensorboard=False, **PENDULUM_CONFIG)
         result = ours_time_to(config, PENDULUM_TARGET, 200_000)

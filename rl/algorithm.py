@@ -138,9 +138,10 @@ class Algorithm:
         length = num_steps or self.config.rollout_fragment_length
         if not group._pending:
             group.request(length, **explore_kw)
-        fragments = await group.collect()
-        if self.config.async_sampling:
-            group.request(length, **explore_kw)  # runners step k+1 while the learner works on k
+        if self.config.async_sampling:  # runners step k+1 while the learner works on k
+            fragments = await group.collect(length, **explore_kw)
+        else:
+            fragments = await group.collect()
         for fragment in fragments:
             self.record_fragment(fragment)
         return fragments

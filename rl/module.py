@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyactor.rl.module_spec import DEFAULT_MODEL, ModuleSpec  # noqa: F401 - re-exported
 from pyactor.rl.numpy_policy import NumpyActorCritic
 
 try:
@@ -33,7 +34,6 @@ try:
 except ImportError as error:  # pragma: no cover
     raise ImportError("pyactor.rl needs gymnasium: pip install 'pyactor[rl]'") from error
 
-DEFAULT_MODEL = {"hidden": [64, 64], "activation": "tanh", "init_log_std": 0.0}
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU}
 
 
@@ -206,17 +206,3 @@ class ActorCriticModule(RLModule):
         policy = NumpyActorCritic(layout, self.model_config["activation"], self.discrete)
         policy.set_flat_weights(self.get_flat_weights())
         return policy
-
-
-class ModuleSpec:
-    """A picklable recipe for a module: the learner and every env runner build the same one."""
-
-    def __init__(self, module_class: type[RLModule], observation_space, action_space,
-                 model_config: dict | None = None):
-        self.module_class = module_class
-        self.observation_space = observation_space
-        self.action_space = action_space
-        self.model_config = dict(model_config or {})
-
-    def build(self) -> RLModule:
-        return self.module_class(self.observation_space, self.action_space, self.model_config)

@@ -27,6 +27,20 @@ ACTIVATIONS = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0, out=x),
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def actor_critic_layout(n_obs: int, hidden: list[int], n_out: int,
+                        discrete: bool) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of ActorCriticModule's parameters in named_parameters() order: the
+    Gaussian's log std for Box actions (a module's own parameters come before its children's),
+    then the policy MLP's linear layers (nn.Sequential indices 0, 2, ... with activations
+    between), then the value MLP's."""
+    layout: list[tuple[str, tuple[int, ...]]] = [] if discrete else [("log_std", (n_out,))]
+    for head, width in (("pi", n_out), ("vf", 1)):
+        sizes = [n_obs, *hidden, width]
+        for i, (n_in, n_o) in enumerate(zip(sizes[:-1], sizes[1:])):
+            layout += [(f"{head}.{2 * i}.weight", (n_o, n_in)), (f"{head}.{2 * i}.bias", (n_o,))]
+    return layout
+
+
 class NumpyActorCritic:
     """Inference copy of an ActorCriticModule (separate policy and value MLPs of equal widths)."""
 

@@ -4,7 +4,7 @@ keeps them alive and fed with weights.
     EnvRunnerGroup (driver)                        EnvRunner actor i (one process each)
       sync_weights: one pa.put(flat float32) ----> set_weights(ref, version, obs stats): read in place
       request(T): sample.remote(T) -----------------> T steps of N envs, policy in the loop
-      collect(): await fragment refs <-------------- fragment: dict of [T, N] numpy arrays in the
+      collect(T): await fragment refs <------------- fragment: dict of [T, N] numpy arrays in the
                                                      object store + the episodes finished in it
       a runner that died (ActorDiedError) is restarted by the runtime (max_restarts); the group
       counts it, re-sends the last weights, and the iteration goes on with the other fragments.
@@ -18,17 +18,17 @@ actions, rewards, terminateds, truncateds, plus what the module's forward_explor
 
 from __future__ import annotations
 
+import asyncio
 import os
 import warnings
 from typing import Any
 
 import numpy as np
-import torch
 
 import pyactor as pa
 from pyactor.exceptions import ActorDiedError
 from pyactor.rl import envs as rl_envs
-from pyactor.rl.module import ModuleSpec
+from pyactor.rl.module_spec import ModuleSpec
 from pyactor.rl.normalize import RunningMeanStd
 
 # A runner that dies this many times in a row without delivering a fragment is broken, not unlucky.
@@ -41,32 +41,30 @@ class EnvRunner:
 
     def __init__(self, env: Any, env_config: dict, num_envs: int, module_spec: ModuleSpec,
                  seed: int | None, runner_index: int = 0, normalize_observations: bool = False):
-        torch.set_num_threads(1)  # tiny networks: threads cost more than they give
         self.name = rl_envs.env_name(env)
         self.runner_index = runner_index
         self.num_envs = num_envs
         self.envs = rl_envs.make_vector_env(env, env_config, num_envs)
-        self.module = module_spec.build()
-        self.module.eval()
+        self.module_spec = module_spec
+        self._module = None   # the torch module, built on first use (see `module`)
+        self._generator = None
+        self._flat: np.ndarray | None = None  # the last weights, for a module built later
         # The numpy copy of the policy when the module has one (a step costs a third of the torch
-        # forward's time on CartPole); the torch module otherwise.
-        self.fast_policy = self.module.numpy_policy()
+        # forward's time on CartPole); the stock actor-critic's is made without importing torch.
+        self.fast_policy = module_spec.numpy_policy()
+        if self.fast_policy is None:
+            self.fast_policy = self.module.numpy_policy()
         space = module_spec.action_space
         self.discrete = not hasattr(space, "low")
         self.action_low = None if self.discrete else space.low.astype(np.float32)
         self.action_high = None if self.discrete else space.high.astype(np.float32)
-        runner_seed = None if seed is None else seed + 10_000 * runner_index
-        self.generator = torch.Generator()
-        if runner_seed is not None:
-            self.generator.manual_seed(runner_seed)
-        else:
-            self.generator.seed()
-        self.rng = np.random.default_rng(runner_seed)
+        self.runner_seed = None if seed is None else seed + 10_000 * runner_index
+        self.rng = np.random.default_rng(self.runner_seed)
         self.obs_stats = RunningMeanStd(module_spec.observation_space.shape) \
             if normalize_observations else None
         self.obs_delta = RunningMeanStd(module_spec.observation_space.shape)
         self.weights_version = 0
-        self.raw_obs = rl_envs.reset_vector_env(self.envs, runner_seed, self.name)
+        self.raw_obs = rl_envs.reset_vector_env(self.envs, self.runner_seed, self.name)
         rl_envs.check_finite(self.name, "reset() observation", self.raw_obs)
         self.episode_return = np.zeros(num_envs, np.float64)
         self.episode_length = np.zeros(num_envs, np.int64)
@@ -75,10 +73,41 @@ class EnvRunner:
         self._counted_to = 0
         self._finished: tuple[list, list, list] = ([], [], [])
 
+    @property
+    def module(self):
+        """The torch module (torch imported and the module built on first use: a runner acting
+        with its numpy policy never needs it), with the last weights received."""
+        if self._module is None:
+            import torch
+            torch.set_num_threads(1)  # tiny networks: threads cost more than they give
+            module = self.module_spec.build()
+            module.eval()
+            if self._flat is not None:
+                module.set_flat_weights(self._flat)
+            elif self.fast_policy is not None:  # acting before any weights: the initial ones
+                self.fast_policy.set_flat_weights(module.get_flat_weights())
+            self._module = module
+        return self._module
+
+    @property
+    def generator(self):
+        """The torch generator of the torch-module path, seeded like `rng`."""
+        if self._generator is None:
+            import torch
+            self._generator = torch.Generator()
+            if self.runner_seed is not None:
+                self._generator.manual_seed(self.runner_seed)
+            else:
+                self._generator.seed()
+        return self._generator
+
     def set_weights(self, flat: np.ndarray, version: int, obs_stats: dict | None = None) -> None:
-        with warnings.catch_warnings():  # the array is the store's read-only buffer: read in place
-            warnings.simplefilter("ignore", UserWarning)
-            self.module.set_flat_weights(flat)
+        if self._module is not None:
+            with warnings.catch_warnings():  # the store's read-only buffer: read in place
+                warnings.simplefilter("ignore", UserWarning)
+                self._module.set_flat_weights(flat)
+        else:  # a copy: the store's buffer may go when its ref does
+            self._flat = np.array(flat, np.float32)
         if self.fast_policy is not None:
             self.fast_policy.set_flat_weights(flat)
         self.weights_version = version
@@ -95,15 +124,19 @@ class EnvRunner:
         if self.fast_policy is not None and not explore_kw:
             return self.fast_policy.explore(obs, self.rng) if explore \
                 else self.fast_policy.greedy(obs)
+        import torch
+        module = self.module
         with torch.inference_mode():
             obs_tensor = torch.from_numpy(obs)
-            out = self.module.forward_exploration(obs_tensor, self.generator, **explore_kw) \
-                if explore else self.module.forward_inference(obs_tensor)
+            out = module.forward_exploration(obs_tensor, self.generator, **explore_kw) \
+                if explore else module.forward_inference(obs_tensor)
             return {key: value.numpy() for key, value in out.items()}
 
     def sample(self, num_steps: int, explore: bool = True, **explore_kw) -> dict[str, Any]:
         """Step every env `num_steps` times; return the fragment described in the module note."""
         T, N = num_steps, self.num_envs
+        if self._flat is None and self._module is None:
+            _ = self.module  # no weights received yet: act with the module's initial ones
         obs_shape = self.raw_obs.shape[1:]
         obs_buf = np.empty((T, N, *obs_shape), np.float32)
         next_buf = np.empty((T, N, *obs_shape), np.float32)
@@ -183,10 +216,6 @@ class EnvRunner:
         self.envs.close()
 
 
-def _numpy_dtype(tensor: torch.Tensor):
-    return torch.empty((), dtype=tensor.dtype).numpy().dtype
-
-
 class EnvRunnerGroup:
     """The env-runner actors of one algorithm (or a local runner when num_env_runners=0)."""
 
@@ -235,34 +264,51 @@ class EnvRunnerGroup:
     def request(self, num_steps: int, **explore_kw) -> None:
         """Start one fragment on every runner; `collect` awaits them."""
         assert not self._pending, "collect() the fragments already requested first"
+        self._num_steps, self._explore_kw = num_steps, explore_kw
         if self.local is not None:
             self._pending = [(0, self.local.sample(num_steps, **explore_kw))]
             return
         self._pending = [(i, runner.sample.remote(num_steps, **explore_kw))
                          for i, runner in enumerate(self.runners)]
-        self._num_steps, self._explore_kw = num_steps, explore_kw
 
-    async def collect(self) -> list[dict]:
-        """The fragments requested last, without those of runners that died; if none survived,
-        sample again from the restarted runners."""
+    async def collect(self, next_steps: int | None = None, **next_explore_kw) -> list[dict]:
+        """The fragments requested last (in runner order), without those of runners that died; if
+        none survived, sample again from the restarted runners. With `next_steps`, each runner is
+        asked for its next fragment the moment this one arrives (the double buffering of
+        async sampling): a runner never waits for the slowest one, and the next fragments are
+        still sampled with the weights of this moment, as when requested after collect()."""
+        if self.local is not None:
+            fragments = [item for _, item in self._pending]
+            self._pending = []
+            self.collected_refs = [None] * len(fragments)
+            if next_steps is not None:
+                self.request(next_steps, **next_explore_kw)
+            return fragments
         while True:
             pending, self._pending = self._pending, []
-            fragments, refs = [], []
-            for index, item in pending:
-                if self.local is not None:
-                    fragments.append(item)
-                    refs.append(None)
-                    continue
+            arrived: dict[int, tuple[dict, Any]] = {}
+            requeue = next_steps is not None
+
+            async def fetch(index: int, ref) -> None:
                 try:
-                    fragments.append(await item)
-                    refs.append(item)
+                    arrived[index] = (await ref, ref)
                     self._deaths_in_a_row[index] = 0
                 except ActorDiedError as error:
                     self._runner_died(index, error)
-            if fragments:
-                self.collected_refs = refs  # the fragments' refs (None: local), e.g. for a replay
-                return fragments
-            self.request(self._num_steps, **self._explore_kw)
+                if requeue:  # a restarted runner too: it has had the last weights re-sent
+                    self._pending.append(
+                        (index, self.runners[index].sample.remote(next_steps, **next_explore_kw)))
+
+            await asyncio.gather(*(fetch(index, ref) for index, ref in pending))
+            if requeue:
+                self._pending.sort(key=lambda item: item[0])
+                self._num_steps, self._explore_kw = next_steps, next_explore_kw
+            if arrived:
+                order = sorted(arrived)
+                self.collected_refs = [arrived[i][1] for i in order]  # e.g. for a replay
+                return [arrived[i][0] for i in order]
+            if not requeue:
+                self.request(self._num_steps, **self._explore_kw)
 
     def _runner_died(self, index: int, error: Exception) -> None:
         if "__init__ raised" in str(error):  # dead for good, and every restart would fail alike

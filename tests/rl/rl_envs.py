@@ -82,3 +82,49 @@ class FailsAwayFromDriver(CountEnv):
         if os.getpid() != driver_pid:
             raise RuntimeError("no licence server on this host")
         super().__init__()
+
+
+class RunnerGate:
+    """An async actor that holds runner 1's first fragment until runner 0 has started its
+    second (the early re-request of EnvRunnerGroup.collect(next_steps))."""
+
+    def __init__(self):
+        self.second_started = None
+
+    def _event(self):
+        import asyncio
+        if self.second_started is None:
+            self.second_started = asyncio.Event()
+        return self.second_started
+
+    async def sample_started(self, runner_index: int, calls: int) -> None:
+        if runner_index == 0 and calls == 2:
+            self._event().set()
+
+    async def wait_for_runner_0_second(self) -> None:
+        await self._event().wait()
+
+
+def gated_runner_class():
+    """An EnvRunner whose runner 1 blocks its first sample() on a RunnerGate (imported here so
+    that the envs above need no torch)."""
+    import pyactor as pa
+    from pyactor.rl.rollout import EnvRunner
+
+    class GatedRunner(EnvRunner):
+        def __init__(self, *args, gate=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.gate, self.calls = gate, 0
+
+        def sample(self, num_steps, explore=True, **explore_kw):
+            self.calls += 1
+            pa.get(self.gate.sample_started.remote(self.runner_index, self.calls))
+            if self.runner_index == 1 and self.calls == 1:
+                pa.get(self.gate.wait_for_runner_0_second.remote())
+            return super().sample(num_steps, explore, **explore_kw)
+
+        def modules_loaded(self, names: list[str]) -> list[bool]:
+            import sys
+            return [name in sys.modules for name in names]
+
+    return GatedRunner

@@ -1,13 +1,15 @@
-"""Action distributions and the weights vector of RLModules."""
+"""Action distributions, the weights vector of RLModules and their numpy copies."""
 
 from __future__ import annotations
+
+import pickle
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-from pyactor.rl.module import ActorCriticModule, Categorical, DiagGaussian
+from pyactor.rl.module import ActorCriticModule, Categorical, DiagGaussian, ModuleSpec
 
 
 def test_categorical_samples_follow_the_probabilities():
@@ -119,3 +121,44 @@ def test_adam_matches_torch_and_loads_its_state():
     torch.testing.assert_close(restored.exp_avg_sq[0], optimizers[1].state[theirs[0]]["exp_avg_sq"])
     torch.optim.Adam([torch.nn.Parameter(p.detach().clone()) for p in ours]).load_state_dict(
         optimizers[0].state_dict())
+
+
+@pytest.mark.parametrize("action_space", [gym.spaces.Discrete(3),
+                                          gym.spaces.Box(-2, 2, (2,), np.float32)])
+@pytest.mark.parametrize("model", [{}, {"hidden": [8], "activation": "relu"}, {"hidden": []}])
+def test_spec_numpy_policy_has_the_module_layout_and_outputs(action_space, model):
+    """The numpy policy a spec makes without torch (what env runners use) lays out the flat
+    vector as the module's named_parameters and, given the module's weights, acts like it."""
+    space = gym.spaces.Box(-1, 1, (4,), np.float32)
+    spec = ModuleSpec(ActorCriticModule, space, action_space, model)
+    module = spec.build()
+    policy = spec.numpy_policy()
+    assert policy.layout == [(name, tuple(p.shape)) for name, p in module.named_parameters()]
+    policy.set_flat_weights(module.get_flat_weights())
+    obs = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    reference = module.numpy_policy()
+    for ours, theirs in [(policy.greedy(obs), reference.greedy(obs)),
+                         (policy.explore(obs, np.random.default_rng(1)),
+                          reference.explore(obs, np.random.default_rng(1)))]:
+        for key in theirs:
+            np.testing.assert_array_equal(ours[key], theirs[key])
+
+
+class _OwnActions(ActorCriticModule):
+    def forward_inference(self, obs):
+        return {"actions": torch.zeros(len(obs), dtype=torch.long)}
+
+
+def test_spec_travels_by_class_name_and_keeps_other_modules_on_torch():
+    """A pickled spec names an importable module class instead of carrying it (the receiver
+    imports nothing until it builds); any module but the stock actor-critic gets no numpy copy
+    from the spec; a bad activation is refused naming it."""
+    space = gym.spaces.Box(-1, 1, (4,), np.float32)
+    spec = ModuleSpec(ActorCriticModule, space, gym.spaces.Discrete(2), {})
+    payload = pickle.dumps(spec)
+    assert b"ActorCriticModule" in payload and b"torch" not in payload
+    assert pickle.loads(payload).module_class is ActorCriticModule
+    assert ModuleSpec(_OwnActions, space, gym.spaces.Discrete(2)).numpy_policy() is None
+    with pytest.raises(ValueError, match="activation 'swish'"):
+        ModuleSpec(ActorCriticModule, space, gym.spaces.Discrete(2),
+                   {"activation": "swish"}).numpy_policy()

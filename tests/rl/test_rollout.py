@@ -1,17 +1,22 @@
 """Env runners: fragments and episodes counted exactly across autoresets, env failures surfacing
-in the driver with their traceback, dead runners restarted while the iteration completes."""
+in the driver with their traceback, dead runners restarted while the iteration completes, each
+runner re-requested as soon as its own fragment is in."""
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
+import torch
 
 import pyactor as pa
 from pyactor import rl
 from pyactor.rl import envs as rl_envs
 from pyactor.rl.module import ActorCriticModule, ModuleSpec
-from pyactor.rl.rollout import EnvRunner
-from rl_envs import CountEnv, KillOnceEnv, NaNRewardEnv, RaisingEnv
+from pyactor.rl.rollout import EnvRunner, EnvRunnerGroup
+from rl_envs import (CountEnv, KillOnceEnv, NaNRewardEnv, RaisingEnv, RunnerGate,
+                     gated_runner_class)
 
 GUARD_S = 60
 
@@ -107,3 +112,50 @@ def test_runner_killed_mid_iteration_is_restarted(pa_module, tmp_path):
         assert len(set(algo.env_runner_group.runner_pids())) == 2
     finally:
         algo.stop()
+
+
+async def test_collect_asks_each_runner_again_as_soon_as_its_fragment_is_in(pa_module):
+    """collect(next_steps) re-requests runner 0 while runner 1 is still on its first fragment
+    (runner 1 is held until runner 0 starts its second: a collect that waited for every
+    fragment before asking again would never return); fragments come back in runner order and
+    the next ones have the new length."""
+    gate = pa.remote(RunnerGate).options(num_cpus=0).remote()
+    group = EnvRunnerGroup(env=CountEnv, env_config={}, num_env_runners=2, num_envs_per_runner=2,
+                           module_spec=_spec(), seed=0, normalize_observations=False,
+                           runner_class=gated_runner_class(), runner_kwargs={"gate": gate})
+    try:
+        group.request(4)
+        first = await asyncio.wait_for(group.collect(3), GUARD_S)
+        assert [f["runner_index"] for f in first] == [0, 1]
+        assert [f["env_steps"] for f in first] == [8, 8]
+        second = await asyncio.wait_for(group.collect(), GUARD_S)
+        assert [f["runner_index"] for f in second] == [0, 1]
+        assert [f["env_steps"] for f in second] == [6, 6]
+        assert not group._pending
+    finally:
+        group.stop()
+        pa.kill(gate)
+
+
+def test_actor_critic_runner_acts_without_importing_torch(pa_module):
+    """A runner of the stock actor-critic steps with its numpy policy built from the spec and
+    never imports torch (seconds of CPU at every runner start); the weights it acts with are the
+    ones sent (its greedy actions are the driver module's)."""
+    spec = _spec(CountEnv)
+    module = spec.build()
+    gate = pa.remote(RunnerGate).options(num_cpus=0).remote()
+    group = EnvRunnerGroup(env=CountEnv, env_config={}, num_env_runners=1, num_envs_per_runner=2,
+                           module_spec=spec, seed=0, normalize_observations=False,
+                           runner_class=gated_runner_class(), runner_kwargs={"gate": gate})
+    try:
+        group.sync_weights(module.get_flat_weights(), 3, None)
+        runner = group.runners[0]
+        fragment = pa.get(runner.sample.remote(4, explore=False), timeout=GUARD_S)
+        assert fragment["weights_version"] == 3
+        expected = module.forward_inference(torch.tensor(fragment["obs"].reshape(-1, 1)))
+        assert np.array_equal(fragment["actions"].reshape(-1), expected["actions"].numpy())
+        assert pa.get(runner.modules_loaded.remote(["torch", "numpy"]),
+                      timeout=GUARD_S) == [False, True]
+    finally:
+        group.stop()
+        pa.kill(gate)
