@@ -27,13 +27,14 @@ import numpy as np
 import torch
 
 from pyactor.rl.module import ActorCriticModule
+from pyactor.rl.numpy_policy import ACTIVATIONS
 
-# activation(pre-activation) and its derivative from (pre-activation, output)
-ACTIVATIONS = {
-    "tanh": (np.tanh, lambda z, a: 1.0 - a * a),
-    "relu": (lambda z: np.maximum(z, 0.0), lambda z, a: (z > 0).astype(np.float32)),
-    "elu": (lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0.0))),
-            lambda z, a: np.where(z > 0, np.float32(1.0), a + 1.0)),
+# The derivative of each activation from its output alone (tanh' = 1 - tanh^2; relu and elu are
+# positive exactly where their input is, and elu(z) + 1 = exp(z) below zero).
+ACTIVATION_GRADS = {
+    "tanh": lambda a: 1.0 - a * a,
+    "relu": lambda a: (a > 0).astype(np.float32),
+    "elu": lambda a: np.where(a > 0, np.float32(1.0), a + 1.0),
 }
 
 _ACTING_METHODS = ("forward_exploration", "forward_inference", "forward_train", "distribution",
@@ -101,7 +102,8 @@ class NumpyActorCritic:
     (`flat`, a numpy view of the module's storage); gradients go to `grad`, the same layout."""
 
     def __init__(self, module: ActorCriticModule, flat: np.ndarray):
-        self.activation, self.activation_grad = ACTIVATIONS[module.model_config["activation"]]
+        self.activation = ACTIVATIONS[module.model_config["activation"]]
+        self.activation_grad = ACTIVATION_GRADS[module.model_config["activation"]]
         self.discrete = module.discrete
         self.flat = flat
         self.grad = np.zeros_like(flat)
@@ -125,14 +127,14 @@ class NumpyActorCritic:
         self.log_std_grad = grads.get("log_std")
 
     def _mlp(self, layers, x: np.ndarray) -> tuple[np.ndarray, list]:
-        """Output of one MLP and the (input, pre-activation, output) of each layer."""
+        """Output of one MLP and the (input, output) of each layer."""
         cache = []
         last = len(layers) - 1
         for i, (weight, bias, _, _) in enumerate(layers):
             z = x @ weight.T
             z += bias
             out = self.activation(z) if i < last else z
-            cache.append((x, z, out))
+            cache.append((x, out))
             x = out
         return x, cache
 
@@ -141,9 +143,9 @@ class NumpyActorCritic:
         d = d_out
         for i in range(len(layers) - 1, -1, -1):
             weight, _, weight_grad, bias_grad = layers[i]
-            x, z, out = cache[i]
+            x, out = cache[i]
             if i < len(layers) - 1:
-                d = d * self.activation_grad(z, out)
+                d = d * self.activation_grad(out)
             np.matmul(d.T, x, out=weight_grad)
             d.sum(axis=0, out=bias_grad)
             if i > 0:
