@@ -53,8 +53,12 @@ class PPOConfig(AlgorithmConfig):
     vf_clip_param: typing.Optional[float] = None  # None: no value clipping
     vf_loss_coeff: float = 0.5
     entropy_coeff: float = 0.0
-    num_epochs: int = 4
-    minibatch_size: int = 128
+    # 20 minibatch steps per 512 env steps: more SGD per sample than 4 epochs x 128 learns
+    # CartPole-v1 in fewer env steps (to 475, seeds 0-2: 68.6k / 77.3k / 70.7k against
+    # 110k / 142k / - on the same code), and the numpy update keeps that cheap (rl-zoo's
+    # layout is heavier still: 20 epochs of one 256 batch per 256 env steps).
+    num_epochs: int = 10
+    minibatch_size: int = 256
     normalize_advantages: bool = True
     grad_clip: typing.Optional[float] = 0.5
 
