@@ -5,7 +5,13 @@ throughput, ES/ARS/A2C time to solve CartPole-v1, each beside a baseline measure
                             training return >= 475, and the env steps used; when
                             stable-baselines3 is installed, its PPO with rl-zoo's CartPole-v1
                             settings runs in alternation with ours, same seeds, and `ratio` is
-                            ours / SB3 (below 1: faster). Both use one torch thread.
+                            ours / SB3 (below 1: faster). Both use one torch thread. The CPU
+                            seconds are split: driver (update_cpu_s of it in learner updates),
+                            runners (runner_first_iter_cpu_s of it by the first result: their
+                            start-up), with the SGD steps taken
+    ppo_update_per_s        PPO learner updates per CPU second (default config, CartPole-v1
+                            fragments): the numpy update; baseline: the torch autograd update of
+                            the same learner on the same fragments, alternated
     sampling_2x16           env steps/s of 2 runner actors x 16 CartPole envs, policy in the
                             loop; baseline: the same two runners' work done by one process
                             (ratio: actors / one process; two cores bound it by 2), with the
@@ -61,8 +67,8 @@ env steps, CPU seconds and ratios carry over; wall times do not.
 
     python bench/rl_bench.py [--json] [--seeds 0 1 2] [--only cartpole sampling ...]
                              [--skip sb3 pendulum dqn es ...]
-    groups: cartpole (PPO, with the SB3 baseline unless `sb3` is skipped), sampling, pendulum,
-            dqn, apex, es (es_steps_per_s), es_solve, ars, a2c, impala, appo, sac, td3, ddpg
+    groups: cartpole (PPO, with the SB3 baseline unless `sb3` is skipped), ppo_update, sampling,
+            pendulum, dqn, apex, es (es_steps_per_s), es_solve, ars, a2c, impala, appo, sac, td3, ddpg
 """
 
 from __future__ import annotations
@@ -110,21 +116,72 @@ PENDULUM_SOLVED = -200.0  # SAC, TD3, DDPG: greedy mean return (rl-zoo's SAC rea
 
 
 def ours_time_to(config: rl.PPOConfig, target: float, max_steps: int) -> dict:
+    """Train from build() until the 100-episode mean return reaches `target`; the wall time, env
+    steps, and the CPU seconds split between the driver (its learner updates apart) and the
+    runner processes (those spent before the first result apart: their start-up)."""
     start, cpu_start = time.monotonic(), time.process_time()
     algo = config.build()
+    update_cpu = [0.0]
+    local = algo.learner.local
+    if local is not None:  # the learner's own CPU: the instance's update, timed
+        update = local.update
+
+        def timed_update(*args, **kw):
+            before = time.process_time()
+            try:
+                return update(*args, **kw)
+            finally:
+                update_cpu[0] += time.process_time() - before
+        local.update = timed_update
+    sgd_steps, runner_start_cpu = 0, None
     try:
         while True:
             result = algo.train()
+            sgd_steps += int(result.get("learner/num_sgd_steps", 0))
+            if runner_start_cpu is None:
+                runner_start_cpu = algo_cpu_s(algo, time.process_time())
             if result["episode_return_mean"] >= target or result["env_steps_total"] >= max_steps:
                 break
         elapsed = time.monotonic() - start
+        driver_cpu = time.process_time() - cpu_start
         cpu_s = algo_cpu_s(algo, cpu_start)
     finally:
         algo.stop()
     reached = result["episode_return_mean"] >= target
     return {"time_s": elapsed, "env_steps": result["env_steps_total"], "cpu_s": cpu_s,
-            "iterations": result["training_iteration"], "reached": reached,
-            "return": result["episode_return_mean"]}
+            "driver_cpu_s": driver_cpu, "update_cpu_s": update_cpu[0],
+            "runner_cpu_s": cpu_s - driver_cpu, "runner_first_iter_cpu_s": runner_start_cpu,
+            "sgd_steps": sgd_steps, "iterations": result["training_iteration"],
+            "reached": reached, "return": result["episode_return_mean"]}
+
+
+def ppo_update_per_s(rounds: int, updates: int = 20) -> dict:
+    """PPO learner updates per CPU second with the default config on CartPole-v1 fragments:
+    the numpy path (rl/numpy_learner.py) against the torch autograd path on the same fragments,
+    alternated in this process."""
+    from pyactor.rl.ppo import PPOLearner
+    config = rl.PPOConfig(env="CartPole-v1", seed=0)
+    obs_space, act_space = rl_envs.probe_spaces("CartPole-v1", {})
+    spec = ModuleSpec(ActorCriticModule, obs_space, act_space, {})
+    runners = [EnvRunner("CartPole-v1", {}, config.num_envs_per_runner, spec, seed=i,
+                         runner_index=i) for i in range(config.num_env_runners)]
+    fragments = [runner.sample(config.rollout_fragment_length) for runner in runners]
+    ours, plain = (PPOLearner(spec, config.to_dict(), seed=0) for _ in range(2))
+    plain.fused = None  # the torch autograd update
+
+    def rate(learner) -> float:
+        learner.update(fragments, lr=config.lr, clip_param=config.clip_param)
+        before = time.process_time()
+        for _ in range(updates):
+            learner.update(fragments, lr=config.lr, clip_param=config.clip_param)
+        return updates / (time.process_time() - before)
+
+    results = [(rate(ours), rate(plain)) for _ in range(rounds)]
+    for runner in runners:
+        runner.close()
+    return {"value": statistics.median(r for r, _ in results),
+            "baseline": statistics.median(b for _, b in results),
+            "env_steps_per_update": sum(int(f["env_steps"]) for f in fragments)}
 
 
 def sb3_time_to_475(seed: int, max_steps: int = 100_000) -> dict:
@@ -659,8 +716,9 @@ def rows(args) -> list[dict]:
                                   log_to_tensorboard=False)
             ours = ours_time_to(config, CARTPOLE_TARGET, 300_000)
             row = {"name": f"ppo_cartpole_s{seed}", "value": ours["time_s"], "unit": "s",
-                   "env_steps": ours["env_steps"], "cpu_s": ours["cpu_s"],
-                   "iterations": ours["iterations"], "reached": ours["reached"]}
+                   **{key: ours[key] for key in (
+                       "env_steps", "cpu_s", "driver_cpu_s", "update_cpu_s", "runner_cpu_s",
+                       "runner_first_iter_cpu_s", "sgd_steps", "iterations", "reached")}}
             ours_times.append(ours["time_s"] if ours["reached"] else float("inf"))
             if have_sb3:
                 sb3 = sb3_time_to_475(seed)
@@ -676,6 +734,10 @@ def rows(args) -> list[dict]:
             median.update(baseline=statistics.median(sb3_times),
                           ratio=statistics.median(ours_times) / statistics.median(sb3_times))
         out.append(emit(median, args))
+    if "ppo_update" not in args.skip:
+        updates = ppo_update_per_s(args.rounds)
+        out.append(emit({"name": "ppo_update_per_s", "unit": "updates/cpu-s", **updates,
+                         "ratio": updates["value"] / updates["baseline"]}, args))
     if "sampling" not in args.skip:
         sampled = sampling_throughput(args.rounds)
         out.append(emit({"name": "sampling_2x16", "unit": "steps/s", **sampled,
@@ -771,7 +833,7 @@ def rows(args) -> list[dict]:
 
 
 # Row groups for --only / --skip; a new group adds its name here and tests `name not in args.skip`.
-GROUPS = ["cartpole", "sb3", "sampling", "pendulum", "dqn", "apex", "es", "es_solve", "ars",
+GROUPS = ["cartpole", "sb3", "ppo_update", "sampling", "pendulum", "dqn", "apex", "es", "es_solve", "ars",
           "a2c", "impala", "appo", "sac", "td3", "ddpg"]
 
 

@@ -71,7 +71,9 @@ class Learner:
         return self.module.get_flat_weights()
 
     def get_state(self) -> dict:
-        return {"module": {k: v.cpu() for k, v in self.module.state_dict().items()},
+        # Copies: on CPU the parameters may be views of one flat tensor (PPO's numpy update),
+        # which pickling would otherwise write whole for each of them.
+        return {"module": {k: v.cpu().clone() for k, v in self.module.state_dict().items()},
                 "optimizer": self.optimizer.state_dict(), "num_updates": self.num_updates,
                 "generator": self.generator.get_state()}
 

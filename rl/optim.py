@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from typing import Iterable
 
+import numpy as np
 import torch
 
 
@@ -66,6 +67,34 @@ class Adam:
         torch._foreach_add_(denom, eps)
         torch._foreach_addcdiv_(params, exp_avg, denom, -lr / bias1)
 
+    def flatten(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Move the moments into two flat tensors (each parameter's moments become views of them,
+        in the parameters' order) and return them, for `fused_step` on flat parameters."""
+        flats = []
+        for moments in (self.exp_avg, self.exp_avg_sq):
+            flat = torch.cat([m.reshape(-1) for m in moments])
+            offset = 0
+            for i, m in enumerate(moments):
+                moments[i] = flat[offset:offset + m.numel()].view_as(m)
+                offset += m.numel()
+            flats.append(flat)
+        return flats[0], flats[1]
+
+    def fused_step(self, params: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
+                   exp_avg_sq: np.ndarray) -> None:
+        """`step` on flat numpy views of the parameters, their gradient and the moments of
+        `flatten`: the same update in a few whole-vector operations."""
+        group = self.param_groups[0]
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        self.steps += 1
+        exp_avg += (1 - beta1) * (grad - exp_avg)
+        exp_avg_sq *= beta2
+        exp_avg_sq += (1 - beta2) * grad * grad
+        denom = np.sqrt(exp_avg_sq)
+        denom *= 1.0 / math.sqrt(1 - beta2 ** self.steps)
+        denom += eps
+        params -= (lr / (1 - beta1 ** self.steps)) * exp_avg / denom
+
     def state_dict(self) -> dict:
         """torch.optim.Adam's layout: per-parameter state by index, and the group's settings."""
         group = self.param_groups[0]
@@ -93,6 +122,7 @@ class Adam:
             if saved is None:
                 continue
             p = self.params[position]
-            self.exp_avg[position] = saved["exp_avg"].to(p.device, p.dtype).clone()
-            self.exp_avg_sq[position] = saved["exp_avg_sq"].to(p.device, p.dtype).clone()
+            # In place: the moments may be views of the flat buffers of `flatten`.
+            self.exp_avg[position].copy_(saved["exp_avg"].to(p.device, p.dtype))
+            self.exp_avg_sq[position].copy_(saved["exp_avg_sq"].to(p.device, p.dtype))
             self.steps = int(float(saved["step"]))
