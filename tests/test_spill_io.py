@@ -86,3 +86,4 @@ def test_reading_a_truncated_file_fails_instead_of_returning_garbage(tmp_path):
     os.truncate(path, BLOCK)
     with pytest.raises(OSError, match="cannot read spill file"):
         _read_file(path, _arena()[:3 * BLOCK], layout)
+

@@ -9,7 +9,9 @@ zero-copy view alive, a read in progress) is never in it. `pa_spill_candidates` 
 
 Who does what. The node is the only process that writes or removes spill files, and the only one
 that knows which objects are on disk (`Spiller.spilled`); everyone else asks it. Its event loop
-does the bookkeeping, a thread does the disk I/O, so heartbeats and leases go on meanwhile.
+does the bookkeeping, a thread does the disk I/O, so heartbeats and leases go on meanwhile. The
+I/O itself (csrc/spill_io.c) goes straight between the segment and the disk with direct I/O,
+several requests in flight; a file keeps its object's address modulo 4096 (`layouts`).
 
     writer (driver, worker)               node: Spiller                         spill directory
     create_object -> ObjectStoreFullError
@@ -48,6 +50,7 @@ import mmap
 import os
 import shutil
 
+from pyactor._store_cffi import ffi, lib
 from pyactor.exceptions import ObjectLostError, ObjectStoreFullError
 
 logger = logging.getLogger("pyactor.spilling")
@@ -89,21 +92,26 @@ def remove_stale_spill_dirs(root: str) -> None:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
-def _write_file(path: str, view: memoryview, mode: int = 0) -> int:
-    """Write the object's bytes to a new file at `path` (spill_io.c: direct I/O, several requests
-    in flight, straight from the segment, and one buffered writer alongside; mode 0 is that,
-    lib.PA_SPILL_DIRECT_ONLY / PA_SPILL_BUFFERED one kind only); returns the file's layout,
-    which reading it needs."""
-    from pyactor._store_cffi import ffi, lib
+# Direct I/O only, by default (spill_io.c can also run one buffered thread alongside: HYBRID).
+# A node spills when its store is full, which is when memory is short and the CPUs are busy:
+# direct I/O costs 0.11 CPU s/GB against 1.3-1.4 for buffered writes (bench/store_bench.py's
+# spill_file_* rows, loaded 2-core VM) and leaves no second copy in the page cache; a buffered
+# writer also takes ext4's inode lock exclusively, stalling the direct requests meanwhile.
+SPILL_IO_MODE = lib.PA_SPILL_DIRECT_ONLY
+
+
+def _write_file(path: str, view: memoryview, mode: int = SPILL_IO_MODE) -> int:
+    """Write the object's bytes to a new file at `path` (spill_io.c: direct I/O where the
+    filesystem takes it, several requests in flight, straight from the segment; `mode` is one of
+    lib.PA_SPILL_*); returns the file's layout, which reading it needs."""
     layout = ffi.new("uint32_t *")
     if lib.pa_spill_write(path.encode(), ffi.from_buffer(view), view.nbytes, 0, mode, layout):
         raise OSError(ffi.errno, f"cannot write spill file {path}: {os.strerror(ffi.errno)}")
     return layout[0]
 
 
-def _read_file(path: str, dest: memoryview, layout: int, mode: int = 0) -> None:
+def _read_file(path: str, dest: memoryview, layout: int, mode: int = SPILL_IO_MODE) -> None:
     """Fill `dest` from a file `_write_file` wrote with `layout` (any mode reads any file)."""
-    from pyactor._store_cffi import ffi, lib
     if lib.pa_spill_read(path.encode(), ffi.from_buffer(dest, require_writable=True),
                          dest.nbytes, layout, 0, mode):
         raise OSError(ffi.errno, f"cannot read spill file {path}: {os.strerror(ffi.errno)}")
@@ -111,7 +119,6 @@ def _read_file(path: str, dest: memoryview, layout: int, mode: int = 0) -> None:
 
 def _offset_of_data(layout: int) -> int:
     """File offset of an object's first byte in a file written with `layout`."""
-    from pyactor._store_cffi import lib
     return layout & ~lib.PA_SPILL_DIRECT
 
 
