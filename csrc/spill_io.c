@@ -4,21 +4,24 @@
  * Why direct I/O. A buffered write copies every byte into the page cache (the kernel allocates,
  * copies and accounts each page: measured here, 0.4-1.6 CPU seconds per GB on a loaded host) and
  * leaves a second copy of the object in memory, the very thing a full store spills to be rid of.
- * With O_DIRECT the disk reads the segment's pages itself (0.03 CPU s/GB) and nothing is cached.
- * Requests of CHUNK bytes from several threads keep the disk's queue busy.
+ * With O_DIRECT the disk reads the segment's pages itself (0.03 CPU s/GB in C, 0.11 for a whole
+ * spill) and nothing is cached. Requests of CHUNK bytes from several threads keep the disk's
+ * queue busy; the file is preallocated, so that ext4 takes aligned direct writes into it under a
+ * shared inode lock, concurrently. PA_SPILL_HYBRID adds one buffered thread beside them (the
+ * node does not use it: spilling.py says why; bench/store_bench.py measures it).
  *
  * Layout. Direct I/O needs memory addresses, file offsets and lengths aligned to the disk's
- * block (BLOCK covers the common 512 and 4096 cases' 512; the open fails with EINVAL otherwise
- * and we fall back). An object starts anywhere 64-byte aligned in the segment, so the file keeps
+ * block; BLOCK, 4096, is a multiple of the usual 512 and 4096 bytes. An object starts anywhere
+ * 64-byte aligned in the segment, so the file keeps
  * the object's address modulo BLOCK: it starts with `pad` = address % BLOCK bytes of zeros and
  * object byte k lies at file offset pad + k. The blocks in the middle then go from the segment to
- * the disk as they are; the first and last (partly the object's) go through a small aligned
+ * the disk as they are; the first and last (partly the object's) go through an aligned
  * bounce buffer, and so does every piece of a read whose destination's alignment differs from
  * the writer's (it lands in a chunk-sized bounce buffer, then is copied). The caller keeps
  * `layout` (pad, and whether the file was written directly) to read the file back or map it.
  *
- * A filesystem without O_DIRECT (or a disk with larger blocks) gets plain buffered I/O with
- * pad 0, the same threads and pieces. Every function returns PA_OK or PA_ERR_SYS with errno set
+ * A filesystem without O_DIRECT (the open fails with EINVAL), or a disk whose blocks are larger
+ * than BLOCK (the I/O fails with EINVAL), gets plain buffered I/O with pad 0. Every function returns PA_OK or PA_ERR_SYS with errno set
  * to the first failure; nothing prints.
  */
 #ifndef _GNU_SOURCE
@@ -156,8 +159,8 @@ static int open_file(const char *path, int reading, int want_direct, int *direct
     return open(path, flags, 0600);
 }
 
-int pa_spill_write(const char *path, const void *src, uint64_t n, int nthreads, int mode,
-                   uint32_t *layout_out) {
+static int spill_write(const char *path, const void *src, uint64_t n, int nthreads, int mode,
+                       uint32_t *layout_out) {
     int allow_direct = mode != PA_SPILL_BUFFERED, hybrid = mode == PA_SPILL_HYBRID;
     int direct;
     int fd = open_file(path, 0, allow_direct, &direct);
@@ -187,8 +190,16 @@ int pa_spill_write(const char *path, const void *src, uint64_t n, int nthreads, 
     return PA_OK;
 }
 
-int pa_spill_read(const char *path, void *dst, uint64_t n, uint32_t layout, int nthreads,
-                  int mode) {
+int pa_spill_write(const char *path, const void *src, uint64_t n, int nthreads, int mode,
+                   uint32_t *layout_out) {
+    int rc = spill_write(path, src, n, nthreads, mode, layout_out);
+    if (rc == PA_ERR_SYS && errno == EINVAL && mode != PA_SPILL_BUFFERED)
+        rc = spill_write(path, src, n, nthreads, PA_SPILL_BUFFERED, layout_out);
+    return rc;
+}
+
+static int spill_read(const char *path, void *dst, uint64_t n, uint32_t layout, int nthreads,
+                      int mode) {
     int want_direct = (layout & PA_SPILL_DIRECT) != 0 && mode != PA_SPILL_BUFFERED, direct;
     int hybrid = mode == PA_SPILL_HYBRID;
     int fd = open_file(path, 1, want_direct, &direct);
@@ -211,4 +222,12 @@ int pa_spill_read(const char *path, void *dst, uint64_t n, uint32_t layout, int 
         return PA_ERR_SYS;
     }
     return PA_OK;
+}
+
+int pa_spill_read(const char *path, void *dst, uint64_t n, uint32_t layout, int nthreads,
+                  int mode) {
+    int rc = spill_read(path, dst, n, layout, nthreads, mode);
+    if (rc == PA_ERR_SYS && errno == EINVAL && mode != PA_SPILL_BUFFERED)
+        rc = spill_read(path, dst, n, layout, nthreads, PA_SPILL_BUFFERED);
+    return rc;
 }
