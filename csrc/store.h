@@ -158,6 +158,21 @@ int pa_memcpy_parallel(void *dst, const void *src, uint64_t n, int nthreads);
 uint64_t pa_parallel_copy_threshold(void);
 void pa_set_parallel_copy_threshold(uint64_t n);
 
+/* Spill files (spill_io.c): write n bytes at src to a new file at path from up to nthreads
+ * threads (<= 0: a default). mode: PA_SPILL_HYBRID (direct I/O where the filesystem takes it,
+ * with one buffered thread alongside), PA_SPILL_DIRECT_ONLY, PA_SPILL_BUFFERED. *layout_out
+ * receives what reading needs: the file offset of byte 0 (the source address modulo the I/O
+ * block), or'ed with PA_SPILL_DIRECT if the file has direct I/O's layout. PA_ERR_SYS with errno
+ * on failure (the file is removed). pa_spill_read fills dst (n bytes) from such a file. */
+#define PA_SPILL_DIRECT 65536
+#define PA_SPILL_HYBRID 0
+#define PA_SPILL_DIRECT_ONLY 1
+#define PA_SPILL_BUFFERED 2
+int pa_spill_write(const char *path, const void *src, uint64_t n, int nthreads, int mode,
+                   uint32_t *layout_out);
+int pa_spill_read(const char *path, void *dst, uint64_t n, uint32_t layout, int nthreads,
+                  int mode);
+
 const char *pa_strerror(int code);
 
 /* Test and debug hooks. */
