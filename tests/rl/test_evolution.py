@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pyactor import rl
 from pyactor.rl import cli as rl_cli
 from pyactor.rl.ars import top_directions
-from pyactor.rl.evolution import (BatchedPolicy, DeterministicPolicy, EvolutionWorker,
+from pyactor.rl.evolution import (DeterministicPolicy, EvolutionWorker,
                                   centered_ranks, make_noise_table, noise_rows)
 from pyactor.rl.module import ModuleSpec
 
@@ -57,7 +57,7 @@ def test_batched_policy_matches_the_torch_module(hidden, env):
     spec = ModuleSpec(DeterministicPolicy, probe.observation_space, probe.action_space,
                       {"hidden": hidden, "activation": "tanh"})
     module = spec.build()
-    batched = BatchedPolicy(module)
+    batched = module.batched()
     rng = np.random.default_rng(0)
     params = rng.normal(size=(6, batched.dim)).astype(np.float32)
     obs = rng.normal(size=(6, *probe.observation_space.shape)).astype(np.float32)
@@ -74,7 +74,7 @@ def test_worker_perturbations_are_rebuilt_from_their_noise_indices():
     returned; every episode ran to its end and the env steps are the lengths' sum."""
     table = make_noise_table(10_000, seed=3)
     spec = ModuleSpec(DeterministicPolicy, *CARTPOLE_SPACES, {"hidden": [4], "activation": "tanh"})
-    worker = EvolutionWorker("CartPole-v1", {}, 3, spec, seed=1, runner_index=0,
+    worker = EvolutionWorker("CartPole-v1", {}, 3, spec.build().batched(), seed=1, runner_index=0,
                              normalize_observations=False, noise_table=table)
     try:
         theta = np.random.default_rng(0).normal(size=worker.policy.dim).astype(np.float32)
