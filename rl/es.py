@@ -32,15 +32,18 @@ import numpy as np
 
 from pyactor.rl.evolution import EvolutionAlgorithm, EvolutionConfig, centered_ranks
 
+OPTIMIZERS = ("sgd", "adam")
+
 
 @dataclasses.dataclass(frozen=True)
 class ESConfig(EvolutionConfig):
     normalize_observations: bool = True  # the paper's observation normalisation (sec. 2.2)
-    lr: float = 0.1
+    optimizer: str = "sgd"  # "sgd": Algorithm 1's theta += lr g; "adam": the paper's experiments
+    lr: float = 0.5
     l2_coeff: float = 0.005
-    noise_stdev: float = 0.1
-    num_perturbations: int = 128
-    num_envs_per_runner: int = 128  # each worker runs its 64 pairs' 128 episodes at once
+    noise_stdev: float = 0.15
+    num_perturbations: int = 256
+    num_envs_per_runner: int = 256  # each worker runs its 128 pairs' 256 episodes at once
     grad_clip: typing.Optional[float] = None  # unused: ES has no loss gradient to clip
 
     algo_name = "ES"
@@ -49,6 +52,8 @@ class ESConfig(EvolutionConfig):
         super().validate()
         if self.l2_coeff < 0:
             raise ValueError(f"l2_coeff must be >= 0, got {self.l2_coeff}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
     @classmethod
     def algorithm_class(cls):
@@ -65,8 +70,11 @@ class ES(EvolutionAlgorithm):
         num_episodes = returns.size
         gradient = (shaped[:, 0] - shaped[:, 1]) @ eps / (num_episodes * c.noise_stdev)
         theta = self.learner.call("get_flat_weights")
-        ascent = gradient - c.l2_coeff * theta
-        self.learner.call("step", ascent.astype(np.float32), c.lr)
+        ascent = (gradient - c.l2_coeff * theta).astype(np.float32)
+        if c.optimizer == "adam":
+            self.learner.call("step", ascent, c.lr)
+        else:
+            self.learner.call("add", c.lr * ascent)
         self.sync_weights()
         return {"grad_norm": float(np.linalg.norm(gradient)),
                 "weights_norm": float(np.linalg.norm(theta)),

@@ -151,7 +151,7 @@ class EvolutionConfig(AlgorithmConfig):
     async_sampling: bool = False  # an update needs the returns around the current theta
     num_perturbations: int = 16   # antithetic pairs per iteration, split over the workers
     noise_stdev: float = 0.02
-    noise_table_size: int = 2 ** 22  # 16 MiB of float32
+    noise_table_size: int = 2 ** 20  # 4 MiB of float32: a million offsets for a policy's noise
     noise_table_seed: int = 0
     model: dict = dataclasses.field(default_factory=lambda: {"hidden": [], "activation": "tanh"})
 
