@@ -8,19 +8,27 @@ One iteration (ES.training_step), reading top to bottom:
     F = centered_ranks(R)                              # fitness shaping (sec. 2.1)
     g = 1 / (n sigma) sum_j (F_j+ - F_j-) eps_j        # Algorithm 1's estimate, n = 2P episodes
     g -= l2_coeff theta                                # weight decay (sec. 2.1)
-    theta <- Adam step along g                         # the paper's optimiser for its experiments
+    theta <- theta + lr g                              # Algorithm 1's step (optimizer="sgd");
+                                                       # optimizer="adam": the paper's
+                                                       # optimiser for its MuJoCo/Atari runs
     sync_weights()                                     # one put of theta, read by every worker
 
 Workers send back only noise indices and returns (Algorithm 2): the driver rebuilds each eps_j
 from the shared noise table. Observations are normalised by running statistics of the states the
 workers visit (merged by the driver, sent with theta). The defaults solve CartPole-v1 with a
-linear policy. A wide population is what makes ES fast in wall time: the per-step cost of the
-vector env and the batched policy is mostly fixed, so wide populations step many times faster
-(one worker in one process against a bare env.step loop, short episodes: 0.37x it with 16
-copies, 1.2x with 64, 5.1x with 256). Sweep on the shared machine (one in-driver worker, seeds 0-2): 128
-pairs reached 475 in 8 iterations each (532k / 651k / 514k env steps, 4.5-5.0 s), 16 pairs in
-14-34 iterations (181k / 95k / 158k env steps, 11-19 s); without observation normalisation
-(32 pairs) 326k / 372k steps and seed 1 not within 60 iterations.
+linear policy.
+
+What "solved" means here: `episode_return_mean` is the mean return of the 100 most recent
+training episodes, i.e. of perturbed policies theta +- sigma eps_j (the last iteration's
+population), each run to termination or to CartPole-v1's 500-step truncation; it is not an
+evaluation of theta alone (RLlib's old ES reported theta's evaluation episodes instead).
+
+Why these defaults (sweep on the shared machine, 2 workers, seeds 0-19): an iteration costs about
+the longest episode of the population times the vector env's per-step cost, which grows slowly
+with the number of copies (256 copies cost ~1.3x 128), so what matters is the number of
+iterations. Plain gradient ascent with 256 pairs, sigma 0.15, lr 0.5 reached 475 in 4 iterations
+on all 20 seeds (~480k env steps); Adam with 128 pairs, sigma 0.1, lr 0.1 (the previous
+defaults) took 5-14 on seeds 0-9 (median 7), and 18 to over 30 without observation normalisation.
 """
 
 from __future__ import annotations
