@@ -488,22 +488,27 @@ def sac_updates_per_s(rounds: int, updates: int = 300) -> dict:
     return {"value": statistics.median(ours), "baseline": statistics.median(base)}
 
 
-def bare_env_steps_per_s(seconds: float = 1.0) -> float:
+def bare_env_step_rates(seconds: float = 1.0) -> tuple[float, float]:
     """One gymnasium CartPole-v1 stepped in a plain loop (alternating actions, reset at the end
-    of each episode): the simulator's own speed in one process."""
+    of each episode): the simulator's own speed in one process, as (env steps per wall second,
+    per CPU second of this process: what carries over from a shared machine)."""
     import gymnasium as gym
     env = gym.make("CartPole-v1")
     env.reset(seed=0)
-    steps, start = 0, time.perf_counter()
+    steps, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         for _ in range(1000):
             _, _, terminated, truncated, _ = env.step(steps & 1)
             steps += 1
             if terminated or truncated:
                 env.reset()
-    rate = steps / (time.perf_counter() - start)
+    rates = steps / (time.perf_counter() - start), steps / (time.process_time() - cpu)
     env.close()
-    return rate
+    return rates
+
+
+def bare_env_steps_per_s(seconds: float = 1.0) -> float:
+    return bare_env_step_rates(seconds)[0]
 
 
 def es_time_to_475(seed: int, output: str, max_iterations: int = 60) -> dict:
@@ -532,24 +537,6 @@ def es_time_to_475(seed: int, output: str, max_iterations: int = 60) -> dict:
             "reached": result["episode_return_mean"] >= CARTPOLE_TARGET,
             "first_iteration_s": first, "cpu_s": driver_cpu + sum(workers_cpu),
             "driver_cpu_s": driver_cpu, "worker_cpu_s": max(workers_cpu, default=0.0)}
-
-
-def bare_env_steps_per_cpu_s(seconds: float = 1.0) -> float:
-    """bare_env_steps_per_s's loop, counted per CPU second of this process (what carries over
-    from a shared machine better than its wall time)."""
-    import gymnasium as gym
-    env = gym.make("CartPole-v1")
-    env.reset(seed=0)
-    steps, start, cpu = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - start < seconds:
-        for _ in range(1000):
-            _, _, terminated, truncated, _ = env.step(steps & 1)
-            steps += 1
-            if terminated or truncated:
-                env.reset()
-    rate = steps / (time.process_time() - cpu)
-    env.close()
-    return rate
 
 
 def es_throughput(rounds: int, output: str, iterations: int = 8) -> dict:
@@ -686,7 +673,7 @@ def rows(args) -> list[dict]:
         times, ratios = [], []
         for seed in args.seeds:
             run = es_time_to_475(seed, output)
-            bare = bare_env_steps_per_cpu_s()  # baseline, alternated with the runs
+            bare = bare_env_step_rates()[1]  # baseline, alternated with the runs
             # The same env steps taken by one bare env.step loop, in CPU seconds of it.
             bare_s = run["env_steps"] / bare
             times.append(run["time_s"] if run["reached"] else float("inf"))
