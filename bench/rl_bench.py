@@ -45,7 +45,12 @@ throughput, ES/ARS/A2C time to solve CartPole-v1, each beside a baseline measure
                             the policy learns: the mean is in `episode_len`); baseline: a bare `env.step` loop on one
                             CartPole-v1 in one process, alternated with it in the same run
     {es,ars,a2c}_cartpole_s{0,1,2}  wall time from build() to a 100-episode mean training return
-                            >= 475 on CartPole-v1 with the default config, and the env steps used
+                            >= 475 on CartPole-v1 with the default config, and the env steps used.
+                            ES's rows (group es_solve) add the CPU seconds of the driver and of
+                            the busiest worker, the first iteration's time (workers' start-up
+                            included) and a baseline: the CPU seconds one bare `env.step` loop,
+                            measured between the runs, takes for the same env steps (`ratio`:
+                            wall / baseline; `cpu_ratio`: all processes' CPU / baseline)
     {impala,appo}_cartpole_s{0,1,2}  the same for IMPALA and APPO (2 runners x 16 envs, the
                             default config), with the CPU seconds of the driver and the runner
                             processes (`cpu_s`: what carries over from a shared machine)
@@ -622,22 +627,55 @@ def sac_updates_per_s(rounds: int, updates: int = 300) -> dict:
     return {"value": statistics.median(ours), "baseline": statistics.median(base)}
 
 
-def bare_env_steps_per_s(seconds: float = 1.0) -> float:
+def bare_env_step_rates(seconds: float = 1.0) -> tuple[float, float]:
     """One gymnasium CartPole-v1 stepped in a plain loop (alternating actions, reset at the end
-    of each episode): the simulator's own speed in one process."""
+    of each episode): the simulator's own speed in one process, as (env steps per wall second,
+    per CPU second of this process: what carries over from a shared machine)."""
     import gymnasium as gym
     env = gym.make("CartPole-v1")
     env.reset(seed=0)
-    steps, start = 0, time.perf_counter()
+    steps, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         for _ in range(1000):
             _, _, terminated, truncated, _ = env.step(steps & 1)
             steps += 1
             if terminated or truncated:
                 env.reset()
-    rate = steps / (time.perf_counter() - start)
+    rates = steps / (time.perf_counter() - start), steps / (time.process_time() - cpu)
     env.close()
-    return rate
+    return rates
+
+
+def bare_env_steps_per_s(seconds: float = 1.0) -> float:
+    return bare_env_step_rates(seconds)[0]
+
+
+def es_time_to_475(seed: int, output: str, max_iterations: int = 60) -> dict:
+    """ES with its default config from build() to a 100-episode mean training return >= 475
+    (the 100 most recent population episodes: perturbed policies theta +- sigma eps), with the
+    CPU seconds of the driver and of each worker process, and the time of the first iteration
+    (the workers' start-up is in it)."""
+    start, cpu_start = time.monotonic(), time.process_time()
+    algo = rl.ESConfig(env="CartPole-v1", seed=seed, output=output,
+                       log_to_tensorboard=False).build()
+    try:
+        first = None
+        while True:
+            result = algo.train()
+            first = first or result["time_total_s"]
+            if result["episode_return_mean"] >= CARTPOLE_TARGET or \
+                    result["training_iteration"] >= max_iterations:
+                break
+        elapsed = time.monotonic() - start
+        driver_cpu = time.process_time() - cpu_start
+        workers_cpu = [process_cpu_s(pid) for pid in algo.env_runner_group.runner_pids()]
+    finally:
+        algo.stop()
+    return {"time_s": elapsed, "env_steps": result["env_steps_total"],
+            "iterations": result["training_iteration"],
+            "reached": result["episode_return_mean"] >= CARTPOLE_TARGET,
+            "first_iteration_s": first, "cpu_s": driver_cpu + sum(workers_cpu),
+            "driver_cpu_s": driver_cpu, "worker_cpu_s": max(workers_cpu, default=0.0)}
 
 
 def es_throughput(rounds: int, output: str, iterations: int = 8) -> dict:
@@ -781,11 +819,25 @@ def rows(args) -> list[dict]:
         es = es_throughput(args.rounds, output)
         out.append(emit({"name": "es_steps_per_s", "unit": "steps/s", **es,
                          "ratio": es["value"] / es["baseline"]}, args))
-    for name, config_class in (("es_solve", rl.ESConfig), ("ars", rl.ARSConfig),
-                               ("a2c", rl.A2CConfig)):
+    if "es_solve" not in args.skip:
+        times, ratios = [], []
+        for seed in args.seeds:
+            run = es_time_to_475(seed, output)
+            bare = bare_env_step_rates()[1]  # baseline, alternated with the runs
+            # The same env steps taken by one bare env.step loop, in CPU seconds of it.
+            bare_s = run["env_steps"] / bare
+            times.append(run["time_s"] if run["reached"] else float("inf"))
+            ratios.append(run["time_s"] / bare_s)
+            out.append(emit({"name": f"es_cartpole_s{seed}", "value": run.pop("time_s"),
+                             "unit": "s", **run, "baseline": bare_s,
+                             "bare_steps_per_cpu_s": bare, "ratio": ratios[-1],
+                             "cpu_ratio": run["cpu_s"] / bare_s}, args))
+        out.append(emit({"name": "es_cartpole_median", "value": statistics.median(times),
+                         "unit": "s", "ratio": statistics.median(ratios)}, args))
+    for name, config_class in (("ars", rl.ARSConfig), ("a2c", rl.A2CConfig)):
         if name in args.skip:
             continue
-        label = name.replace("_solve", "")
+        label = name
         times = []
         for seed in args.seeds:
             config = config_class(env="CartPole-v1", seed=seed, output=output,

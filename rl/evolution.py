@@ -16,7 +16,8 @@ actors run an episode per perturbation, and only noise indices and returns come 
       eps_k = table[k : k + dim] rebuilt by the driver; the algorithm file turns the returns into
       an update of theta (ES: centered ranks + Adam; ARS: top-b directions + SGD).
 
-The worker group is an EnvRunnerGroup (same weights broadcast, restart and collect), so the
+The workers (rl/population_worker.py) import no torch; the driver describes its policy to them as
+a BatchedPolicy. The worker group is an EnvRunnerGroup (same weights broadcast, restart and collect), so the
 Algorithm base's sample() counts env steps, episodes and observation statistics for it.
 """
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any
 
 import numpy as np
 import torch
@@ -36,8 +36,12 @@ from pyactor.rl.algorithm import Algorithm
 from pyactor.rl.config import AlgorithmConfig
 from pyactor.rl.learner import Learner
 from pyactor.rl.module import RLModule, mlp
-from pyactor.rl.normalize import RunningMeanStd
+from pyactor.rl.population_worker import BatchedPolicy, EvolutionWorker, noise_rows
 from pyactor.rl.rollout import EnvRunnerGroup
+
+__all__ = ["BatchedPolicy", "DeterministicPolicy", "EvolutionAlgorithm", "EvolutionConfig",
+           "EvolutionWorker", "EvolutionWorkerGroup", "centered_ranks", "make_noise_table",
+           "noise_rows"]
 
 # ------------------------------------------------------------------------------- noise table
 
@@ -46,11 +50,6 @@ def make_noise_table(size: int, seed: int) -> np.ndarray:
     """`size` float32 draws of N(0, 1): perturbation k of a d-parameter policy is
     table[k : k + d] (Salimans et al. 2017, sec. 2.1: 'a large block of Gaussian noise')."""
     return np.random.default_rng(seed).standard_normal(size, dtype=np.float32)
-
-
-def noise_rows(table: np.ndarray, indices: np.ndarray, dim: int) -> np.ndarray:
-    """The perturbations [len(indices), dim] whose noise starts at each index."""
-    return table[np.asarray(indices)[:, None] + np.arange(dim)]
 
 
 def centered_ranks(returns: np.ndarray) -> np.ndarray:
@@ -99,157 +98,21 @@ class DeterministicPolicy(RLModule):
         """(out, in) of each linear layer, in the order of the flat weights vector."""
         return [(m.out_features, m.in_features) for m in self.net if isinstance(m, nn.Linear)]
 
-
-class BatchedPolicy:
-    """DeterministicPolicy's forward pass for many parameter vectors at once in numpy: row i of
-    `params` [n, dim] acts on row i of `obs` [n, obs_dim] (one perturbation per env copy)."""
-
-    def __init__(self, module: DeterministicPolicy):
-        self.shapes = module.layer_shapes()
-        self.activation = {"tanh": np.tanh, "relu": lambda x: np.maximum(x, 0.0),
-                           "elu": lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
-                           }[module.activation]
-        self.discrete = module.discrete
-        space = module.action_space
-        self.low = None if self.discrete else space.low.astype(np.float32)
-        self.high = None if self.discrete else space.high.astype(np.float32)
-        self.dim = sum(o * i + o for o, i in self.shapes)
-
-    def views(self, params: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(weights [n, out, in], bias [n, out]) views into `params` (they follow its updates)."""
-        layers, offset, n = [], 0, params.shape[0]
-        for out, inp in self.shapes:
-            weights = params[:, offset:offset + out * inp].reshape(n, out, inp)
-            offset += out * inp
-            layers.append((weights, params[:, offset:offset + out]))
-            offset += out
-        return layers
-
-    def act(self, layers: list, obs: np.ndarray) -> np.ndarray:
-        x = obs.reshape(obs.shape[0], -1)
-        for i, (weights, bias) in enumerate(layers):
-            x = np.matmul(weights, x[:, :, None])[:, :, 0] + bias
-            if i < len(layers) - 1:
-                x = self.activation(x)
-        if self.discrete:
-            return x.argmax(-1)
-        return np.clip(x, self.low, self.high)
+    def batched(self) -> BatchedPolicy:
+        """This policy's forward pass for a worker: numpy, many parameter vectors at once."""
+        bounds = (None, None) if self.discrete else (self.action_space.low,
+                                                     self.action_space.high)
+        return BatchedPolicy(self.layer_shapes(), self.activation, self.discrete, *bounds)
 
 
 # ------------------------------------------------------------------------------- the workers
-
-
-class EvolutionWorker:
-    """Runs the episodes of antithetic perturbations of theta on `num_envs` env copies."""
-
-    def __init__(self, env: Any, env_config: dict, num_envs: int, module_spec, seed: int | None,
-                 runner_index: int, normalize_observations: bool, noise_table: np.ndarray):
-        self.name = rl_envs.env_name(env)
-        self.runner_index = runner_index
-        self.num_envs = num_envs
-        self.envs = rl_envs.make_vector_env(env, env_config, num_envs)
-        self.noise = noise_table  # the store's read-only pages, shared with every other worker
-        self.policy = BatchedPolicy(module_spec.build())
-        self.theta = np.zeros(self.policy.dim, np.float32)
-        self.rng = np.random.default_rng(None if seed is None else seed + 10_000 * runner_index)
-        self.obs_stats = RunningMeanStd(module_spec.observation_space.shape) \
-            if normalize_observations else None
-        self.weights_version = 0
-        self._seed = None if seed is None else seed + 10_000 * runner_index
-
-    def set_weights(self, flat: np.ndarray, version: int, obs_stats: dict | None = None) -> None:
-        self.theta = np.array(flat, np.float32)
-        if self.theta.size != self.policy.dim:
-            raise ValueError(f"weights vector has {self.theta.size} values, policy has "
-                             f"{self.policy.dim}")
-        self.weights_version = version
-        if obs_stats is not None and self.obs_stats is not None:
-            self.obs_stats = RunningMeanStd.from_dict(obs_stats)
-
-    def perturbed_params(self, indices: np.ndarray, noise_stdev: float) -> np.ndarray:
-        """Rows 2j and 2j+1: theta + sigma eps_j and theta - sigma eps_j (antithetic pair j)."""
-        eps = noise_rows(self.noise, indices, self.policy.dim)
-        params = np.empty((2 * len(indices), self.policy.dim), np.float32)
-        params[0::2] = self.theta + noise_stdev * eps
-        params[1::2] = self.theta - noise_stdev * eps
-        return params
-
-    def sample(self, num_pairs: int, noise_stdev: float, record_params: bool = False) -> dict:
-        """One episode for each of the 2 * num_pairs perturbations; a copy whose episode ends
-        takes the next perturbation (same-step autoreset gives it a fresh first observation)."""
-        dim = self.policy.dim
-        indices = self.rng.integers(0, self.noise.size - dim + 1, num_pairs)
-        params = self.perturbed_params(indices, noise_stdev)
-        num_episodes = 2 * num_pairs
-        returns = np.zeros(num_episodes, np.float64)
-        lengths = np.zeros(num_episodes, np.int64)
-        n = self.num_envs
-        slot_episode = np.full(n, -1, np.int64)  # the perturbation each copy runs; -1: idle
-        first = min(n, num_episodes)
-        slot_episode[:first] = np.arange(first)
-        slot_params = np.zeros((n, dim), np.float32)
-        slot_params[:first] = params[:first]
-        layers = self.policy.views(slot_params)
-        next_episode = first
-        obs_sum = obs_sq = None
-        obs_count = 0
-        raw = rl_envs.reset_vector_env(self.envs, self._seed, self.name)
-        self._seed = None  # the first reset seeds the env copies; later ones continue their RNG
-        live = slot_episode >= 0
-        env_steps = 0
-        while live.any():
-            if self.obs_stats is not None:
-                seen = raw[live].astype(np.float64)
-                obs_sum = seen.sum(0) if obs_sum is None else obs_sum + seen.sum(0)
-                obs_sq = (seen ** 2).sum(0) if obs_sq is None else obs_sq + (seen ** 2).sum(0)
-                obs_count += len(seen)
-                obs = self.obs_stats.normalize(raw)
-            else:
-                obs = raw
-            actions = self.policy.act(layers, obs)
-            raw, _, rewards, terminateds, truncateds = rl_envs.step_vector_env(
-                self.envs, actions, self.name)
-            episodes = slot_episode[live]
-            returns[episodes] += rewards[live]
-            lengths[episodes] += 1
-            env_steps += len(episodes)
-            done = (terminateds | truncateds) & live
-            for slot in np.flatnonzero(done):
-                if next_episode < num_episodes:
-                    slot_episode[slot] = next_episode
-                    slot_params[slot] = params[next_episode]
-                    next_episode += 1
-                else:
-                    slot_episode[slot] = -1
-            live = slot_episode >= 0
-        rl_envs.check_finite(self.name, "rewards", returns)
-        result = {
-            "noise_indices": indices, "pair_returns": returns.reshape(num_pairs, 2),
-            "pair_lengths": lengths.reshape(num_pairs, 2), "episode_returns": returns,
-            "episode_lengths": lengths, "env_steps": env_steps,
-            "weights_version": self.weights_version, "runner_index": self.runner_index}
-        if self.obs_stats is not None and obs_count:
-            mean = obs_sum / obs_count
-            result["obs_stats"] = RunningMeanStd(mean.shape, obs_count, mean,
-                                                 np.maximum(obs_sq / obs_count - mean ** 2, 0.0)
-                                                 ).to_dict()
-        if record_params:
-            result["params"] = params
-        return result
-
-    def pid(self) -> int:
-        import os
-        return os.getpid()
-
-    def close(self) -> None:
-        self.envs.close()
 
 
 class EvolutionWorkerGroup(EnvRunnerGroup):
     """EnvRunnerGroup's weights broadcast, restarts and collect, with EvolutionWorker actors;
     `request(num_pairs, noise_stdev=...)` gives every worker its share of the population."""
 
-    def __init__(self, *, env, env_config, num_workers, num_envs_per_worker, module_spec, seed,
+    def __init__(self, *, env, env_config, num_workers, num_envs_per_worker, policy, seed,
                  normalize_observations, noise_ref, num_cpus_per_worker=1.0,
                  custom_resources_per_worker=None, max_worker_restarts=-1):
         self.num_restarts = 0
@@ -259,7 +122,7 @@ class EvolutionWorkerGroup(EnvRunnerGroup):
         self._pending = []
         self._weights = None
         env = rl_envs.portable(env)
-        args = (env, env_config, num_envs_per_worker, module_spec, seed)
+        args = (env, env_config, num_envs_per_worker, policy, seed)
         if num_workers == 0:  # in the driver (e.g. restored only to evaluate)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
@@ -288,7 +151,7 @@ class EvolutionConfig(AlgorithmConfig):
     async_sampling: bool = False  # an update needs the returns around the current theta
     num_perturbations: int = 16   # antithetic pairs per iteration, split over the workers
     noise_stdev: float = 0.02
-    noise_table_size: int = 2 ** 22  # 16 MiB of float32
+    noise_table_size: int = 2 ** 20  # 4 MiB of float32: a million offsets for a policy's noise
     noise_table_seed: int = 0
     model: dict = dataclasses.field(default_factory=lambda: {"hidden": [], "activation": "tanh"})
 
@@ -335,7 +198,8 @@ class EvolutionAlgorithm(Algorithm):
 
     def make_env_runner_group(self) -> EvolutionWorkerGroup:
         c = self.config
-        dim = sum(p.numel() for p in self.module_spec.build().parameters())
+        policy = self.module_spec.build().batched()
+        dim = policy.dim
         if c.noise_table_size < dim:
             raise ValueError(f"noise_table_size ({c.noise_table_size}) must be >= the policy's "
                              f"{dim} parameters")
@@ -345,7 +209,7 @@ class EvolutionAlgorithm(Algorithm):
             self.noise = pa.get(self.noise_ref)  # the stored table, read in place
         return EvolutionWorkerGroup(
             env=c.env, env_config=c.env_config, num_workers=c.num_env_runners,
-            num_envs_per_worker=c.num_envs_per_runner, module_spec=self.module_spec, seed=c.seed,
+            num_envs_per_worker=c.num_envs_per_runner, policy=policy, seed=c.seed,
             normalize_observations=c.normalize_observations, noise_ref=self.noise_ref,
             num_cpus_per_worker=c.num_cpus_per_env_runner,
             custom_resources_per_worker=c.custom_resources_per_env_runner,

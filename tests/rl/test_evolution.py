@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from pyactor import rl
 from pyactor.rl import cli as rl_cli
 from pyactor.rl.ars import top_directions
-from pyactor.rl.evolution import (BatchedPolicy, DeterministicPolicy, EvolutionWorker,
+from pyactor.rl.evolution import (DeterministicPolicy, EvolutionWorker,
                                   centered_ranks, make_noise_table, noise_rows)
 from pyactor.rl.module import ModuleSpec
+from pyactor.rl.population_worker import STATS_CHUNK_STEPS, VisitedStates
 
 CARTPOLE_SPACES = (gym.spaces.Box(-np.inf, np.inf, (4,), np.float32), gym.spaces.Discrete(2))
 
@@ -57,7 +58,7 @@ def test_batched_policy_matches_the_torch_module(hidden, env):
     spec = ModuleSpec(DeterministicPolicy, probe.observation_space, probe.action_space,
                       {"hidden": hidden, "activation": "tanh"})
     module = spec.build()
-    batched = BatchedPolicy(module)
+    batched = module.batched()
     rng = np.random.default_rng(0)
     params = rng.normal(size=(6, batched.dim)).astype(np.float32)
     obs = rng.normal(size=(6, *probe.observation_space.shape)).astype(np.float32)
@@ -74,7 +75,7 @@ def test_worker_perturbations_are_rebuilt_from_their_noise_indices():
     returned; every episode ran to its end and the env steps are the lengths' sum."""
     table = make_noise_table(10_000, seed=3)
     spec = ModuleSpec(DeterministicPolicy, *CARTPOLE_SPACES, {"hidden": [4], "activation": "tanh"})
-    worker = EvolutionWorker("CartPole-v1", {}, 3, spec, seed=1, runner_index=0,
+    worker = EvolutionWorker("CartPole-v1", {}, 3, spec.build().batched(), seed=1, runner_index=0,
                              normalize_observations=False, noise_table=table)
     try:
         theta = np.random.default_rng(0).normal(size=worker.policy.dim).astype(np.float32)
@@ -102,6 +103,9 @@ def test_es_workers_read_the_stored_table_and_send_indices(pa_module, tmp_path):
         eps = noise_rows(algo.noise, out["noise_indices"], theta.size)
         np.testing.assert_array_equal(out["params"][0::2], theta + np.float32(0.1) * eps)
         assert not algo.noise.flags.writeable
+        for pid in algo.env_runner_group.runner_pids():  # torch's import would cost seconds
+            with open(f"/proc/{pid}/maps") as maps:
+                assert "libtorch" not in maps.read()
     finally:
         algo.stop()
 
@@ -166,6 +170,56 @@ def test_cli_trains_and_evaluates_es(pa_module, tmp_path, capsys):
     assert re.search(r"ES CartPole-v1: mean return over 2 episodes", capsys.readouterr().out)
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 2 * STATS_CHUNK_STEPS + 5), st.integers(0, 2 ** 31))
+def test_visited_states_are_the_statistics_of_the_live_rows(steps, seed):
+    """Mean and variance of every state of a live copy, across chunk flushes; idle copies'
+    states are left out."""
+    rng = np.random.default_rng(seed)
+    obs = rng.normal(3.0, 2.0, size=(steps, 5, 4)).astype(np.float32)
+    live = rng.random((steps, 5)) < 0.7
+    live[0] = True
+    visited = VisitedStates(5, (4,))
+    for raw, mask in zip(obs, live):
+        visited.add(raw, mask)
+    visited.flush()
+    seen = obs[live].astype(np.float64)
+    assert visited.delta.count == len(seen)
+    np.testing.assert_allclose(visited.delta.mean, seen.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(visited.delta.var, seen.var(0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_es_update_follows_its_optimizer(pa_module, tmp_path, optimizer):
+    """SGD: theta += lr (g - l2 theta) with g Algorithm 1's estimate from the returns and the
+    rebuilt noise; Adam's first step moves each parameter by lr along the sign of g."""
+    algo = rl.ESConfig(env="CartPole-v1", seed=0, output=str(tmp_path), log_to_tensorboard=False,
+                       num_env_runners=0, num_perturbations=6, num_envs_per_runner=4,
+                       noise_table_size=10_000, optimizer=optimizer, lr=0.3).build()
+    seen = {}
+    sample_population = algo.sample_population
+
+    async def recorded(noise_stdev):
+        seen["population"] = await sample_population(noise_stdev)
+        return seen["population"]
+
+    algo.sample_population = recorded
+    try:
+        theta = algo.learner.call("get_flat_weights").astype(np.float64)
+        algo.train()
+        updated = algo.learner.call("get_flat_weights")
+    finally:
+        algo.stop()
+    _, returns, eps = seen["population"]
+    shaped = centered_ranks(returns)
+    sigma = algo.config.noise_stdev
+    ascent = (shaped[:, 0] - shaped[:, 1]) @ eps / (returns.size * sigma) - 0.005 * theta
+    if optimizer == "sgd":
+        np.testing.assert_allclose(updated, theta + 0.3 * ascent, rtol=1e-5, atol=1e-6)
+    else:
+        np.testing.assert_allclose(updated, theta + 0.3 * np.sign(ascent), rtol=1e-3, atol=1e-4)
+
+
 def test_bad_evolution_configs_are_refused():
     """Too few perturbations for the workers, a noise table smaller than the policy, b > N."""
     with pytest.raises(ValueError, match="num_perturbations .1. must be >= num_env_runners .2."):
@@ -174,6 +228,8 @@ def test_bad_evolution_configs_are_refused():
         rl.ARSConfig(num_perturbations=4, num_top_directions=5)
     with pytest.raises(ValueError, match="noise_stdev must be > 0"):
         rl.ESConfig(noise_stdev=0.0)
+    with pytest.raises(ValueError, match="optimizer must be one of .'sgd', 'adam'., got 'rmsprop'"):
+        rl.ESConfig(optimizer="rmsprop")
 
 
 def test_noise_table_smaller_than_the_policy_is_refused(pa_module, tmp_path):
