@@ -10,7 +10,7 @@ from pyactor._private import protocol as P
 from pyactor._private import runtime_env, signatures
 from pyactor._private.ids import new_actor_id, new_task_id
 from pyactor._private.references import FAILED, PENDING
-from pyactor._private.remote_function import demand_of, validate_options
+from pyactor._private.remote_function import api_module, demand_of, validate_options
 from pyactor._private.task_spec import TaskSpec, encode_args
 
 ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "memory", "max_restarts",
@@ -225,7 +225,6 @@ class ActorMethod:
                            check_backpressure(_generator_backpressure_num_objects))
 
     def remote(self, *args, **kwargs):
-        from pyactor._private.api import runtime_for_call
         handle = self._handle
         check = signatures.stub(self._name, handle._signatures.get(self._name))
         if check is not None:
@@ -234,7 +233,7 @@ class ActorMethod:
             except TypeError as error:
                 raise signatures.wrong_arguments(f"{handle._class_name}.{self._name}",
                                                  error) from None
-        runtime = runtime_for_call()
+        runtime = api_module().runtime_for_call()
         spec = TaskSpec()
         spec.task_id = new_task_id()
         spec.actor = handle._actor_id

@@ -13,6 +13,7 @@ from typing import Any
 
 from pyactor._private import serialization
 from pyactor._private.direct import ROUTE_OPEN
+from pyactor._private.object_ref import ObjectRef
 from pyactor._private.protocol import VALUE_INLINE, VALUE_REF
 from pyactor._private.task_events import now as _now
 
@@ -55,8 +56,7 @@ def encode_args(runtime, args: tuple, kwargs: dict, held_refs: list) -> tuple[li
 
 
 def _encode_arg(runtime, value: Any, held_refs: list) -> list:
-    from pyactor._private.object_ref import ObjectRef
-    if type(value) is ObjectRef:
+    if type(value) is ObjectRef:  # (imported at the top: an import here costs us per argument)
         held_refs.append(value)
         return [VALUE_REF, value.id, value.owner_address]
     try:
