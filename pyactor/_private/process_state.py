@@ -59,7 +59,7 @@ def task_rows(runtime, since: float = 0.0) -> list[dict]:
                      "args_ready_at": args_ready, "ended_at": ended,
                      "error": error_text(error) if error is not None else "",
                      "attempt": attempt, "owner_pid": os.getpid(),
-                     "resources": resources or {}})
+                     "resources": dict(resources) if resources else {}})
     for task_id, (name, actor_id, started) in list(task_events.RUNNING.items()):
         rows.append({"side": "worker", "task_id": task_id.hex(), "name": name,
                      "actor_id": actor_id.hex() if actor_id else "", "state": "RUNNING",

@@ -118,6 +118,7 @@ class Runtime:
         self.log_handler: Callable[[P.Log], None] | None = None
         self.actors = None  # ActorSubmitter, made in start()
         self.actors_created: dict[bytes, list] = {}  # creation args kept for restarts
+        self._last_history_demand: tuple = (None, None)  # see _history_demand
         self.worker_label = ""
         self.closed = False
         self.node_lost = threading.Event()
@@ -896,9 +897,21 @@ class Runtime:
                          spec.args_ready_at, 0.0 if error is None else _now(),
                          FINISHED_OK if error is None else
                          CANCELLED if spec.cancelled else TASK_FAILED, error, spec.attempt,
-                         spec.demand))
+                         self._history_demand(spec.demand)))
         self._keep_lineage(spec, error is None and any(
             ret[0] == P.VALUE_IN_STORE for ret in returns))
+
+    def _history_demand(self, demand: dict | None) -> tuple | None:
+        """A task's demand as its history record keeps it: (name, amount) pairs in a tuple. A
+        dict in the record kept each of the 10,000 records tracked by the garbage collector
+        (a tuple holding a dict never stops being tracked), which then walked them all in every
+        collection of a batch of tasks. Demands are shared per function: converted once."""
+        if demand is None:
+            return None
+        last = self._last_history_demand
+        if last[0] is not demand:  # (holding the dict: its id cannot be reused meanwhile)
+            last = self._last_history_demand = (demand, tuple(demand.items()))
+        return last[1]
 
     def _keep_lineage(self, spec: TaskSpec, returns_in_store: bool) -> None:
         """A finished task: keep it as lineage if a return lives in a store (when that node
@@ -940,7 +953,7 @@ class Runtime:
         record_finished((spec.task_id, spec.name, spec.actor, spec.submitted_at,
                          spec.args_ready_at, 0.0 if done.error is None else _now(),
                          FINISHED_OK if done.error is None else TASK_FAILED, done.error,
-                         spec.attempt, spec.demand))
+                         spec.attempt, self._history_demand(spec.demand)))
         self._keep_lineage(spec, node_id is not None)
         return True
 

@@ -38,7 +38,8 @@ CANCELLED = 2
 FINAL_STATES = ("FINISHED", "FAILED", "CANCELLED")
 
 # Owner side: (task_id, name, actor_id, submitted_at, args_ready_at, ended_at, state,
-# error blob or None, attempt, resources (a task's demand dict, None for actor calls)).
+# error blob or None, attempt, resources (a task's demand as (name, amount) pairs, None for
+# actor calls: no dict, so that the garbage collector stops tracking the record)).
 FINISHED: deque = deque(maxlen=MAX_EVENTS)
 # Worker side: (task_id, name, actor_id, started_at, args_decoded_at, ended_at, failed,
 # thread ident or 0 for the main thread).
