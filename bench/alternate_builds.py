@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in names:
                 (before if label == "before" else after)[name].append(rows.get(name, 0.0))
     for name in names:
+        if not any(before[name]) and not any(after[name]):
+            continue  # a row the script does not print (e.g. --script with the default rows)
         b, a = statistics.median(before[name]), statistics.median(after[name])
         ratios = [y / x for x, y in zip(before[name], after[name]) if x]
         record = {"name": name, "before": b, "after": a, "ratio": a / b if b else None,
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(record))
         else:
-            print(f"{name:<36} before {b:12,.1f}  after {a:12,.1f}  ratio {a / b:5.2f}  "
+            print(f"{name:<36} before {b:12,.1f}  after {a:12,.1f}  ratio {a / b if b else 0:5.2f}  "
                   f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
     return 0
 
