@@ -710,13 +710,6 @@ def es_throughput(rounds: int, output: str, iterations: int = 8) -> dict:
             "cpu_s": sum(cpus)}
 
 
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process (Linux /proc)."""
-    import os
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def async_time_to_475(config, max_steps: int = 1_000_000) -> dict:
     """Wall time, env steps and CPU seconds (driver + runners) from build() to a 100-episode
     mean training return >= 475."""
