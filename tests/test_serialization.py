@@ -66,6 +66,22 @@ def test_plain_values_round_trip(value):
     assert deserialize(store_like(value)) == value
 
 
+@given(plain_scalars)
+def test_plain_to_bytes_is_the_general_layout_of_a_plain_value(value):
+    """The worker's shortcut for plain returns gives byte for byte what serialize gives."""
+    assert serialization.plain_to_bytes(value) == serialize(value).to_bytes()
+
+
+class _Number(int):
+    pass
+
+
+@pytest.mark.parametrize("value", [[1], (1,), {"a": 1}, _Number(3), np.float64(1.5), ObjectRef])
+def test_plain_to_bytes_declines_anything_but_the_exact_plain_types(value):
+    """Containers, subclasses and other types (which may hold refs or buffers) are declined."""
+    assert serialization.plain_to_bytes(value) is None
+
+
 @given(arrays)
 @settings(suppress_health_check=[HealthCheck.too_slow])
 def test_numpy_arrays_round_trip(array):

@@ -83,6 +83,22 @@ def test_oversized_header_is_refused_before_any_body_is_buffered():
         decoder.feed(struct.pack(">I", 1001)[2:])
 
 
+def test_one_whole_frame_over_the_limit_in_one_read_is_refused():
+    """A complete frame read at once (the decoder's shortcut) is held to the limit too."""
+    frame = encode_frame([1, b"x" * 200])
+    with pytest.raises(ProtocolError, match="over the limit"):
+        FrameDecoder(max_frame_bytes=100).feed(frame)
+    assert FrameDecoder(max_frame_bytes=len(frame)).feed(frame) == [[1, b"x" * 200]]
+
+
+@given(body=st.binary(max_size=64))
+def test_one_whole_frame_of_junk_in_one_read_is_a_protocol_error(body):
+    """The shortcut for a single frame rejects a body that is not one msgpack value."""
+    frame_body = msgpack.packb([1, body]) + b"\xc1"  # 0xc1: never a valid msgpack byte
+    with pytest.raises(ProtocolError, match="not one msgpack value"):
+        FrameDecoder().feed(struct.pack(">I", len(frame_body)) + frame_body)
+
+
 def test_a_large_frame_arriving_in_small_chunks_decodes_once_complete():
     """A big body fed in pieces stays buffered until its last byte, then decodes intact."""
     payload = bytes(range(256)) * 4096  # 1 MiB
@@ -541,6 +557,27 @@ async def test_close_writes_what_was_queued_first():
             connection.send(index)
         connection.close()
         assert await recorder.done == [0, 1, 2]
+
+
+async def test_send_now_writes_after_what_was_queued_and_keeps_the_limits():
+    """send_now goes out after earlier sends, in order; it refuses what send refuses."""
+    token = transport.new_token()
+    recorder = Recorder(expected=4)
+    async with await transport.serve(HOST, 0, token, recorder) as server:
+        connection = await transport.connect(HOST, server.port, token, echo,
+                                             max_frame_bytes=1024)
+        connection.send_now(0)
+        connection.send(1)
+        connection.send_now(2)
+        connection.send_now(3)
+        with pytest.raises(ValueError, match="max_frame_bytes"):
+            connection.send_now(b"x" * 2000)
+        with pytest.raises(TypeError):
+            connection.send_now([1, object()])
+        assert await recorder.done == [0, 1, 2, 3]
+        connection.close()
+        with pytest.raises(transport.ConnectionClosedError):
+            connection.send_now("refused")
 
 
 async def test_server_close_closes_its_connections_and_waits_for_them():

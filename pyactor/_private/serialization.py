@@ -50,6 +50,9 @@ _PLAIN_TYPES = frozenset({int, float, bool, str, bytes, type(None), complex})
 
 _context = threading.local()
 
+_NONE_PICKLE = pickle.dumps(None, protocol=5)
+_NONE_BYTES = _HEADER.pack(MAGIC, 0, len(_NONE_PICKLE)) + _NONE_PICKLE
+
 
 _cloudpickle_reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
 
@@ -165,6 +168,18 @@ def serialize(value: Any) -> SerializedValue:
         except BufferError:  # not contiguous: pickle it in band instead
             return _serialize_in_band(value)
     return SerializedValue(pickled, views, refs)
+
+
+def plain_to_bytes(value: Any) -> bytes | None:
+    """`serialize(value).to_bytes()` for a plain built-in value (None, bool, int, float, str,
+    bytes, complex: what most calls return), without the general machinery; None for any other
+    value. A plain value holds no refs and no out-of-band buffers."""
+    if value is None:
+        return _NONE_BYTES
+    if type(value) not in _PLAIN_TYPES:
+        return None
+    pickled = pickle.dumps(value, protocol=5)
+    return _HEADER.pack(MAGIC, 0, len(pickled)) + pickled
 
 
 def _serialize_in_band(value: Any) -> SerializedValue:

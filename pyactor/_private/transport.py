@@ -177,6 +177,20 @@ class FrameDecoder:
         `max_messages` stops early and keeps the rest buffered (the handshake reads one frame at
         a time because the size limit changes after it); `feed(b"")` then continues.
         """
+        if not self._chunks and self._raw_filled < 0 and type(data) is bytes:
+            # The common case first: one whole small frame in one read (a call, its answer).
+            # A raw-payload header has its top bit set, so it never matches the length here.
+            end = len(data)
+            if end > _HEADER_BYTES:
+                body_bytes = int.from_bytes(data[:_HEADER_BYTES], "big")
+                if body_bytes + _HEADER_BYTES == end and body_bytes <= _SMALL_BODY_BYTES \
+                        and body_bytes <= self.max_frame_bytes:
+                    try:
+                        return [msgpack.unpackb(data[_HEADER_BYTES:], raw=False,
+                                                strict_map_key=False)]
+                    except Exception as error:  # msgpack raises ValueError, TypeError...
+                        raise ProtocolError(f"frame body is not one msgpack value "
+                                            f"({type(error).__name__}: {error})") from None
         if self._raw_filled >= 0:
             messages, position = self._take_raw(data, 0, [])
             if self._raw_filled >= 0 or position == len(data):
@@ -442,6 +456,19 @@ class Connection(asyncio.Protocol):
             if not self._delivering:  # else data_received flushes when its batch ends
                 self._loop.call_soon(self._flush)
 
+    def send_now(self, message: Any) -> None:
+        """`send`, then write everything queued at once: for an answer that must not wait for
+        the end of the loop turn (a worker's TaskDone, before it runs the next call). With
+        nothing queued, header and body go out in one write and no flush is involved."""
+        body = self._packer.pack(message)
+        body_bytes = len(body)
+        if self._pending or self.closed or body_bytes >= _LARGE_BODY_BYTES \
+                or body_bytes > self._endpoint.max_frame_bytes:
+            self.send_packed(body)  # raises for a closed connection or an oversized body
+            self._flush()
+            return
+        self._transport.write(body_bytes.to_bytes(4, "big") + body)
+
     def try_send(self, message: Any) -> bool:
         """`send`, or False when the connection is closed: for a message whose loss needs no
         handling of its own because the close is already handled (its on_close ran)."""
@@ -592,7 +619,7 @@ class Connection(asyncio.Protocol):
                         on_message(self, message)
                     if self.closed:
                         return
-                if not decoder.has_more:
+                if not decoder._chunks or not decoder.has_more:  # (the first test is cheap)
                     break
                 try:  # feed stopped before a raw payload: its destination is named now
                     messages = decoder.feed(b"")

@@ -111,9 +111,7 @@ class Executor:
     def _on_task_message(self, conn, raw) -> None:
         message = P.decode(raw)
         kind = type(message)
-        if kind is P.PushTask:
-            self._run_task(conn, message)
-        elif kind is P.ActorCall:
+        if kind is P.ActorCall:
             if self.actor_is_async:
                 call = self.loop.create_task(self._async_call(conn, message))
                 self.async_calls[message.task_id] = call  # for CancelTask
@@ -122,6 +120,8 @@ class Executor:
                 self.actor_pool.submit(self._run_actor_call, conn, message)
             else:
                 self._run_actor_call(conn, message)
+        elif kind is P.PushTask:
+            self._run_task(conn, message)
         else:
             raise ProtocolError(f"a worker's task endpoint does not take {kind.__name__}")
 
@@ -151,12 +151,12 @@ class Executor:
         api._job_id = message.job_id
         self.current_owner = message.owner
         self._invoke(conn, task_id, message.name, message.num_returns, message.owner,
-                     lambda: self._function(message.function_id), message.args, message.kwargs)
+                     message.function_id, message.args, message.kwargs)
         self.current_owner = None
 
     def _run_actor_call(self, conn, message: P.ActorCall) -> None:
         self._invoke(conn, message.task_id, message.method, message.num_returns, message.owner,
-                     lambda: getattr(self.actor, message.method), message.args, message.kwargs)
+                     None, message.args, message.kwargs)
 
     def _function(self, function_id: bytes):
         function = self.functions.get(function_id)
@@ -165,7 +165,10 @@ class Executor:
                 self.function_blobs.pop(function_id))
         return function
 
-    def _invoke(self, conn, task_id, name, num_returns, owner, get_function, args, kwargs):
+    def _invoke(self, conn, task_id, name, num_returns, owner, function_id, args, kwargs):
+        """Run one call and answer it: the function `function_id` (a task), or with None the
+        actor's method `name`. Looking the function up is part of the call: its failure (an
+        unknown method) is the caller's error."""
         thread = threading.get_ident()
         in_main = thread == self.main_thread_id
         self._borrows_at_start = self.runtime.borrows_started
@@ -177,9 +180,16 @@ class Executor:
         RUNNING[task_id] = (name, actor_id, started)  # task_events.py: what runs now
         decoded = started
         try:
-            function = get_function()
-            call_args = [self._decode_arg(a, task_id) for a in args]
-            call_kwargs = {k: self._decode_arg(v, task_id) for k, v in kwargs.items()}
+            if function_id is None:
+                function = getattr(self.actor, name)
+            else:
+                function = self.functions.get(function_id)
+                if function is None:
+                    function = self._function(function_id)
+            # (a comprehension is a function call: none for the common call without arguments)
+            call_args = [self._decode_arg(a, task_id) for a in args] if args else ()
+            call_kwargs = {k: self._decode_arg(v, task_id) for k, v in kwargs.items()} \
+                if kwargs else {}
             if self.read_store_args:  # a clock read costs ~0.5 us here: only when it tells
                 decoded = _now()      # something (inline arguments unpickle in no time)
                 self.read_store_args = False
@@ -227,6 +237,12 @@ class Executor:
 
     # ------------------------------------------------------------------ answers
     def _reply_result(self, conn, task_id, name, num_returns, owner, result) -> None:
+        if num_returns == 1:  # a small plain value (None, a number, a short string) goes as is
+            inline = serialization.plain_to_bytes(result)
+            if inline is not None and len(inline) < serialization.INLINE_THRESHOLD_BYTES:
+                self._send_done(conn, P.TaskDone(task_id, [[P.VALUE_INLINE, inline, None, None]],
+                                                 None, False))
+                return
         try:
             values = [result] if num_returns == 1 else _split_returns(result, num_returns, name)
             returns = [self._encode_return(object_id_for(task_id, i), value, owner)
@@ -254,8 +270,8 @@ class Executor:
             asyncio.run_coroutine_threadsafe(settled(), runtime.loop).result()
         try:
             if threading.get_ident() == self.main_thread_id:
-                conn.send(P.encode(done))
-                conn.flush()  # the next call may run long: do not hold this answer behind it
+                # Written now: the next call may run long, do not hold this answer behind it.
+                conn.send_now(P.encode(done))
             else:  # a threaded actor's pool thread
                 conn.send_threadsafe(P.encode(done))
         except transport.ConnectionClosedError:
