@@ -118,8 +118,9 @@ class Executor:
                 call.add_done_callback(lambda _t, i=message.task_id: self.async_calls.pop(i, None))
             elif self.actor_pool is not None:
                 self.actor_pool.submit(self._run_actor_call, conn, message)
-            else:
-                self._run_actor_call(conn, message)
+            else:  # (what _run_actor_call does, one Python call less on the common path)
+                self._invoke(conn, message.task_id, message.method, message.num_returns,
+                             message.owner, None, message.args, message.kwargs)
         elif kind is P.PushTask:
             self._run_task(conn, message)
         else:
