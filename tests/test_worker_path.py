@@ -4,10 +4,16 @@ store for a large one), and arguments reach the function however they are passed
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+
 import pytest
 
 import pyactor as pa
+from pyactor._private import protocol as P
+from pyactor._private import transport
 from pyactor._private.serialization import INLINE_THRESHOLD_BYTES
+from pyactor._private.worker import Executor
 
 LARGE_TEXT = "x" * (2 * INLINE_THRESHOLD_BYTES)  # plain, but too big to travel inline
 RETURNS = [None, True, False, 0, -2 ** 70, 1.5, "text", "", b"\x00bytes", 1 + 2j, LARGE_TEXT,
@@ -53,3 +59,41 @@ def test_arguments_reach_the_function_however_they_are_passed(pa_module, args, k
     assert pa.get(describe.remote(*args, **kwargs)) == (args, kwargs)
     assert pa.get(echo.describe.remote(*args, **kwargs)) == (args, kwargs)
     pa.kill(echo)
+
+
+def test_the_worker_reads_calls_in_the_protocols_field_order():
+    """The worker reads ActorCall and PushTask from their wire lists by position: the order it
+    assumes is the protocol's."""
+    assert P.ActorCall._fields == ("task_id", "actor_id", "method", "args", "kwargs",
+                                   "num_returns", "owner", "sequence")
+    parameters = list(inspect.signature(Executor._run_task).parameters)
+    assert tuple(parameters[2:]) == P.PushTask._fields
+
+
+@pa.remote
+class Endpoint:
+    def task_address(self):
+        from pyactor._private import api
+        return api.runtime_for_call().task_address
+
+
+@pytest.mark.parametrize("message", [
+    [P.KIND_OF[P.ActorCall], b"t" * 16],  # a call's kind, cut short
+    [P.KIND_OF[P.PushTask], *range(len(P.PushTask._fields) + 1)],  # one field too many
+    P.encode(P.FreeObjects([])),  # a message this endpoint does not take
+    "not a list",
+])
+async def test_a_malformed_call_closes_only_its_connection(pa_module, message):
+    """What is not a call of the right shape closes the connection it came on; the worker
+    goes on answering calls."""
+    from pyactor._private.api import runtime_for_call
+    endpoint = Endpoint.remote()
+    host, port = await endpoint.task_address.remote()
+    closed = asyncio.get_running_loop().create_future()
+    connection = await transport.connect(
+        host, port, runtime_for_call().token, lambda conn, received: None,
+        on_close=lambda conn, reason: closed.set_result(reason))
+    connection.send(message)
+    await asyncio.wait_for(closed, 10)  # (a hang guard: the close comes at once)
+    assert await endpoint.task_address.remote() == [host, port]
+    pa.kill(endpoint)

@@ -48,6 +48,12 @@ from pyactor.exceptions import (ObjectLostError, ProtocolError, RuntimeEnvSetupE
 
 logger = logging.getLogger("pyactor.worker")
 
+# An ActorCall's wire list: [kind, the message's fields...] (_on_task_message reads it as is).
+_ACTOR_CALL_KIND = P.KIND_OF[P.ActorCall]
+_ACTOR_CALL_LENGTH = 1 + len(P.ActorCall._fields)
+_PUSH_TASK_KIND = P.KIND_OF[P.PushTask]
+_PUSH_TASK_LENGTH = 1 + len(P.PushTask._fields)
+
 # Ids of recently started tasks, for RevokeTasks: an owner only revokes tasks it pipelined to us
 # and has no answer for yet, a handful at most.
 _STARTED_MEMORY = 1024
@@ -109,27 +115,35 @@ class Executor:
 
     # ------------------------------------------------------------------ main thread: calls
     def _on_task_message(self, conn, raw) -> None:
+        """A call from an owner. Its wire list is read as it came, without building the
+        message's NamedTuple (this runs once per call), after the checks P.decode makes: a
+        list of the kind's length; anything else goes through P.decode, which refuses it."""
+        if type(raw) is list and raw:
+            kind, length = raw[0], len(raw)
+            if kind == _ACTOR_CALL_KIND and length == _ACTOR_CALL_LENGTH:
+                if not self.actor_is_async and self.actor_pool is None:  # on this thread
+                    _kind, task_id, _actor, method, args, kwargs, num_returns, owner, _seq = raw
+                    self._invoke(conn, task_id, method, num_returns, owner, None, args, kwargs)
+                    return
+            elif kind == _PUSH_TASK_KIND and length == _PUSH_TASK_LENGTH:
+                self._run_task(conn, *raw[1:])
+                return
         message = P.decode(raw)
-        kind = type(message)
-        if kind is P.ActorCall:
-            if self.actor_is_async:
-                call = self.loop.create_task(self._async_call(conn, message))
-                self.async_calls[message.task_id] = call  # for CancelTask
-                call.add_done_callback(lambda _t, i=message.task_id: self.async_calls.pop(i, None))
-            elif self.actor_pool is not None:
-                self.actor_pool.submit(self._run_actor_call, conn, message)
-            else:  # (what _run_actor_call does, one Python call less on the common path)
-                self._invoke(conn, message.task_id, message.method, message.num_returns,
-                             message.owner, None, message.args, message.kwargs)
-        elif kind is P.PushTask:
-            self._run_task(conn, message)
+        if type(message) is not P.ActorCall:
+            raise ProtocolError(f"a worker's task endpoint does not take "
+                                f"{type(message).__name__}")
+        if self.actor_is_async:
+            call = self.loop.create_task(self._async_call(conn, message))
+            self.async_calls[message.task_id] = call  # for CancelTask
+            call.add_done_callback(lambda _t, i=message.task_id: self.async_calls.pop(i, None))
         else:
-            raise ProtocolError(f"a worker's task endpoint does not take {kind.__name__}")
+            self.actor_pool.submit(self._run_actor_call, conn, message)
 
-    def _run_task(self, conn, message: P.PushTask) -> None:
-        if message.function_blob is not None:
-            self.function_blobs[message.function_id] = message.function_blob
-        task_id = message.task_id
+    def _run_task(self, conn, task_id, function_id, function_blob, args, kwargs, num_returns,
+                  owner, gpu_ids, name, namespace, job_id) -> None:
+        """A PushTask, its fields in the message's order (test_worker_path checks that)."""
+        if function_blob is not None:
+            self.function_blobs[function_id] = function_blob
         with self._revoke_lock:
             if task_id in self._revoked:  # the owner took it back and runs it elsewhere
                 self._revoked.discard(task_id)
@@ -139,20 +153,19 @@ class Executor:
                 self._started.popitem(last=False)
         if self.runtime_env_error is not None:
             self._reply_error(conn, task_id, RuntimeEnvSetupError(self.runtime_env_error), "",
-                              message.name, retryable=False)
+                              name, retryable=False)
             return
         if task_id in self.cancelled:
             self.cancelled.discard(task_id)
             self._reply_error(conn, task_id, TaskCancelledError(
-                f"task {message.name} was cancelled"), "", message.name, retryable=False)
+                f"task {name} was cancelled"), "", name, retryable=False)
             return
-        if message.gpu_ids != self.gpu_ids:
-            self._set_gpus(message.gpu_ids)
-        api._namespace = message.namespace  # workers serve every driver: use the submitter's
-        api._job_id = message.job_id
-        self.current_owner = message.owner
-        self._invoke(conn, task_id, message.name, message.num_returns, message.owner,
-                     message.function_id, message.args, message.kwargs)
+        if gpu_ids != self.gpu_ids:
+            self._set_gpus(gpu_ids)
+        api._namespace = namespace  # workers serve every driver: use the submitter's
+        api._job_id = job_id
+        self.current_owner = owner
+        self._invoke(conn, task_id, name, num_returns, owner, function_id, args, kwargs)
         self.current_owner = None
 
     def _run_actor_call(self, conn, message: P.ActorCall) -> None:
@@ -213,7 +226,20 @@ class Executor:
                 raise
             self._reply_error(conn, task_id, error, traceback.format_exc(), name)
             return
-        self._reply_result(conn, task_id, name, num_returns, owner, result)
+        runtime = self.runtime
+        inline = serialization.plain_to_bytes(result) if num_returns == 1 and in_main else None
+        if inline is not None and len(inline) < serialization.INLINE_THRESHOLD_BYTES \
+                and runtime.borrows_started == self._borrows_at_start \
+                and not runtime.pending_registrations:
+            # The common answer, one small plain value with nothing lent meanwhile, written
+            # here at once: what _reply_result and _send_done would do, without their generality.
+            try:
+                conn.send_now(P.encode(P.TaskDone(
+                    task_id, [[P.VALUE_INLINE, inline, None, None]], None, False)))
+            except transport.ConnectionClosedError:
+                logger.debug("the caller of %s is gone; its answer is dropped", task_id.hex())
+        else:
+            self._reply_result(conn, task_id, name, num_returns, owner, result)
         RUNNING.pop(task_id, None)
         record_ran((task_id, name, actor_id, started, decoded, _now(), False, thread))
         self.calls_finished[actor_id is not None] += 1
@@ -238,12 +264,6 @@ class Executor:
 
     # ------------------------------------------------------------------ answers
     def _reply_result(self, conn, task_id, name, num_returns, owner, result) -> None:
-        if num_returns == 1:  # a small plain value (None, a number, a short string) goes as is
-            inline = serialization.plain_to_bytes(result)
-            if inline is not None and len(inline) < serialization.INLINE_THRESHOLD_BYTES:
-                self._send_done(conn, P.TaskDone(task_id, [[P.VALUE_INLINE, inline, None, None]],
-                                                 None, False))
-                return
         try:
             values = [result] if num_returns == 1 else _split_returns(result, num_returns, name)
             returns = [self._encode_return(object_id_for(task_id, i), value, owner)
