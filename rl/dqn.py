@@ -44,7 +44,7 @@ from torch import nn
 
 from pyactor.rl.algorithm import Algorithm
 from pyactor.rl.config import AlgorithmConfig, check_schedule, schedule_value
-from pyactor.rl import q_step
+from pyactor.rl import numpy_learner, q_step
 from pyactor.rl.learner import Learner
 from pyactor.rl.module import ACTIVATIONS, RLModule, functional_layers, mlp, run_mlp
 from pyactor.rl.sharded_replay import ShardedReplay
@@ -230,74 +230,95 @@ class DQNLearner(Learner):
         super().__init__(module_spec, config, seed)
         self.target = copy.deepcopy(self.module)
         self.target.requires_grad_(False)
-        # QModule's MLP takes the hand-derived step (rl/q_step.py); another module, autograd's.
-        self.hand_step = q_step.HandQStep(self.module, self.target, config["double_q"],
-                                   config["td_error_loss_fn"]) if q_step.supports(self.module) \
-            else None
+        # QModule's MLP on CPU takes the hand-derived numpy step (rl/q_step.py), its parameters,
+        # the target's and Adam's moments made views of flat vectors; another module (or a
+        # GPU) takes autograd.
+        self.numpy_step = None
+        if q_step.supports_numpy_step(self.module):
+            flat = numpy_learner.flatten_parameters(self.parameters)
+            target_flat = numpy_learner.flatten_parameters(list(self.target.parameters()))
+            self.moments = tuple(moment.numpy() for moment in self.optimizer.flatten())
+            self.numpy_step = q_step.NumpyQStep(self.module, flat.numpy(), self.target,
+                                                target_flat.numpy(), config["double_q"],
+                                                config["td_error_loss_fn"])
 
     def update(self, batches: list[dict], **kw) -> dict:
-        # Batches arrive as read-only views of the object store; torch only reads them.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return self._update(batches)
-
-    def _update(self, batches: list[dict]) -> dict:
         """One SGD step per batch; returns the metrics summed over the batches, and the batches'
         transition `ids` with their |TD error| as `priorities` (the new p_i, Schaul et al. 2016).
         A batch may be stacked [K, B, ...] (ReplayActor.sample_batches): K steps, one per row,
-        with the arrays turned into tensors once."""
-        c = self.config
+        with the arrays converted once."""
+        if self.numpy_step is not None:
+            with numpy_learner.one_blas_thread():
+                stats, priorities = self._numpy_steps(batches)
+        else:
+            # Batches arrive as read-only views of the object store; torch only reads them.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                stats, priorities = self._autograd_steps(batches)
+        totals = dict(zip(("loss", "q_mean", "td_error_abs", "grad_norm"),
+                          np.sum(stats, axis=0, dtype=np.float64).tolist()))
+        totals["num_updates"] = len(stats)
+        totals["ids"] = np.concatenate([np.ravel(batch["ids"]) for batch in batches])
+        totals["priorities"] = np.concatenate(priorities)
+        return totals
+
+    def _numpy_steps(self, batches: list[dict]) -> tuple[list, list]:
         stats, priorities = [], []
         for batch in batches:
-            stacked = np.ndim(batch["weights"]) == 2
+            arrays = self.numpy_step.prepare(batch)
+            stacked = arrays["actions"].ndim == 2
+            for row in range(len(arrays["actions"])) if stacked else [None]:
+                step = arrays if row is None else {k: v[row] for k, v in arrays.items()}
+                errors, step_stats = self._numpy_sgd_step(step)
+                priorities.append(errors)
+                stats.append(step_stats)
+        return stats, priorities
+
+    def _numpy_sgd_step(self, batch: dict) -> tuple[np.ndarray, tuple]:
+        """The loss of Mnih et al. 2015 on one prepared batch and one Adam step; returns the
+        |TD errors| and (loss, mean Q, mean |TD error|, grad norm)."""
+        step, clip = self.numpy_step, self.config["grad_clip"]
+        loss, q_taken, errors = step.gradients(batch)
+        grad = step.grad
+        grad_norm = float(np.sqrt(np.dot(grad, grad)))
+        # nn.utils.clip_grad_norm_'s maths (a factor of exactly 1 below the threshold: skipped)
+        if clip and clip < grad_norm + 1e-6:
+            grad *= clip / (grad_norm + 1e-6)
+        self.optimizer.fused_step(step.flat, grad, *self.moments)
+        self._count_update()
+        size = len(errors)
+        return errors, (loss, float(np.add.reduce(q_taken)) / size,
+                        float(np.add.reduce(errors)) / size, grad_norm)
+
+    def _autograd_steps(self, batches: list[dict]) -> tuple[list, list]:
+        stats, priorities = [], []
+        for batch in batches:
             tensors = {key: self.to_tensor(batch[key]) for key in
                        ("obs", "next_obs", "actions", "rewards", "terminateds", "discounts",
                         "weights")}
             tensors["actions"] = tensors["actions"].long()
             tensors["terminateds"] = tensors["terminateds"].float()
-            if self.hand_step is not None:
-                tensors = self.hand_step.prepare(tensors)
-            rows = range(len(batch["weights"])) if stacked else [None]
-            for row in rows:
+            stacked = tensors["weights"].dim() == 2
+            for row in range(len(tensors["weights"])) if stacked else [None]:
                 step = tensors if row is None else {k: v[row] for k, v in tensors.items()}
-                errors, step_stats = self._sgd_step(step)
+                errors, step_stats = self._sgd_step_autograd(step)
                 priorities.append(errors)
                 stats.append(step_stats)
-        totals = dict(zip(("loss", "q_mean", "td_error_abs", "grad_norm"),
-                          torch.stack(stats).sum(0).tolist()))
-        totals["num_updates"] = len(stats)
-        totals["ids"] = np.concatenate([np.ravel(batch["ids"]) for batch in batches])
-        totals["priorities"] = torch.cat(priorities).cpu().numpy()
-        return totals
-
-    def _sgd_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss of Mnih et al. 2015 on one batch of tensors and one Adam step; returns the
-        |TD errors| and (loss, mean Q, mean |TD error|, grad norm) as one tensor, read as
-        Python floats once per update call."""
-        if self.hand_step is None:
-            return self._sgd_step_autograd(batch)
-        c = self.config
-        loss, q_taken, errors = self.hand_step.gradients(batch)
-        grads = [p.grad for p in self.parameters]
-        # nn.utils.clip_grad_norm_'s maths, as Learner.apply_gradients does it.
-        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        if c["grad_clip"]:
-            torch._foreach_mul_(grads, (c["grad_clip"] / (grad_norm + 1e-6)).clamp(max=1.0))
-        self.optimizer.step()
-        self._count_update()
-        return errors, torch.stack([loss, q_taken.mean(), errors.mean(), grad_norm])
+        # One device-to-host copy per update call, not one per step.
+        return torch.stack(stats).cpu().numpy(), [errors.cpu().numpy() for errors in priorities]
 
     def _count_update(self) -> None:
         c = self.config
         self.num_updates += 1
         if self.num_updates % c["target_network_update_freq"] == 0:
             update_target(self.target, self.module, c["tau"])
-            if self.hand_step is not None:
-                self.hand_step.target_changed()
+            if self.numpy_step is not None:
+                self.numpy_step.target_changed()
 
     def _sgd_step_autograd(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """_sgd_step through autograd: for modules other than QModule's MLP, and the reference
-        the hand-derived gradients are tested against."""
+        """_numpy_sgd_step's loss and Adam step through torch autograd: for modules other than
+        QModule's MLP or off the CPU, and the reference the hand-derived gradients are tested
+        against."""
         c = self.config
         obs, next_obs, actions = batch["obs"], batch["next_obs"], batch["actions"]
         if c["double_q"]:  # one pass of the online net over s and s'
@@ -327,8 +348,8 @@ class DQNLearner(Learner):
     def set_state(self, state: dict) -> None:
         super().set_state(state)
         self.target.load_state_dict(state["target"])
-        if self.hand_step is not None:
-            self.hand_step.target_changed()
+        if self.numpy_step is not None:
+            self.numpy_step.target_changed()
 
 
 # ---------------------------------------------------------------------- the algorithm
