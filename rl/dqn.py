@@ -33,6 +33,7 @@ episodes >= 475 within 30 s); bench/rl_bench.py's dqn rows measure it.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import typing
@@ -377,6 +378,7 @@ class DQN(Algorithm):
         self.transitions_added = 0  # n-step transitions sent to the replay actor
         self._update_credit = 0.0  # updates owed by replay_ratio, carried across iterations
         self._replay_stats: dict = {}
+        self._prefetched = None  # (shard, ref) of the next iteration's first chunk (_learn)
 
     def num_replay_shards(self) -> int:
         """DQN keeps one replay actor; Ape-X shards its replay over several."""
@@ -411,32 +413,51 @@ class DQN(Algorithm):
         lr = schedule_value(c.lr_schedule, c.lr, self.env_steps_total)
         if num_updates:
             self.learner.call("set_lr", lr)
-        metrics = await self._learn(num_updates)
-        self.after_updates(num_updates)
+        # Asked now, answered while the learner works (the size is final once the fragments
+        # are in): the result's replay sizes cost no round trip of their own.
+        replay_stats = asyncio.ensure_future(self.replay.stats())
+        try:
+            next_updates = int(self._update_credit + c.replay_ratio * new_steps) if ready else 0
+            metrics = await self._learn(num_updates, next_updates)
+            self.after_updates(num_updates)
+            self._replay_stats = await replay_stats
+        finally:
+            replay_stats.cancel()  # a no-op once done; else (an error above) nothing waits on it
         metrics.update(explore_kw, lr=lr,
                        num_updates_total=self.learner.call("num_updates_done"))
-        self._replay_stats = await self.replay.stats()
         metrics["replay/size"] = self._replay_stats["size"]
         metrics["replay/size_bytes"] = self._replay_stats["size_bytes"]
         return metrics
 
-    async def _learn(self, num_updates: int) -> dict:
+    async def _learn(self, num_updates: int, next_updates: int = 0) -> dict:
         """num_updates SGD steps, each on a fresh replay batch. Batches come from the replay
         actor in chunks of replay_batches_per_request (one round trip per chunk, not per step),
         and the request for chunk k+1 goes out before the updates on chunk k, so the replay actor
         draws it while the learner computes. Priorities go back once per chunk (fire and forget);
-        they lag at most two chunks, as Ape-X's do."""
+        they lag at most two chunks, as Ape-X's do.
+
+        The chain runs across iterations: when the next iteration is expected to make at least
+        a full chunk of updates (`next_updates`, from this iteration's env steps), its first
+        chunk is requested during this one's last, so the learner does not wait for the replay
+        actor at the start of every iteration. That chunk is drawn before the next fragments
+        reach the buffer (one fragment staler; priorities no staler than within an iteration)
+        and waits for the first iteration that makes a full chunk of updates."""
         c = self.config
+        size = c.replay_batches_per_request
         beta = schedule_value(c.prioritized_replay_beta, 0.4, self.env_steps_total)
-        chunks = [min(c.replay_batches_per_request, num_updates - done)
-                  for done in range(0, num_updates, c.replay_batches_per_request)]
+        chunks = [min(size, num_updates - done) for done in range(0, num_updates, size)]
         totals: dict[str, float] = {}
-        next_chunk = self.replay.sample_batches(chunks[0], c.train_batch_size, beta) \
-            if chunks else None
+        next_chunk = None
+        if chunks and chunks[0] == size and self._prefetched is not None:
+            next_chunk, self._prefetched = self._prefetched, None
+        elif chunks:
+            next_chunk = self.replay.sample_batches(chunks[0], c.train_batch_size, beta)
         for i in range(len(chunks)):
             shard, batch_ref = next_chunk
-            next_chunk = self.replay.sample_batches(chunks[i + 1], c.train_batch_size, beta) \
-                if i + 1 < len(chunks) else None
+            if i + 1 < len(chunks):
+                next_chunk = self.replay.sample_batches(chunks[i + 1], c.train_batch_size, beta)
+            elif next_updates >= size and self._prefetched is None:
+                self._prefetched = self.replay.sample_batches(size, c.train_batch_size, beta)
             out = await self._update_on(batch_ref)
             ids, priorities = out.pop("ids"), out.pop("priorities")
             if c.prioritized_replay:
@@ -465,6 +486,7 @@ class DQN(Algorithm):
         return state
 
     def set_extra_state(self, state: dict) -> None:
+        self._prefetched = None  # drawn from the buffer this state replaces
         self.transitions_added = state["transitions_added"]
         self._update_credit = state["update_credit"]
         if state["replay"] is not None:
