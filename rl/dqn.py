@@ -452,18 +452,20 @@ class DQN(Algorithm):
             next_chunk, self._prefetched = self._prefetched, None
         elif chunks:
             next_chunk = self.replay.sample_batches(chunks[0], c.train_batch_size, beta)
-        for i in range(len(chunks)):
-            shard, batch_ref = next_chunk
-            if i + 1 < len(chunks):
-                next_chunk = self.replay.sample_batches(chunks[i + 1], c.train_batch_size, beta)
-            elif next_updates >= size and self._prefetched is None:
-                self._prefetched = self.replay.sample_batches(size, c.train_batch_size, beta)
-            out = await self._update_on(batch_ref)
-            ids, priorities = out.pop("ids"), out.pop("priorities")
-            if c.prioritized_replay:
-                self.replay.update_priorities(shard, ids, priorities)
-            for key, value in out.items():
-                totals[key] = totals.get(key, 0.0) + value
+        with numpy_learner.one_blas_thread():  # once for all the chunks (each update nests)
+            for i in range(len(chunks)):
+                shard, batch_ref = next_chunk
+                if i + 1 < len(chunks):
+                    next_chunk = self.replay.sample_batches(chunks[i + 1], c.train_batch_size,
+                                                            beta)
+                elif next_updates >= size and self._prefetched is None:
+                    self._prefetched = self.replay.sample_batches(size, c.train_batch_size, beta)
+                out = await self._update_on(batch_ref)
+                ids, priorities = out.pop("ids"), out.pop("priorities")
+                if c.prioritized_replay:
+                    self.replay.update_priorities(shard, ids, priorities)
+                for key, value in out.items():
+                    totals[key] = totals.get(key, 0.0) + value
         metrics = {key: value / max(num_updates, 1) for key, value in totals.items()
                    if key != "num_updates"}
         metrics["num_updates"] = num_updates
