@@ -470,6 +470,13 @@ class ReplayActor:
     def update_priorities(self, ids, priorities) -> None:
         self.buffer.update_priorities(ids, priorities)
 
+    def update_priorities_and_sample(self, ids, priorities, num_batches: int, batch_size: int,
+                                     beta: float = 0.0) -> dict | None:
+        """update_priorities then sample_batches, in one call: a learner sends a chunk's
+        priorities with its request for a later chunk (one message per chunk, not two)."""
+        self.buffer.update_priorities(ids, priorities)
+        return self.sample_batches(num_batches, batch_size, beta)
+
     def stats(self) -> dict:
         return {"size": len(self.buffer), "capacity": self.buffer.capacity,
                 "num_added": self.buffer.num_added, "size_bytes": self.buffer.nbytes}

@@ -12,9 +12,11 @@ The pipeline (the Ape-X layout of Horgan et al. 2018, on one host):
       rl/sharded_replay.py with one shard)            |
         add_fragment(ref): n-step transitions        |
         sample_batches(K, B, beta) -- K batches ---> DQNLearner.update: K x (loss, Adam step,
-        update_priorities(ids, |delta|) <-----------   target) (one chunk request kept in flight,
-                                                      so the replay draws chunk k+1 during SGD
-                                                      on chunk k; one round trip per K updates)
+        update_priorities_and_sample(ids, |delta|,     target) (one chunk request kept in flight,
+          K, B, beta) <-----------------------------  so the replay draws chunk k+1 during SGD
+                                                      on chunk k; chunk k's priorities ride on
+                                                      the request for k+2: one message per K
+                                                      updates; the chain runs across iterations)
 
 One iteration (DQN.training_step), top to bottom:
     fragments = await sample(epsilon)            # one fragment per runner; the next round starts
@@ -34,6 +36,7 @@ episodes >= 475 within 30 s); bench/rl_bench.py's dqn rows measure it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import dataclasses
 import typing
@@ -432,40 +435,50 @@ class DQN(Algorithm):
     async def _learn(self, num_updates: int, next_updates: int = 0) -> dict:
         """num_updates SGD steps, each on a fresh replay batch. Batches come from the replay
         actor in chunks of replay_batches_per_request (one round trip per chunk, not per step),
-        and the request for chunk k+1 goes out before the updates on chunk k, so the replay actor
-        draws it while the learner computes. Priorities go back once per chunk (fire and forget);
-        they lag at most two chunks, as Ape-X's do.
+        with one request always ahead: the replay actor draws chunk k+1 while the learner
+        computes on chunk k. Chunk k's priorities travel with the request for chunk k+2 (one
+        message per chunk; fire and forget), so a chunk is drawn with every priority but the
+        last two chunks' applied, as Ape-X's are.
 
         The chain runs across iterations: when the next iteration is expected to make at least
         a full chunk of updates (`next_updates`, from this iteration's env steps), its first
-        chunk is requested during this one's last, so the learner does not wait for the replay
-        actor at the start of every iteration. That chunk is drawn before the next fragments
-        reach the buffer (one fragment staler; priorities no staler than within an iteration)
-        and waits for the first iteration that makes a full chunk of updates."""
+        chunk is requested during this one, so the learner does not wait for the replay actor
+        at the start of every iteration. That chunk is drawn before the next fragments reach
+        the buffer (one fragment staler; priorities no staler than within an iteration) and
+        waits for the first iteration that makes a full chunk of updates."""
         c = self.config
         size = c.replay_batches_per_request
         beta = schedule_value(c.prioritized_replay_beta, 0.4, self.env_steps_total)
         chunks = [min(size, num_updates - done) for done in range(0, num_updates, size)]
-        totals: dict[str, float] = {}
-        next_chunk = None
+        in_flight: collections.deque = collections.deque()  # (shard, ref), in order of use
+        to_request = list(chunks)
         if chunks and chunks[0] == size and self._prefetched is not None:
-            next_chunk, self._prefetched = self._prefetched, None
-        elif chunks:
-            next_chunk = self.replay.sample_batches(chunks[0], c.train_batch_size, beta)
+            in_flight.append(self._prefetched)
+            self._prefetched, to_request = None, to_request[1:]
+        prefetch = bool(chunks) and next_updates >= size and self._prefetched is None
+        if prefetch:
+            to_request.append(size)
+
+        def request(num_batches: int, priorities: tuple | None = None):
+            return self.replay.sample_batches(num_batches, c.train_batch_size, beta, priorities)
+
+        while len(in_flight) < 2 and to_request:
+            in_flight.append(request(to_request.pop(0)))
+        totals: dict[str, float] = {}
         with numpy_learner.one_blas_thread():  # once for all the chunks (each update nests)
-            for i in range(len(chunks)):
-                shard, batch_ref = next_chunk
-                if i + 1 < len(chunks):
-                    next_chunk = self.replay.sample_batches(chunks[i + 1], c.train_batch_size,
-                                                            beta)
-                elif next_updates >= size and self._prefetched is None:
-                    self._prefetched = self.replay.sample_batches(size, c.train_batch_size, beta)
+            for _ in chunks:
+                shard, batch_ref = in_flight.popleft()
                 out = await self._update_on(batch_ref)
                 ids, priorities = out.pop("ids"), out.pop("priorities")
-                if c.prioritized_replay:
-                    self.replay.update_priorities(shard, ids, priorities)
+                done = (shard, ids, priorities) if c.prioritized_replay else None
+                if to_request:
+                    in_flight.append(request(to_request.pop(0), done))
+                elif done is not None:
+                    self.replay.update_priorities(*done)
                 for key, value in out.items():
                     totals[key] = totals.get(key, 0.0) + value
+        if prefetch:
+            self._prefetched = in_flight.popleft()
         metrics = {key: value / max(num_updates, 1) for key, value in totals.items()
                    if key != "num_updates"}
         metrics["num_updates"] = num_updates
