@@ -38,7 +38,7 @@ throughput, ES/ARS/A2C time to solve CartPole-v1, each beside a baseline measure
                             the next prioritized batch while the driver runs SGD); baseline: the
                             same sampling and SGD one after the other in one process
     dqn_sgd_cpu_ms          CPU ms of one DQN SGD step (default config, batches of 128) with the
-                            hand-derived gradients of rl/q_step.py; baseline: the same step
+                            hand-derived numpy step of rl/q_step.py; baseline: the same step
                             through autograd, alternated in the same run
     es_steps_per_s          simulator steps/s of ES with 2 workers on CartPole-v1 over training
                             iterations 2-9 of the default config (the episode length grows as
@@ -438,19 +438,19 @@ def dqn_updates_per_s(num_updates: int, output: str) -> dict:
         out = learner.update([buffer.sample(config.train_batch_size, 0.4)])
         buffer.update_priorities(out["ids"], out["priorities"])
     baseline = num_updates / (time.perf_counter() - start)
-    # The SGD step alone, CPU ms per update: rl/q_step.py's hand-derived gradients against the
-    # same step through autograd (the learner's fallback), alternated on the same K batches.
+    # The SGD step alone, CPU ms per update: rl/q_step.py's numpy step against the same step
+    # through autograd (the learner's fallback), alternated on the same K batches.
     batches = buffer.sample_batches(config.replay_batches_per_request, config.train_batch_size)
-    hand_step, hand, autograd = learner.hand_step, [], []
+    numpy_step, hand, autograd = learner.numpy_step, [], []
     for _ in range(5):
-        for times, step in ((hand, hand_step), (autograd, None)):
-            learner.hand_step = step
+        for times, step in ((hand, numpy_step), (autograd, None)):
+            learner.numpy_step = step
             cpu_start = time.process_time()
             for _ in range(max(num_updates // 40, 1)):
                 learner.update([batches])
             times.append((time.process_time() - cpu_start)
                          / (max(num_updates // 40, 1) * config.replay_batches_per_request))
-    learner.hand_step = hand_step
+    learner.numpy_step = numpy_step
     return {"value": done / elapsed, "baseline": baseline,
             "sgd_cpu_ms": 1000 * statistics.median(hand),
             "autograd_sgd_cpu_ms": 1000 * statistics.median(autograd)}

@@ -12,9 +12,11 @@ The pipeline (the Ape-X layout of Horgan et al. 2018, on one host):
       rl/sharded_replay.py with one shard)            |
         add_fragment(ref): n-step transitions        |
         sample_batches(K, B, beta) -- K batches ---> DQNLearner.update: K x (loss, Adam step,
-        update_priorities(ids, |delta|) <-----------   target) (one chunk request kept in flight,
-                                                      so the replay draws chunk k+1 during SGD
-                                                      on chunk k; one round trip per K updates)
+        update_priorities_and_sample(ids, |delta|,     target) (one chunk request kept in flight,
+          K, B, beta) <-----------------------------  so the replay draws chunk k+1 during SGD
+                                                      on chunk k; chunk k's priorities ride on
+                                                      the request for k+2: one message per K
+                                                      updates; the chain runs across iterations)
 
 One iteration (DQN.training_step), top to bottom:
     fragments = await sample(epsilon)            # one fragment per runner; the next round starts
@@ -33,6 +35,8 @@ episodes >= 475 within 30 s); bench/rl_bench.py's dqn rows measure it.
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import copy
 import dataclasses
 import typing
@@ -44,7 +48,7 @@ from torch import nn
 
 from pyactor.rl.algorithm import Algorithm
 from pyactor.rl.config import AlgorithmConfig, check_schedule, schedule_value
-from pyactor.rl import q_step
+from pyactor.rl import numpy_learner, q_step
 from pyactor.rl.learner import Learner
 from pyactor.rl.module import ACTIVATIONS, RLModule, functional_layers, mlp, run_mlp
 from pyactor.rl.sharded_replay import ShardedReplay
@@ -230,74 +234,95 @@ class DQNLearner(Learner):
         super().__init__(module_spec, config, seed)
         self.target = copy.deepcopy(self.module)
         self.target.requires_grad_(False)
-        # QModule's MLP takes the hand-derived step (rl/q_step.py); another module, autograd's.
-        self.hand_step = q_step.HandQStep(self.module, self.target, config["double_q"],
-                                   config["td_error_loss_fn"]) if q_step.supports(self.module) \
-            else None
+        # QModule's MLP on CPU takes the hand-derived numpy step (rl/q_step.py), its parameters,
+        # the target's and Adam's moments made views of flat vectors; another module (or a
+        # GPU) takes autograd.
+        self.numpy_step = None
+        if q_step.supports_numpy_step(self.module):
+            flat = numpy_learner.flatten_parameters(self.parameters)
+            target_flat = numpy_learner.flatten_parameters(list(self.target.parameters()))
+            self.moments = tuple(moment.numpy() for moment in self.optimizer.flatten())
+            self.numpy_step = q_step.NumpyQStep(self.module, flat.numpy(), self.target,
+                                                target_flat.numpy(), config["double_q"],
+                                                config["td_error_loss_fn"])
 
     def update(self, batches: list[dict], **kw) -> dict:
-        # Batches arrive as read-only views of the object store; torch only reads them.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            return self._update(batches)
-
-    def _update(self, batches: list[dict]) -> dict:
         """One SGD step per batch; returns the metrics summed over the batches, and the batches'
         transition `ids` with their |TD error| as `priorities` (the new p_i, Schaul et al. 2016).
         A batch may be stacked [K, B, ...] (ReplayActor.sample_batches): K steps, one per row,
-        with the arrays turned into tensors once."""
-        c = self.config
+        with the arrays converted once."""
+        if self.numpy_step is not None:
+            with numpy_learner.one_blas_thread():
+                stats, priorities = self._numpy_steps(batches)
+        else:
+            # Batches arrive as read-only views of the object store; torch only reads them.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                stats, priorities = self._autograd_steps(batches)
+        totals = dict(zip(("loss", "q_mean", "td_error_abs", "grad_norm"),
+                          np.sum(stats, axis=0, dtype=np.float64).tolist()))
+        totals["num_updates"] = len(stats)
+        totals["ids"] = np.concatenate([np.ravel(batch["ids"]) for batch in batches])
+        totals["priorities"] = np.concatenate(priorities)
+        return totals
+
+    def _numpy_steps(self, batches: list[dict]) -> tuple[list, list]:
         stats, priorities = [], []
         for batch in batches:
-            stacked = np.ndim(batch["weights"]) == 2
+            arrays = self.numpy_step.prepare(batch)
+            stacked = arrays["actions"].ndim == 2
+            for row in range(len(arrays["actions"])) if stacked else [None]:
+                step = arrays if row is None else {k: v[row] for k, v in arrays.items()}
+                errors, step_stats = self._numpy_sgd_step(step)
+                priorities.append(errors)
+                stats.append(step_stats)
+        return stats, priorities
+
+    def _numpy_sgd_step(self, batch: dict) -> tuple[np.ndarray, tuple]:
+        """The loss of Mnih et al. 2015 on one prepared batch and one Adam step; returns the
+        |TD errors| and (loss, mean Q, mean |TD error|, grad norm)."""
+        step, clip = self.numpy_step, self.config["grad_clip"]
+        loss, q_taken, errors = step.gradients(batch)
+        grad = step.grad
+        grad_norm = float(np.sqrt(np.dot(grad, grad)))
+        # nn.utils.clip_grad_norm_'s maths (a factor of exactly 1 below the threshold: skipped)
+        if clip and clip < grad_norm + 1e-6:
+            grad *= clip / (grad_norm + 1e-6)
+        self.optimizer.fused_step(step.flat, grad, *self.moments)
+        self._count_update()
+        size = len(errors)
+        return errors, (loss, float(np.add.reduce(q_taken)) / size,
+                        float(np.add.reduce(errors)) / size, grad_norm)
+
+    def _autograd_steps(self, batches: list[dict]) -> tuple[list, list]:
+        stats, priorities = [], []
+        for batch in batches:
             tensors = {key: self.to_tensor(batch[key]) for key in
                        ("obs", "next_obs", "actions", "rewards", "terminateds", "discounts",
                         "weights")}
             tensors["actions"] = tensors["actions"].long()
             tensors["terminateds"] = tensors["terminateds"].float()
-            if self.hand_step is not None:
-                tensors = self.hand_step.prepare(tensors)
-            rows = range(len(batch["weights"])) if stacked else [None]
-            for row in rows:
+            stacked = tensors["weights"].dim() == 2
+            for row in range(len(tensors["weights"])) if stacked else [None]:
                 step = tensors if row is None else {k: v[row] for k, v in tensors.items()}
-                errors, step_stats = self._sgd_step(step)
+                errors, step_stats = self._sgd_step_autograd(step)
                 priorities.append(errors)
                 stats.append(step_stats)
-        totals = dict(zip(("loss", "q_mean", "td_error_abs", "grad_norm"),
-                          torch.stack(stats).sum(0).tolist()))
-        totals["num_updates"] = len(stats)
-        totals["ids"] = np.concatenate([np.ravel(batch["ids"]) for batch in batches])
-        totals["priorities"] = torch.cat(priorities).cpu().numpy()
-        return totals
-
-    def _sgd_step(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss of Mnih et al. 2015 on one batch of tensors and one Adam step; returns the
-        |TD errors| and (loss, mean Q, mean |TD error|, grad norm) as one tensor, read as
-        Python floats once per update call."""
-        if self.hand_step is None:
-            return self._sgd_step_autograd(batch)
-        c = self.config
-        loss, q_taken, errors = self.hand_step.gradients(batch)
-        grads = [p.grad for p in self.parameters]
-        # nn.utils.clip_grad_norm_'s maths, as Learner.apply_gradients does it.
-        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        if c["grad_clip"]:
-            torch._foreach_mul_(grads, (c["grad_clip"] / (grad_norm + 1e-6)).clamp(max=1.0))
-        self.optimizer.step()
-        self._count_update()
-        return errors, torch.stack([loss, q_taken.mean(), errors.mean(), grad_norm])
+        # One device-to-host copy per update call, not one per step.
+        return torch.stack(stats).cpu().numpy(), [errors.cpu().numpy() for errors in priorities]
 
     def _count_update(self) -> None:
         c = self.config
         self.num_updates += 1
         if self.num_updates % c["target_network_update_freq"] == 0:
             update_target(self.target, self.module, c["tau"])
-            if self.hand_step is not None:
-                self.hand_step.target_changed()
+            if self.numpy_step is not None:
+                self.numpy_step.target_changed()
 
     def _sgd_step_autograd(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """_sgd_step through autograd: for modules other than QModule's MLP, and the reference
-        the hand-derived gradients are tested against."""
+        """_numpy_sgd_step's loss and Adam step through torch autograd: for modules other than
+        QModule's MLP or off the CPU, and the reference the hand-derived gradients are tested
+        against."""
         c = self.config
         obs, next_obs, actions = batch["obs"], batch["next_obs"], batch["actions"]
         if c["double_q"]:  # one pass of the online net over s and s'
@@ -327,8 +352,8 @@ class DQNLearner(Learner):
     def set_state(self, state: dict) -> None:
         super().set_state(state)
         self.target.load_state_dict(state["target"])
-        if self.hand_step is not None:
-            self.hand_step.target_changed()
+        if self.numpy_step is not None:
+            self.numpy_step.target_changed()
 
 
 # ---------------------------------------------------------------------- the algorithm
@@ -356,6 +381,7 @@ class DQN(Algorithm):
         self.transitions_added = 0  # n-step transitions sent to the replay actor
         self._update_credit = 0.0  # updates owed by replay_ratio, carried across iterations
         self._replay_stats: dict = {}
+        self._prefetched = None  # (shard, ref) of the next iteration's first chunk (_learn)
 
     def num_replay_shards(self) -> int:
         """DQN keeps one replay actor; Ape-X shards its replay over several."""
@@ -390,38 +416,69 @@ class DQN(Algorithm):
         lr = schedule_value(c.lr_schedule, c.lr, self.env_steps_total)
         if num_updates:
             self.learner.call("set_lr", lr)
-        metrics = await self._learn(num_updates)
-        self.after_updates(num_updates)
+        # Asked now, answered while the learner works (the size is final once the fragments
+        # are in): the result's replay sizes cost no round trip of their own.
+        replay_stats = asyncio.ensure_future(self.replay.stats())
+        try:
+            next_updates = int(self._update_credit + c.replay_ratio * new_steps) if ready else 0
+            metrics = await self._learn(num_updates, next_updates)
+            self.after_updates(num_updates)
+            self._replay_stats = await replay_stats
+        finally:
+            replay_stats.cancel()  # a no-op once done; else (an error above) nothing waits on it
         metrics.update(explore_kw, lr=lr,
                        num_updates_total=self.learner.call("num_updates_done"))
-        self._replay_stats = await self.replay.stats()
         metrics["replay/size"] = self._replay_stats["size"]
         metrics["replay/size_bytes"] = self._replay_stats["size_bytes"]
         return metrics
 
-    async def _learn(self, num_updates: int) -> dict:
+    async def _learn(self, num_updates: int, next_updates: int = 0) -> dict:
         """num_updates SGD steps, each on a fresh replay batch. Batches come from the replay
         actor in chunks of replay_batches_per_request (one round trip per chunk, not per step),
-        and the request for chunk k+1 goes out before the updates on chunk k, so the replay actor
-        draws it while the learner computes. Priorities go back once per chunk (fire and forget);
-        they lag at most two chunks, as Ape-X's do."""
+        with one request always ahead: the replay actor draws chunk k+1 while the learner
+        computes on chunk k. Chunk k's priorities travel with the request for chunk k+2 (one
+        message per chunk; fire and forget), so a chunk is drawn with every priority but the
+        last two chunks' applied, as Ape-X's are.
+
+        The chain runs across iterations: when the next iteration is expected to make at least
+        a full chunk of updates (`next_updates`, from this iteration's env steps), its first
+        chunk is requested during this one, so the learner does not wait for the replay actor
+        at the start of every iteration. That chunk is drawn before the next fragments reach
+        the buffer (one fragment staler; priorities no staler than within an iteration) and
+        waits for the first iteration that makes a full chunk of updates."""
         c = self.config
+        size = c.replay_batches_per_request
         beta = schedule_value(c.prioritized_replay_beta, 0.4, self.env_steps_total)
-        chunks = [min(c.replay_batches_per_request, num_updates - done)
-                  for done in range(0, num_updates, c.replay_batches_per_request)]
+        chunks = [min(size, num_updates - done) for done in range(0, num_updates, size)]
+        in_flight: collections.deque = collections.deque()  # (shard, ref), in order of use
+        to_request = list(chunks)
+        if chunks and chunks[0] == size and self._prefetched is not None:
+            in_flight.append(self._prefetched)
+            self._prefetched, to_request = None, to_request[1:]
+        prefetch = bool(chunks) and next_updates >= size and self._prefetched is None
+        if prefetch:
+            to_request.append(size)
+
+        def request(num_batches: int, priorities: tuple | None = None):
+            return self.replay.sample_batches(num_batches, c.train_batch_size, beta, priorities)
+
+        while len(in_flight) < 2 and to_request:
+            in_flight.append(request(to_request.pop(0)))
         totals: dict[str, float] = {}
-        next_chunk = self.replay.sample_batches(chunks[0], c.train_batch_size, beta) \
-            if chunks else None
-        for i in range(len(chunks)):
-            shard, batch_ref = next_chunk
-            next_chunk = self.replay.sample_batches(chunks[i + 1], c.train_batch_size, beta) \
-                if i + 1 < len(chunks) else None
-            out = await self._update_on(batch_ref)
-            ids, priorities = out.pop("ids"), out.pop("priorities")
-            if c.prioritized_replay:
-                self.replay.update_priorities(shard, ids, priorities)
-            for key, value in out.items():
-                totals[key] = totals.get(key, 0.0) + value
+        with numpy_learner.one_blas_thread():  # once for all the chunks (each update nests)
+            for _ in chunks:
+                shard, batch_ref = in_flight.popleft()
+                out = await self._update_on(batch_ref)
+                ids, priorities = out.pop("ids"), out.pop("priorities")
+                done = (shard, ids, priorities) if c.prioritized_replay else None
+                if to_request:
+                    in_flight.append(request(to_request.pop(0), done))
+                elif done is not None:
+                    self.replay.update_priorities(*done)
+                for key, value in out.items():
+                    totals[key] = totals.get(key, 0.0) + value
+        if prefetch:
+            self._prefetched = in_flight.popleft()
         metrics = {key: value / max(num_updates, 1) for key, value in totals.items()
                    if key != "num_updates"}
         metrics["num_updates"] = num_updates
@@ -444,6 +501,7 @@ class DQN(Algorithm):
         return state
 
     def set_extra_state(self, state: dict) -> None:
+        self._prefetched = None  # drawn from the buffer this state replaces
         self.transitions_added = state["transitions_added"]
         self._update_credit = state["update_credit"]
         if state["replay"] is not None:

@@ -70,20 +70,33 @@ def _openblas_thread_calls():
     return None
 
 
+_blas_thread_holds = 0  # open one_blas_thread blocks; only the outermost sets and restores
+
+
 @contextlib.contextmanager
 def one_blas_thread():
     """numpy's matmuls on one thread inside: on these sizes OpenBLAS's threads cost more than
-    they give (3-6x slower steps measured on two busy cores, where they spin waiting for work)."""
+    they give (3-6x slower steps measured on two busy cores, where they spin waiting for work).
+    Nested blocks cost nothing: setting the count is not free (OpenBLAS resizes its per-thread
+    buffers; ~0.7 ms a set/restore pair in a DQN run's driver), so a loop of many updates holds
+    one block around them all."""
+    global _blas_thread_holds
     calls = _openblas_thread_calls()
-    if calls is None:
-        yield
+    if calls is None or _blas_thread_holds:
+        _blas_thread_holds += 1
+        try:
+            yield
+        finally:
+            _blas_thread_holds -= 1
         return
     get, set_ = calls
     before = get()
     set_(1)
+    _blas_thread_holds += 1
     try:
         yield
     finally:
+        _blas_thread_holds -= 1
         set_(before)
 
 

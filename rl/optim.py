@@ -37,6 +37,7 @@ class Adam:
         self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format)
                            for p in self.params]
         self.steps = 0
+        self._scratch = None  # fused_step's intermediate, allocated on first use
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -83,17 +84,27 @@ class Adam:
     def fused_step(self, params: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
                    exp_avg_sq: np.ndarray) -> None:
         """`step` on flat numpy views of the parameters, their gradient and the moments of
-        `flatten`: the same update in a few whole-vector operations."""
+        `flatten`: the same update in whole-vector operations, every intermediate written into
+        one scratch vector (a step is ten passes over the weights, no allocation)."""
         group = self.param_groups[0]
         lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
         self.steps += 1
-        exp_avg += (1 - beta1) * (grad - exp_avg)
+        scratch = self._scratch
+        if scratch is None or scratch.shape != params.shape or scratch.dtype != params.dtype:
+            scratch = self._scratch = np.empty_like(params)
+        np.subtract(grad, exp_avg, out=scratch)  # m <- m + (1 - b1) (g - m), torch's lerp
+        scratch *= 1 - beta1
+        exp_avg += scratch
         exp_avg_sq *= beta2
-        exp_avg_sq += (1 - beta2) * grad * grad
-        denom = np.sqrt(exp_avg_sq)
-        denom *= 1.0 / math.sqrt(1 - beta2 ** self.steps)
-        denom += eps
-        params -= (lr / (1 - beta1 ** self.steps)) * exp_avg / denom
+        np.multiply(grad, grad, out=scratch)
+        scratch *= 1 - beta2
+        exp_avg_sq += scratch
+        np.sqrt(exp_avg_sq, out=scratch)  # sqrt(v / (1 - b2^t)) + eps
+        scratch *= 1.0 / math.sqrt(1 - beta2 ** self.steps)
+        scratch += eps
+        np.divide(exp_avg, scratch, out=scratch)
+        scratch *= lr / (1 - beta1 ** self.steps)
+        params -= scratch
 
     def state_dict(self) -> dict:
         """torch.optim.Adam's layout: per-parameter state by index, and the group's settings."""

@@ -70,11 +70,20 @@ class ShardedReplay:
         without asking: a batch may be requested from every shard once this is >= its size)."""
         return min(min(routed, self.shard_capacity) for routed in self._routed)
 
-    def sample_batches(self, num_batches: int, batch_size: int, beta: float):
-        """(shard, ref of num_batches stacked batches) from the next shard in turn."""
+    def sample_batches(self, num_batches: int, batch_size: int, beta: float,
+                       priorities: tuple | None = None):
+        """(shard, ref of num_batches stacked batches) from the next shard in turn.
+        `priorities`: (shard, ids, priorities) of an earlier chunk, applied first; on the same
+        message when that chunk came from the same shard."""
         shard = self._next_chunk % self.num_shards
         self._next_chunk += 1
-        return shard, self.shards[shard].sample_batches.remote(num_batches, batch_size, beta)
+        if priorities is None:
+            return shard, self.shards[shard].sample_batches.remote(num_batches, batch_size, beta)
+        if priorities[0] != shard:
+            self.update_priorities(*priorities)
+            return shard, self.shards[shard].sample_batches.remote(num_batches, batch_size, beta)
+        return shard, self.shards[shard].update_priorities_and_sample.remote(
+            priorities[1], priorities[2], num_batches, batch_size, beta)
 
     def update_priorities(self, shard: int, ids, priorities) -> None:
         self.shards[shard].update_priorities.remote(ids, priorities)

@@ -318,6 +318,17 @@ def test_sample_batches_stacks_independent_batches(prioritized):
         buffer.sample_batches(0, 8)
 
 
+def test_replay_actor_applies_priorities_before_the_draw_it_is_sent_with():
+    """update_priorities_and_sample (a chunk's priorities riding on the request for a later
+    chunk) applies the priorities first, then draws as sample_batches does."""
+    actor = ReplayActor(capacity=64, prioritized=True, alpha=1.0, seed=0)
+    actor.add_transitions(transitions(0, 64))
+    mass_on_first_eight = np.where(np.arange(64) < 8, 1.0, 0.0)
+    batch = actor.update_priorities_and_sample(np.arange(64), mass_on_first_eight, 5, 8)
+    np.testing.assert_array_equal(np.sort(batch["actions"], axis=1), np.tile(np.arange(8), (5, 1)))
+    assert actor.update_priorities_and_sample([0], [1.0], 2, 65) is None  # fewer than B stored
+
+
 def test_prioritized_add_with_given_priorities():
     """Transitions added with priorities (Ape-X's runners compute them) enter at
     (priority + eps)**alpha, and the largest becomes the default for later adds."""

@@ -72,52 +72,98 @@ def test_target_update_hard_and_soft():
     torch.testing.assert_close(target.weight, online.weight)
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh", "elu"])
-@pytest.mark.parametrize("dueling,double_q,loss_fn", [
-    (True, True, "huber"), (True, False, "mse"), (False, True, "mse"), (False, False, "huber")])
-def test_hand_derived_step_matches_autograd(activation, dueling, double_q, loss_fn):
-    """rl/q_step.py's gradients, loss and TD errors equal autograd's through q_values, q_targets
-    and td_loss, for every activation, head, target and loss; after a target refresh too."""
+def _learner(activation="relu", dueling=True, double_q=True, loss_fn="huber", **config):
     import gymnasium as gym
     from pyactor.rl.dqn import DQNLearner
     from pyactor.rl.module import ModuleSpec
     config = rl.DQNConfig(dueling=dueling, double_q=double_q, td_error_loss_fn=loss_fn,
-                          model={"hidden": [16, 8], "activation": activation}).to_dict()
+                          model={"hidden": [16, 8], "activation": activation},
+                          **config).to_dict()
     spec = ModuleSpec(QModule, gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(3),
                       {**config["model"], "dueling": dueling})
-    learner = DQNLearner(spec, config, seed=0)
-    assert learner.hand_step is not None
-    generator = torch.Generator().manual_seed(1)
+    return DQNLearner(spec, config, seed=0)
+
+
+def _replay_batch(rng: np.random.Generator, *shape: int) -> dict:
+    """A batch as the replay actor sends it: [*shape] transitions of numpy arrays."""
+    return {"obs": (2 * rng.normal(size=(*shape, 4))).astype(np.float32),
+            "next_obs": (2 * rng.normal(size=(*shape, 4))).astype(np.float32),
+            "actions": rng.integers(0, 3, shape), "rewards": (3 * rng.normal(size=shape)
+                                                             ).astype(np.float32),
+            "terminateds": rng.random(shape) < 0.3, "discounts": np.full(shape, 0.97, np.float32),
+            "weights": rng.random(shape).astype(np.float32),
+            "ids": np.arange(int(np.prod(shape))).reshape(shape)}
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "elu"])
+@pytest.mark.parametrize("dueling,double_q,loss_fn", [
+    (True, True, "huber"), (True, False, "mse"), (False, True, "mse"), (False, False, "huber")])
+def test_numpy_step_gradients_match_autograd(activation, dueling, double_q, loss_fn):
+    """rl/q_step.py's flat gradient, loss, Q(s, a) and TD errors equal autograd's through
+    q_values, q_targets and td_loss, for every activation, head, target and loss; after a
+    target refresh too."""
+    learner = _learner(activation, dueling, double_q, loss_fn)
+    step = learner.numpy_step
+    assert step is not None
     size = 32
-    batch = {"obs": 2 * torch.randn(size, 4, generator=generator),
-             "next_obs": 2 * torch.randn(size, 4, generator=generator),
-             "actions": torch.randint(0, 3, (size,), generator=generator),
-             "rewards": 3 * torch.randn(size, generator=generator),
-             "terminateds": (torch.rand(size, generator=generator) < 0.3).float(),
-             "discounts": torch.full((size,), 0.97), "weights": torch.rand(size, generator=generator)}
-    batch = learner.hand_step.prepare(batch)
+    rng = np.random.default_rng(1)
+    batch = _replay_batch(rng, size)
+    prepared = step.prepare(batch)
+    tensors = {key: torch.as_tensor(value) for key, value in batch.items()}
     for _ in range(2):  # the second round with a changed target network
-        loss, q_taken, errors = learner.hand_step.gradients(batch)
-        hand = [p.grad.clone() for p in learner.parameters]
+        loss, q_taken, errors = step.gradients(prepared)
+        hand = step.grad.copy()
         for p in learner.parameters:
             p.grad = None
-        both = learner.module.q_values(torch.cat([batch["obs"], batch["next_obs"]]))
+        both = learner.module.q_values(torch.cat([tensors["obs"], tensors["next_obs"]]))
         with torch.no_grad():
-            targets = q_targets(batch["rewards"], batch["terminateds"], batch["discounts"],
-                                learner.target.q_values(batch["next_obs"]),
+            targets = q_targets(tensors["rewards"], tensors["terminateds"].float(),
+                                tensors["discounts"],
+                                learner.target.q_values(tensors["next_obs"]),
                                 both[size:] if double_q else None)
-        expected_q = both[:size].gather(-1, batch["actions"].unsqueeze(-1)).squeeze(-1)
-        expected_loss, expected_errors = td_loss(expected_q, targets, batch["weights"], loss_fn)
+        expected_q = both[:size].gather(-1, tensors["actions"].unsqueeze(-1)).squeeze(-1)
+        expected_loss, expected_errors = td_loss(expected_q, targets, tensors["weights"], loss_fn)
         expected_loss.backward()
-        for grad, param in zip(hand, learner.parameters):
-            torch.testing.assert_close(grad, param.grad, rtol=1e-4, atol=1e-6)
-        torch.testing.assert_close(loss, expected_loss.detach())
-        torch.testing.assert_close(q_taken, expected_q.detach())
-        torch.testing.assert_close(errors, expected_errors.abs())
+        expected_grad = torch.cat([p.grad.reshape(-1) for p in learner.parameters]).numpy()
+        np.testing.assert_allclose(hand, expected_grad, rtol=1e-4, atol=1e-6)
+        assert loss == pytest.approx(expected_loss.item(), rel=1e-5)
+        np.testing.assert_allclose(q_taken, expected_q.detach().numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(errors, expected_errors.abs().detach().numpy(), rtol=1e-5, atol=1e-6)
         with torch.no_grad():
             for param in learner.target.parameters():
-                param.add_(0.5 * torch.randn(param.shape, generator=generator))
-        learner.hand_step.target_changed()
+                param.add_(torch.as_tensor(0.5 * rng.normal(size=param.shape), dtype=torch.float32))
+        step.target_changed()
+
+
+@pytest.mark.parametrize("options", [
+    dict(grad_clip=0.1, target_network_update_freq=3),
+    dict(dueling=False, double_q=False, loss_fn="mse", grad_clip=None, tau=0.3,
+         target_network_update_freq=2, activation="tanh"),
+])
+def test_numpy_update_matches_autograd_update(options):
+    """Updates on stacked chunks through the numpy step (clipping, Adam on the flat vector,
+    target refreshes on the flat target) leave the same weights, target, Adam moments, metrics
+    and priorities as the same updates through autograd."""
+    fast, reference = _learner(**options), _learner(**options)
+    reference.numpy_step = None  # the autograd path
+    rng = np.random.default_rng(2)
+    for _ in range(3):
+        chunk = _replay_batch(rng, 4, 32)
+        got, want = fast.update([chunk]), reference.update([chunk])
+    np.testing.assert_allclose(fast.get_flat_weights(), reference.get_flat_weights(),
+                               rtol=1e-4, atol=1e-5)
+    for mine, theirs in zip(fast.target.parameters(), reference.target.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+    for mine, theirs in zip(fast.optimizer.exp_avg_sq, reference.optimizer.exp_avg_sq):
+        torch.testing.assert_close(mine, theirs, rtol=1e-3, atol=1e-8)
+    assert fast.num_updates == reference.num_updates == 12
+    np.testing.assert_array_equal(got["ids"], want["ids"])
+    np.testing.assert_allclose(got["priorities"], want["priorities"], rtol=1e-4, atol=1e-5)
+    for key in ("loss", "q_mean", "td_error_abs", "grad_norm"):
+        assert got[key] == pytest.approx(want[key], rel=1e-4), key
+    assert got["num_updates"] == 4
+    if options["grad_clip"]:
+        assert got["grad_norm"] / 4 > options["grad_clip"]  # clipping was exercised
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "elu"])

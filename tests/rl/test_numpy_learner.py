@@ -83,3 +83,23 @@ def test_subclassed_module_keeps_the_torch_path():
     obs_space, act_space = rl_envs.probe_spaces("CartPole-v1", {})
     assert numpy_learner.supports(ActorCriticModule(obs_space, act_space))
     assert not numpy_learner.supports(Scaled(obs_space, act_space))
+
+
+def test_one_blas_thread_nests_and_restores_once():
+    """Inside one_blas_thread numpy's BLAS runs on one thread; a nested block changes nothing
+    (leaving it keeps one thread), and leaving the outermost restores the count it found."""
+    calls = numpy_learner._openblas_thread_calls()
+    if calls is None:
+        pytest.skip("numpy's BLAS is not an OpenBLAS found in this process")
+    get, set_ = calls
+    before = get()
+    set_(2)
+    try:
+        with numpy_learner.one_blas_thread():
+            assert get() == 1
+            with numpy_learner.one_blas_thread():
+                assert get() == 1
+            assert get() == 1
+        assert get() == 2
+    finally:
+        set_(before)
