@@ -480,12 +480,13 @@ def learner_throughput(config, iterations: int) -> dict:
 
 def apex_vs_dqn(rounds: int, iterations: int, output: str) -> dict:
     """Ape-X's defaults (2 runners with the paper's epsilons, 2 replay shards, runner-side
-    priorities, periodic broadcasts) against DQN with the same 2 runners, alternated."""
+    priorities, periodic broadcasts) against prioritized DQN with the same 2 runners, alternated."""
     common = dict(env="CartPole-v1", seed=0, output=output, log_to_tensorboard=False)
     apex, dqn = [], []
     for _ in range(rounds):
         apex.append(learner_throughput(rl.ApexDQNConfig(**common), iterations))
-        dqn.append(learner_throughput(rl.DQNConfig(num_env_runners=2, **common), iterations))
+        dqn.append(learner_throughput(rl.DQNConfig(num_env_runners=2, prioritized_replay=True,
+                                                   **common), iterations))
     return {key: (statistics.median(r[key] for r in apex), statistics.median(r[key] for r in dqn))
             for key in apex[0]}
 

@@ -47,6 +47,7 @@ class ApexDQNConfig(DQNConfig):
     apex_epsilon: float = 0.4  # eps of the formula above (the paper's value)
     apex_epsilon_alpha: float = 7.0  # alpha of the formula above (the paper's value)
     weights_broadcast_interval: int = 32  # learner updates between weight broadcasts
+    prioritized_replay: bool = True  # the point of Ape-X (DQN defaults to uniform replay)
 
     algo_name = "APEX"
 

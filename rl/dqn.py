@@ -65,10 +65,11 @@ class DQNConfig(AlgorithmConfig):
     num_envs_per_runner: int = 8
     rollout_fragment_length: int = 16
     gamma: float = 0.99
-    lr: float = 1e-3
-    # Decaying the step size keeps late updates from undoing a solved policy (Q-value divergence).
+    # 1.5e-3 solved CartPole-v1 in ~40 % fewer steps than 1e-3; 2e-3 diverged on seed 2. Decaying
+    # the step size keeps late updates from undoing a solved policy (Q-value divergence).
+    lr: float = 1.5e-3
     lr_schedule: typing.Optional[list] = dataclasses.field(
-        default_factory=lambda: [[0, 1e-3], [30_000, 1e-4]])
+        default_factory=lambda: [[0, 1.5e-3], [30_000, 1e-4]])
     grad_clip: typing.Optional[float] = 10.0
     model: dict = dataclasses.field(
         default_factory=lambda: {"hidden": [128, 128], "activation": "relu"})
@@ -77,7 +78,7 @@ class DQNConfig(AlgorithmConfig):
     # Batches fetched from the replay actor per round trip (the round trip, not the SGD step,
     # was most of an update's cost when fetched one at a time).
     replay_batches_per_request: int = 4  # 16: staler priorities, and seed 0 stalled at 465
-    learning_starts: int = 1000  # env steps in the replay buffer before the first update
+    learning_starts: int = 500  # env steps in the replay buffer before the first update
     replay_buffer_capacity: int = 50_000  # transitions
     n_step: int = 3
     double_q: bool = True
@@ -87,9 +88,11 @@ class DQNConfig(AlgorithmConfig):
     # every 10 updates diverged (Q-values past 1/(1 - gamma)) after ~15k updates.
     target_network_update_freq: int = 50
     tau: float = 1.0  # 1.0: hard copy; < 1: theta' <- tau theta + (1 - tau) theta'
-    epsilon: list = dataclasses.field(default_factory=lambda: [[0, 1.0], [5_000, 0.02]])
+    epsilon: list = dataclasses.field(default_factory=lambda: [[0, 1.0], [2_500, 0.01]])
     td_error_loss_fn: str = "huber"
-    prioritized_replay: bool = True
+    # Uniform by default: on CartPole-v1 prioritized replay solved seeds 0-4 at 11k to 43k env
+    # steps, uniform at 14k to 20.5k (docs/rl-dqn.md, "How the defaults were chosen").
+    prioritized_replay: bool = False
     prioritized_replay_alpha: float = 0.6
     prioritized_replay_beta: list = dataclasses.field(
         default_factory=lambda: [[0, 0.4], [50_000, 1.0]])

@@ -24,10 +24,11 @@ TIME_KEYS = {"time_total_s", "time_this_iter_s", "env_steps_per_s"}
 
 
 def tiny(tmp_path, **kw):
+    # Prioritized replay on (DQN's default is uniform), so the tests below exercise every piece.
     base = dict(env="CartPole-v1", num_env_runners=1, num_envs_per_runner=4,
                 rollout_fragment_length=8, learning_starts=64, train_batch_size=16,
-                replay_ratio=0.25, replay_buffer_capacity=1000, model={"hidden": [16]},
-                seed=0, output=str(tmp_path), log_to_tensorboard=False)
+                prioritized_replay=True, replay_ratio=0.25, replay_buffer_capacity=1000,
+                model={"hidden": [16]}, seed=0, output=str(tmp_path), log_to_tensorboard=False)
     return rl.DQNConfig(**{**base, **kw})
 
 
@@ -266,7 +267,7 @@ def test_train_save_restore_evaluate(pa_module, tmp_path):
     per_transition = 32 + 8 + 4 + 1 + 4 + 8
     assert results[-1]["replay/size_bytes"] == 1000 * per_transition + 2 * 2 * 1024 * 8
     assert np.isfinite(results[-1]["learner/loss"]) and results[-1]["learner/epsilon"] < 1.0
-    assert results[-1]["learner/lr"] == pytest.approx(1e-3 - 9e-4 * 96 / 30_000)  # lr_schedule
+    assert results[-1]["learner/lr"] == pytest.approx(1.5e-3 - 1.4e-3 * 96 / 30_000)  # lr_schedule
     assert evaluation["episodes"] == 3 and evaluation["episode_return_mean"] > 0
 
     restored = rl.Algorithm.from_checkpoint(path)
