@@ -129,8 +129,12 @@ def test_waits_with_a_timeout_go_directly_and_multi_ref_gets_do_not(pa_module):
     assert direct_calls() == before + 1
     assert pa.get([add_one.remote(2)]) == [3]  # a one-ref list is still a single wait
     assert direct_calls() == before + 2
+    # The first is sent as it is made (the thread's calls so far were all waited for); the
+    # second finds the first not waited for: it, and the wait for both, go the ordinary way.
     assert pa.get([add_one.remote(3), add_one.remote(4)]) == [4, 5]
-    assert direct_calls() == before + 2
+    assert direct_calls() == before + 3
+    assert pa.get([add_one.remote(5), add_one.remote(6)]) == [6, 7]
+    assert direct_calls() == before + 3
 
 
 def test_a_direct_wait_that_times_out_loses_nothing(pa_module, tmp_path):
@@ -404,7 +408,8 @@ def test_a_call_cancelled_before_the_wait_is_not_sent(pa_module, tmp_path):
         pa.get(ref)
     gate.touch()
     assert pa.get(blockers) == [0, 1]
-    assert direct_calls() == before and not marker.exists()
+    # (the first blocker went out as it was made: the thread's calls were all waited for)
+    assert direct_calls() == before + 1 and not marker.exists()
 
 
 @pa.remote

@@ -173,6 +173,7 @@ class Runtime:
         self.direct.close()
 
         async def close():
+            self.direct.stop_timer()
             for conn_future in list(self._peers.values()):
                 if conn_future.done() and not conn_future.exception():
                     conn_future.result().close("shutdown")
@@ -575,6 +576,8 @@ class Runtime:
         entries = self._entries_of(refs)
         if len(entries) == 1 and entries[0].state == PENDING and not self.in_io_thread():
             self.direct.try_run(entries[0], timeout_s)  # pa.get(f.remote()): direct.py
+        elif self.direct.unclaimed:  # an answer this thread left unread goes to the IO thread
+            self.direct.hand_over_mine()
         pending = [e for e in entries if e.state == PENDING]
         if pending:
             self._wait_for(pending, len(pending), timeout_s)
@@ -584,6 +587,8 @@ class Runtime:
              ids: list[bytes] | None = None) -> tuple[list, list]:
         """(ready, not_ready), order kept. `ids` are the refs' ids when the caller has them.
         Refs that are all ready already (the common case of a poll) take C-level loops only."""
+        if self.direct.unclaimed:  # (see get)
+            self.direct.hand_over_mine()
         get_entry = self.refs.entries.get
         if ids is None:
             ids = [ref.id for ref in refs]
@@ -701,6 +706,8 @@ class Runtime:
     def future_of(self, ref: ObjectRef):
         import concurrent.futures
         future: concurrent.futures.Future = concurrent.futures.Future()
+        if self.direct.unclaimed:  # (see get)
+            self.direct.hand_over_mine()
         entry = self._entries_of([ref])[0]
 
         def complete(entry: ObjectEntry, attempt: int = 0) -> None:
@@ -743,6 +750,8 @@ class Runtime:
         on that loop's thread, not on the IO thread). Cheaper than wrapping future_of: no
         concurrent.futures.Future and no chain of callbacks between the two."""
         future = loop.create_future()
+        if self.direct.unclaimed:  # (see get)
+            self.direct.hand_over_mine()
         entry = self._entries_of([ref])[0]
 
         def resolved(entry: ObjectEntry, ref=ref) -> None:  # holds the ref while awaited
@@ -795,6 +804,8 @@ class Runtime:
         refs = self._register_returns(spec)
         if self.on_submit is not None:
             self.on_submit(spec)
+        if self.direct.send_at_submit(spec):  # this thread waits for its calls: sent now
+            return refs
         self.direct.note_submitted(spec)
         self.run_in_loop(self.tasks.submit_on_loop, spec)
         return refs
@@ -817,6 +828,8 @@ class Runtime:
         refs = self._register_returns(spec)
         spec.retries_left = max_task_retries
         self.actors.count_submitted(spec, max_task_retries)
+        if self.direct.send_at_submit(spec):
+            return refs
         self.direct.note_submitted(spec)
         self.run_in_loop(self.actors.submit, spec)
         return refs

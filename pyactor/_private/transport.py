@@ -855,6 +855,34 @@ class BlockingConnection:
             raise ProtocolError(f"{self.address} sent a raw payload nobody asked for")
         return message
 
+    def poll_message(self) -> Any:
+        """The next message if it has arrived whole, else None, without blocking (for whichever
+        thread holds the connection now); ConnectionError / ProtocolError as `receive`."""
+        messages = self._messages
+        while not messages:
+            if self._decoder.has_more:
+                messages.extend(self._decoder.feed(b""))
+                continue
+            try:
+                data = self._socket.recv(1 << 16, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return None
+            if not data:
+                raise ConnectionError(f"{self.address} closed the connection")
+            messages.extend(self._decoder.feed(data))
+        message = messages.popleft()
+        if message is PAYLOAD_RECEIVED:
+            raise ProtocolError(f"{self.address} sent a raw payload nobody asked for")
+        return message
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def block_again(self) -> None:
+        """Make the socket blocking again after an event loop watched it (which set
+        O_NONBLOCK on it behind the socket object's back)."""
+        self._socket.settimeout(None)
+
     def _recv_until(self, deadline: float | None) -> bytes:
         if deadline is None:
             return self._socket.recv(1 << 16)
