@@ -179,10 +179,7 @@ class DirectPath:
         if not state.sync or spec.num_returns != 1 or spec.has_ref_args or spec.streaming or \
                 self.closed:
             return False
-        if self._timer is None:  # the first thread in step: the IO thread starts the timer
-            if not self._timer_requested:
-                self._timer_requested = True
-                self.runtime.run_in_loop(self._start_timer)
+        if self._timer is None:  # not started yet (see try_run), or no timerfd here
             return False
         if spec.actor is None:
             lease = self._claim_task(spec)
@@ -249,6 +246,9 @@ class DirectPath:
                 return
             address, build, settle = self._actor_call(spec, *claim)
         state.sync = True
+        if not self._timer_requested:  # the first thread in step: the IO thread starts it
+            self._timer_requested = True
+            self.runtime.run_in_loop(self._start_timer)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         channel = self._send(address, spec, build, settle)
         if channel is not None:
