@@ -20,7 +20,7 @@ from pyactor._private import api
 from pyactor.exceptions import ActorDiedError, TaskCancelledError, TaskError, WorkerCrashedError
 
 from conftest import wait_until
-from helpers import identity
+from helpers import exit_the_first_time, gated, identity
 
 
 def direct_calls() -> int:
@@ -38,27 +38,11 @@ def sleep_then(seconds, value):
     return value
 
 
-@pa.remote
-def gated(started, release, value):
-    """Says it started, then waits until the test opens the gate."""
-    open(started, "w").close()
-    deadline = time.monotonic() + 60
-    while not os.path.exists(release) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return value
-
 
 @pa.remote
 def fail(message):
     raise ValueError(message)
 
-
-@pa.remote
-def exit_the_first_time(marker):
-    if not os.path.exists(marker):
-        open(marker, "w").close()
-        os._exit(1)
-    return "second attempt"
 
 
 @pa.remote
@@ -383,7 +367,7 @@ def test_a_call_that_cannot_be_sent_directly_goes_the_ordinary_way(pa_module, mo
     pa.get(log.read.remote())
     pa.get(add_one.remote(0))
 
-    def refuse(self, address):
+    def refuse(self, address, *_rest):
         raise ConnectionRefusedError("injected")
     monkeypatch.setattr(DirectPath, "_channel", refuse)
     before = direct_calls()

@@ -191,7 +191,7 @@ class DirectPath:
             if claim is None:
                 return False
             address, build, settle = self._actor_call(spec, *claim)
-        channel = self._send(address, spec, build, settle)
+        channel = self._send(address, spec, build, settle, state)
         if channel is None:
             return True  # (settled: the IO thread sends or fails it)
         self.sent_at_submit += 1
@@ -250,7 +250,7 @@ class DirectPath:
             self._timer_requested = True
             self.runtime.run_in_loop(self._start_timer)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        channel = self._send(address, spec, build, settle)
+        channel = self._send(address, spec, build, settle, state)
         if channel is not None:
             self._wait(channel, address, spec, settle, deadline, timeout_s)
 
@@ -478,11 +478,11 @@ class DirectPath:
             self.runtime.run_in_loop(self.runtime.actors.after_direct_call, view)
 
     # ------------------------------------------------------------------ the exchange
-    def _send(self, address, spec, build, settle) -> _Channel | None:
+    def _send(self, address, spec, build, settle, state: _ThreadState) -> _Channel | None:
         """Send build(channel) to the worker at `address` on this thread's connection; the
         channel, whose answer is then due, or None when the call was settled as lost."""
         try:
-            channel = self._channel(address)
+            channel = self._channel(address, state)
         except Exception as error:  # noqa: BLE001 - refused, reset, timed out, bad handshake
             logger.debug("direct connection to %s failed: %s", address, error)
             settle(None, _Lost(sent=False))
@@ -557,8 +557,8 @@ class DirectPath:
         settle(done, None if done is not None else _Lost(sent=True))
 
     # ------------------------------------------------------------------ connections
-    def _channel(self, address) -> _Channel:
-        channels = self._state().channels
+    def _channel(self, address, state: _ThreadState | None = None) -> _Channel:
+        channels = (state or self._state()).channels
         key = (address[0], address[1])
         channel = channels.get(key)
         if channel is not None and not channel.conn.closed:

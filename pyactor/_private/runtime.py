@@ -573,6 +573,16 @@ class Runtime:
         return ObjectRef(object_id, self.address)
 
     def get(self, refs: list[ObjectRef], timeout_s: float | None) -> list[Any]:
+        if len(refs) == 1:  # the common case, without the lists
+            entry = self.refs.entries.get(refs[0].id) or self._entries_of(refs)[0]
+            if entry.state == PENDING:
+                if threading.current_thread() is not self._thread:
+                    self.direct.try_run(entry, timeout_s)  # pa.get(f.remote()): direct.py
+                if entry.state == PENDING:
+                    self._wait_for([entry], 1, timeout_s)
+            elif self.direct.unclaimed:  # (see below)
+                self.direct.hand_over_mine()
+            return [self.value_of(entry)]
         entries = self._entries_of(refs)
         if len(entries) == 1 and entries[0].state == PENDING and not self.in_io_thread():
             self.direct.try_run(entries[0], timeout_s)  # pa.get(f.remote()): direct.py
@@ -943,7 +953,7 @@ class Runtime:
         """The answer to a call sent directly (the calling thread, direct.py). The entry is
         resolved here unless that would run other waiters' callbacks or needs the IO thread
         (a retry, refs inside the value); then the IO thread does it."""
-        if spec.actor is None and retry_on_error(spec, done):
+        if done.error is not None and spec.actor is None and retry_on_error(spec, done):
             self.run_in_loop(self.tasks.retry, spec)
         elif not self._finish_here(spec, done):
             self.run_in_loop(self.finish_answered, spec, done)
@@ -956,7 +966,10 @@ class Runtime:
             ret = done.returns[0]
             if len(ret) > 3 and ret[3]:  # refs inside the value: adopt them on the IO thread
                 return False
-            state, inline, node_id = _resolution(ret)
+            if ret[0] == P.VALUE_INLINE:  # (_resolution, inline: this runs per round trip)
+                state, inline, node_id = READY, ret[1], None
+            else:
+                state, inline, node_id = READY, None, ret[2]
         resolved = self.refs.resolve_unwatched(entry, state, inline, node_id)
         if resolved is False:
             return False

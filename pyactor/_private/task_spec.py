@@ -43,6 +43,9 @@ class TaskSpec:
     def encode_call(self, runtime, args: tuple, kwargs: dict) -> None:
         """Encode the call's arguments (in the submitting thread), noting whether any must be
         resolved first, so the IO thread looks at the arguments only when one must."""
+        if not args and not kwargs:  # (has_ref_args stays False)
+            self.args, self.kwargs = [], {}
+            return
         self.args, self.kwargs = encode_args(runtime, args, kwargs, self.held_refs)
         self.has_ref_args = any(arg[0] == VALUE_REF for arg in self.args) or any(
             arg[0] == VALUE_REF for arg in self.kwargs.values())
