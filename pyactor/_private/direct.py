@@ -195,6 +195,7 @@ class DirectPath:
         if channel is None:
             return True  # (settled: the IO thread sends or fails it)
         self.sent_at_submit += 1
+        state.last = None
         outstanding = _Outstanding(channel, address, spec, settle, state)
         with self.lock:  # (the timer is armed and disarmed under the lock: never left off)
             self.unclaimed[spec.task_id] = outstanding

@@ -23,7 +23,8 @@ An actor call skips steps 1-2: the caller sends ActorCall straight to the actor'
 one connection, so calls from one caller arrive, and run, in the order they were sent.
 
 A thread that waits for the call it just made (`pa.get(f.remote())`) skips both thread hand-offs:
-it sends steps 3-4 itself on a connection of its own (direct.py).
+it sends steps 3-4 itself on a connection of its own (direct.py), from `.remote()` once its
+calls are waited for as they are made, so such a loop never wakes the IO thread.
 """
 
 from __future__ import annotations
