@@ -395,7 +395,7 @@ class DirectPath:
         return lease
 
     def _task_call(self, spec, lease):
-        """(address, build(channel) -> message, settle(done, lost)) of a claimed task."""
+        """(connection key, build(channel) -> message, settle(done, lost)) of a claimed task."""
         runtime = self.runtime
 
         def push(channel: _Channel) -> P.PushTask:
@@ -406,8 +406,11 @@ class DirectPath:
             return P.PushTask(spec.task_id, spec.function_id, blob, spec.args, spec.kwargs, 1,
                               runtime.address, lease.gpu_ids, spec.name, spec.namespace,
                               spec.job_id)
-        return lease.address, push, lambda done, lost: self._settle_task(spec, lease, done,
-                                                                         lost)
+        # The worker's identity is part of the connection's key: a port freed by a dead
+        # worker and taken by a new one must not be reached through the dead one's
+        # connection (its end-of-stream would read as this call's worker dying).
+        return (lease.address[0], lease.address[1], lease.worker_id), push, \
+            lambda done, lost: self._settle_task(spec, lease, done, lost)
 
     def _settle_task(self, spec, lease, done: P.TaskDone | None, lost: _Lost | None) -> None:
         """The direct task ended: answered, or its connection broke (`lost`)."""
@@ -450,14 +453,15 @@ class DirectPath:
         return claim
 
     def _actor_call(self, spec, view, address, incarnation, sequence):
-        """(address, build(channel) -> message, settle(done, lost)) of a claimed actor call."""
+        """(connection key, build(channel) -> message, settle(done, lost)) of a claimed actor
+        call."""
         runtime = self.runtime
 
         def call(_channel: _Channel) -> P.ActorCall:
             return P.ActorCall(spec.task_id, view.actor_id, spec.method, spec.args, spec.kwargs,
                                1, runtime.address, sequence)
-        return address, call, lambda done, lost: self._settle_actor_call(spec, view,
-                                                                         incarnation, done, lost)
+        return (address[0], address[1], view.actor_id, incarnation), call, \
+            lambda done, lost: self._settle_actor_call(spec, view, incarnation, done, lost)
 
     def _settle_actor_call(self, spec, view, incarnation, done: P.TaskDone | None,
                            lost: _Lost | None) -> None:
@@ -558,9 +562,9 @@ class DirectPath:
         settle(done, None if done is not None else _Lost(sent=True))
 
     # ------------------------------------------------------------------ connections
-    def _channel(self, address, state: _ThreadState | None = None) -> _Channel:
+    def _channel(self, key: tuple, state: _ThreadState | None = None) -> _Channel:
+        """This thread's connection for `key`: (host, port, who answers there)."""
         channels = (state or self._state()).channels
-        key = (address[0], address[1])
         channel = channels.get(key)
         if channel is not None and not channel.conn.closed:
             if not channel.lent:
@@ -588,8 +592,8 @@ class DirectPath:
                 self._close(oldest)
         return channel
 
-    def _forget(self, address) -> None:
-        self._state().channels.pop((address[0], address[1]), None)
+    def _forget(self, key: tuple) -> None:
+        self._state().channels.pop(key, None)
 
     def _drop(self, channel: _Channel, address) -> None:
         self._forget(address)
