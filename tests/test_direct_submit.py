@@ -65,13 +65,16 @@ def test_a_thread_in_step_starts_its_call_before_it_waits(pa_module, tmp_path):
 def test_calls_waited_for_as_made_never_involve_the_io_thread(pa_module, monkeypatch):
     """The aim of the path: a loop of pa.get(f.remote()) hands the IO thread nothing (no
     run_in_loop, no release to drain), for tasks and actor calls alike."""
-    from pyactor._private import direct as direct_module
-    # (a loaded machine can stall this thread between a call and its wait for longer than
-    # the backstop, which then takes that answer: not what this test is about)
+    from pyactor._private import direct as direct_module, task_submitter
+    # (a loaded machine can stall this thread for longer than the backstop, which then takes
+    # an answer, or than a lease lingers idle, which then goes back to the node: neither is
+    # what this test is about)
     monkeypatch.setattr(direct_module, "BACKSTOP_S", 30.0)
+    monkeypatch.setattr(task_submitter, "LEASE_LINGER_S", 30.0)
     runtime = api._runtime
     log = Log.remote()
-    in_step(log)
+    pa.get(log.read.remote())
+    in_step()
     handed = []
     original_run_in_loop = runtime.run_in_loop
     monkeypatch.setattr(runtime, "run_in_loop",
