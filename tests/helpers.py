@@ -19,3 +19,22 @@ def wait_for_file(path, timeout_s=30.0):
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
     return os.path.basename(path)
+
+
+@pa.remote
+def gated(started, release, value):
+    """Says it started (creates `started`), then waits until the test opens the gate."""
+    open(started, "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return value
+
+
+@pa.remote
+def exit_the_first_time(marker):
+    """Kills its worker the first time (leaving `marker`); returns on the retry."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return "second attempt"

@@ -20,7 +20,7 @@ from pyactor._private import api
 from pyactor.exceptions import ActorDiedError, TaskCancelledError, TaskError, WorkerCrashedError
 
 from conftest import wait_until
-from helpers import identity
+from helpers import exit_the_first_time, gated, identity
 
 
 def direct_calls() -> int:
@@ -38,27 +38,11 @@ def sleep_then(seconds, value):
     return value
 
 
-@pa.remote
-def gated(started, release, value):
-    """Says it started, then waits until the test opens the gate."""
-    open(started, "w").close()
-    deadline = time.monotonic() + 60
-    while not os.path.exists(release) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return value
-
 
 @pa.remote
 def fail(message):
     raise ValueError(message)
 
-
-@pa.remote
-def exit_the_first_time(marker):
-    if not os.path.exists(marker):
-        open(marker, "w").close()
-        os._exit(1)
-    return "second attempt"
 
 
 @pa.remote
@@ -129,8 +113,12 @@ def test_waits_with_a_timeout_go_directly_and_multi_ref_gets_do_not(pa_module):
     assert direct_calls() == before + 1
     assert pa.get([add_one.remote(2)]) == [3]  # a one-ref list is still a single wait
     assert direct_calls() == before + 2
+    # The first is sent as it is made (the thread's calls so far were all waited for); the
+    # second finds the first not waited for: it, and the wait for both, go the ordinary way.
     assert pa.get([add_one.remote(3), add_one.remote(4)]) == [4, 5]
-    assert direct_calls() == before + 2
+    assert direct_calls() == before + 3
+    assert pa.get([add_one.remote(5), add_one.remote(6)]) == [6, 7]
+    assert direct_calls() == before + 3
 
 
 def test_a_direct_wait_that_times_out_loses_nothing(pa_module, tmp_path):
@@ -379,7 +367,7 @@ def test_a_call_that_cannot_be_sent_directly_goes_the_ordinary_way(pa_module, mo
     pa.get(log.read.remote())
     pa.get(add_one.remote(0))
 
-    def refuse(self, address):
+    def refuse(self, address, *_rest):
         raise ConnectionRefusedError("injected")
     monkeypatch.setattr(DirectPath, "_channel", refuse)
     before = direct_calls()
@@ -404,7 +392,8 @@ def test_a_call_cancelled_before_the_wait_is_not_sent(pa_module, tmp_path):
         pa.get(ref)
     gate.touch()
     assert pa.get(blockers) == [0, 1]
-    assert direct_calls() == before and not marker.exists()
+    # (the first blocker went out as it was made: the thread's calls were all waited for)
+    assert direct_calls() == before + 1 and not marker.exists()
 
 
 @pa.remote

@@ -26,6 +26,26 @@ Everything else, and every failure (the worker dies, a connection breaks, the wa
 interrupted), goes back to the IO thread, which retries or fails the call as it would have.
 While it waits, the thread polls the socket for up to SPIN_BEFORE_SLEEP_NS without the GIL
 (csrc/net.c) before it sleeps in the kernel.
+
+Sending at submit. Queueing the call for the IO thread at `.remote()` wakes that thread only
+for it to find the call claimed. So a thread whose last call was claimed by its own `get`
+(`sync`) claims and sends its next call in `.remote()` itself; the answer stays on its
+connection, unread (`_Outstanding`), until
+
+    .remote() --claim, send------------------------------------------> worker runs it at once
+    pa.get(ref)  the same ref: wait for the answer as above (the common case, nobody woken)
+    anything else first (another .remote(), a get / wait / await of other refs, a cancel):
+                 `hand_over_mine`: take the answer if it is there, else lend the connection to
+                 the IO thread, which reads it when it comes; the thread stops sending at
+                 submit until one of its calls is claimed again
+    nothing (the thread computes, sleeps, or is gone): BACKSTOP_S after the send, a kernel
+                 timer (wake_timer.py) wakes the IO thread, which takes the answer likewise
+
+so a call always starts at once; only the noticing of its answer can be late, by up to
+BACKSTOP_S, for a thread that went off without waiting (and for the calls to the same actor
+that other threads made meanwhile, held behind it to keep the order). The timer is armed when
+a first answer is left unread and disarmed when the last is taken: two syscalls per call, in
+place of a wake-up of the IO thread.
 """
 
 from __future__ import annotations
@@ -53,15 +73,48 @@ CHANNELS_PER_THREAD = 32
 # round trip falls from ~80-120 us to ~40-55 us (bench: quick microbenchmark, 0 vs 30/60/100/200
 # us). A slower answer costs at most this much CPU, on a core this thread would leave idle.
 SPIN_BEFORE_SLEEP_NS = 100_000
+# How long an answer sent for at submit may stay unclaimed before the IO thread takes it (see
+# "Sending at submit"): the most its noticing can be late when the thread went off to compute.
+BACKSTOP_S = 0.005
+
+
+class _ThreadState:
+    """One thread's place on the direct path (its own thread reads and writes it; `sync` is
+    also cleared by the IO thread when it takes the thread's answer)."""
+
+    __slots__ = ("last", "sync", "outstanding", "channels")
+
+    def __init__(self):
+        self.last = None  # the call `get` may claim next (made the ordinary way)
+        self.sync = False  # its last call was claimed by its own get: send the next at submit
+        self.outstanding: _Outstanding | None = None  # sent at submit, answer not read yet
+        self.channels: OrderedDict = OrderedDict()  # (host, port) -> _Channel, LRU order
+
+
+class _Outstanding:
+    """A call sent at submit whose answer nobody has started reading. `taken` (under
+    DirectPath.lock) says who reads it: the thread's get, its hand-over, or the IO thread."""
+
+    __slots__ = ("channel", "address", "spec", "settle", "state", "sent_s", "taken")
+
+    def __init__(self, channel, address, spec, settle, state):
+        self.channel, self.address, self.spec, self.settle = channel, address, spec, settle
+        self.state = state
+        self.sent_s = time.monotonic()
+        self.taken = False
 
 
 class _Channel:
-    __slots__ = ("conn", "functions", "busy")
+    __slots__ = ("conn", "functions", "busy", "lent", "abandoned")
 
     def __init__(self, conn: transport.BlockingConnection):
         self.conn = conn
         self.functions: set[bytes] = set()  # function ids whose code went out on it
         self.busy = False  # a thread waits on it (close() must not pull the socket away)
+        # Under DirectPath.lock: the IO thread reads an answer on it (its thread must not use
+        # it); its thread stopped waiting for it to come back (the IO thread closes it).
+        self.lent = False
+        self.abandoned = False
 
 
 class _Lost(Exception):
@@ -83,39 +136,242 @@ class DirectPath:
         self._all_channels: set[_Channel] = set()  # every thread's, closed at shutdown
         self._calls: dict[bytes, tuple] = {}  # task id -> (channel, spec) while it waits
         self.calls_sent = 0  # how many calls went this way (tests, diagnostics)
+        self.sent_at_submit = 0  # how many of them went out in .remote() (tests, diagnostics)
         self.closed = False
+        # Calls sent at submit whose answers nobody reads yet (under lock); while there are
+        # any, the timer is armed to take them after BACKSTOP_S.
+        self.unclaimed: dict[bytes, _Outstanding] = {}
+        self._timer = None  # WakeTimer, once the IO thread watches it (_start_timer)
+        self._timer_requested = False
 
     # ------------------------------------------------------------------ user threads
+    def _state(self) -> _ThreadState:
+        try:
+            return self._local.state
+        except AttributeError:
+            state = self._local.state = _ThreadState()
+            return state
+
     def note_submitted(self, spec) -> None:
-        """The calling thread submitted `spec`: the one call `get` may take over next."""
-        self._local.last = spec
+        """The calling thread submitted `spec` the ordinary way: the one call `get` may take
+        over next."""
+        self._state().last = spec
 
     def note_cancelled(self, task_id: bytes) -> None:
         """This thread cancels a call: a later `get` of it must not send it (the cancel is on
-        its way to the IO thread, which drops the call)."""
-        spec = getattr(self._local, "last", None)
-        if spec is not None and spec.task_id == task_id:
-            self._local.last = None
+        its way to the IO thread, which drops the call); one sent at submit has its answer
+        handed over (it brings the cancellation's outcome)."""
+        state = self._state()
+        if state.last is not None and state.last.task_id == task_id:
+            state.last = None
+        if state.outstanding is not None:
+            self._hand_over(state)
+
+    def send_at_submit(self, spec) -> bool:
+        """The calling thread just made `spec`: send it now on its own connection, if its last
+        call was claimed by its own get and this one may go directly. True if it was taken
+        (sent, or being settled through the IO thread); False: submit it the ordinary way."""
+        state = self._state()
+        if state.outstanding is not None:  # it did not wait for its last call: stop sending
+            self._hand_over(state)        # at submit until a get claims a call again
+            state.sync = False
+            return False
+        if not state.sync or spec.num_returns != 1 or spec.has_ref_args or spec.streaming or \
+                self.closed:
+            return False
+        if self._timer is None:  # not started yet (see try_run), or no timerfd here
+            return False
+        if spec.actor is None:
+            lease = self._claim_task(spec)
+            if lease is None:
+                return False
+            address, build, settle = self._task_call(spec, lease)
+        else:
+            claim = self._claim_actor_call(spec)
+            if claim is None:
+                return False
+            address, build, settle = self._actor_call(spec, *claim)
+        channel = self._send(address, spec, build, settle, state)
+        if channel is None:
+            return True  # (settled: the IO thread sends or fails it)
+        self.sent_at_submit += 1
+        state.last = None
+        outstanding = _Outstanding(channel, address, spec, settle, state)
+        with self.lock:  # (the timer is armed and disarmed under the lock: never left off)
+            self.unclaimed[spec.task_id] = outstanding
+            armed = len(self.unclaimed) > 1 or self._timer.arm(BACKSTOP_S)
+        state.outstanding = outstanding
+        if not armed:  # the kernel refused: nothing would take the answer later
+            self._hand_over(state)
+        return True
+
+    def hand_over_mine(self) -> None:
+        """This thread is about to do something other than wait for the call it sent at
+        submit: hand that call's answer over first (see "Sending at submit")."""
+        state = self._state()
+        if state.outstanding is not None:
+            self._hand_over(state)
 
     def try_run(self, entry, timeout_s: float | None = None) -> None:
         """Run the call that makes `entry` on this thread, if it may be. On return the entry is
         resolved, or pending on the ordinary path (the caller then waits as usual); raises
         GetTimeoutError after timeout_s, the answer then going to the ordinary path."""
-        spec = getattr(self._local, "last", None)
+        state = self._state()
+        outstanding = state.outstanding
+        if outstanding is not None:
+            if outstanding.spec.entries[0] is entry:
+                state.outstanding = None
+                if self._take(outstanding):  # nobody else reads it: wait for it here
+                    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+                    self._wait(outstanding.channel, outstanding.address, outstanding.spec,
+                               outstanding.settle, deadline, timeout_s)
+                else:  # the IO thread took it (it resolves the entry): no longer in step
+                    state.sync = False
+                return
+            self._hand_over(state)
+            state.sync = False
+        spec = state.last
         if spec is None or spec.num_returns != 1 or spec.entries[0] is not entry:
             return
-        self._local.last = None
+        state.last = None
         if self.closed or spec.has_ref_args:
             return
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         if spec.actor is None:
             lease = self._claim_task(spec)
-            if lease is not None:
-                self._run_task(spec, lease, deadline, timeout_s)
+            if lease is None:
+                return
+            address, build, settle = self._task_call(spec, lease)
         else:
             claim = self._claim_actor_call(spec)
-            if claim is not None:
-                self._run_actor_call(spec, *claim, deadline, timeout_s)
+            if claim is None:
+                return
+            address, build, settle = self._actor_call(spec, *claim)
+        state.sync = True
+        if not self._timer_requested:  # the first thread in step: the IO thread starts it
+            self._timer_requested = True
+            self.runtime.run_in_loop(self._start_timer)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        channel = self._send(address, spec, build, settle, state)
+        if channel is not None:
+            self._wait(channel, address, spec, settle, deadline, timeout_s)
+
+    # ------------------------------------------------------------------ answers left unread
+    def _take(self, outstanding: _Outstanding) -> bool:
+        """Become the reader of an answer sent for at submit; False if someone already is."""
+        with self.lock:
+            if outstanding.taken:
+                return False
+            outstanding.taken = True
+            self.unclaimed.pop(outstanding.spec.task_id, None)
+            if not self.unclaimed and self._timer is not None:
+                self._timer.disarm()
+        return True
+
+    def _hand_over(self, state: _ThreadState) -> None:
+        """Its thread will not wait for its outstanding answer now: settle it if it is there
+        already, else lend the connection to the IO thread, which reads it when it comes."""
+        outstanding, state.outstanding = state.outstanding, None
+        if not self._take(outstanding):
+            return
+        channel = outstanding.channel
+        try:
+            done = channel.conn.poll_message()
+        except (OSError, ProtocolError):
+            self._end_outstanding(outstanding, None)
+            return
+        if done is not None:
+            self._end_outstanding(outstanding, done)
+            return
+        with self.lock:
+            channel.lent = True  # (this thread's next call to that worker: see _channel)
+        self.runtime.run_in_loop(self._read_on_loop, outstanding)
+
+    def _end_outstanding(self, outstanding: _Outstanding, raw) -> None:
+        """An outstanding call's answer was read (`raw`), or its connection broke (None)."""
+        channel = outstanding.channel
+        try:
+            done = None if raw is None else P.decode(raw)
+        except Exception:  # noqa: BLE001 - garbage from the worker: the call is lost
+            done = raw
+        self._calls.pop(outstanding.spec.task_id, None)
+        channel.busy = False
+        if type(done) is P.TaskDone and done.task_id == outstanding.spec.task_id:
+            with self.lock:
+                channel.lent = False
+                close = channel.abandoned
+            if close:
+                self._close(channel)
+            outstanding.settle(done, None)
+            return
+        if done is not None:
+            logger.error("a worker answered a direct call with %s", type(done).__name__)
+        self._close(channel)  # (its thread's cache drops a closed channel)
+        outstanding.settle(None, _Lost(sent=True))
+
+    # IO thread
+    def _start_timer(self) -> None:
+        """IO thread: watch the backstop timer. Made when a thread first gets in step (a
+        process that never does pays nothing); without timerfd nothing is sent at submit."""
+        from pyactor._private.wake_timer import WakeTimer
+        timer = WakeTimer.create()
+        if timer is not None and not self.closed:
+            self.runtime.loop.add_reader(timer.fd, self._on_timer)
+            self._timer = timer
+
+    def stop_timer(self) -> None:
+        """IO thread, at shutdown."""
+        with self.lock:
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            self.runtime.loop.remove_reader(timer.fd)
+            timer.close()
+
+    def _on_timer(self) -> None:
+        """IO thread: answers left unclaimed BACKSTOP_S after their send are taken here."""
+        timer = self._timer
+        if timer is None:
+            return
+        timer.clear()
+        due = time.monotonic() - BACKSTOP_S * 0.9
+        with self.lock:
+            late = [o for o in self.unclaimed.values() if o.sent_s <= due]
+            for outstanding in late:
+                outstanding.taken = True
+                outstanding.channel.lent = True
+                outstanding.state.sync = False  # its thread is off doing something else
+                del self.unclaimed[outstanding.spec.task_id]
+            oldest = min((o.sent_s for o in self.unclaimed.values()), default=None)
+            if oldest is not None:
+                timer.arm(max(oldest + BACKSTOP_S - time.monotonic(), 1e-4))
+        for outstanding in late:
+            self._read_on_loop(outstanding)
+
+    def _read_on_loop(self, outstanding: _Outstanding) -> None:
+        """IO thread: read a lent connection's answer now, or when it becomes readable."""
+        if not self._read_lent(outstanding):
+            try:
+                self.runtime.loop.add_reader(outstanding.channel.conn.fileno(), self._read_lent,
+                                      outstanding)
+            except (OSError, ValueError):  # closed meanwhile (shutdown)
+                self._end_outstanding(outstanding, None)
+
+    def _read_lent(self, outstanding: _Outstanding) -> bool:
+        """IO thread: settle the call if its answer is whole (True), else False."""
+        conn = outstanding.channel.conn
+        try:
+            done = conn.poll_message()
+        except (OSError, ProtocolError, ValueError):
+            done = False
+        if done is None:
+            return False
+        try:
+            # (the loop made the socket non-blocking to watch it: its thread's recv blocks)
+            self.runtime.loop.remove_reader(conn.fileno())
+            conn.block_again()
+        except (OSError, ValueError):
+            pass
+        self._end_outstanding(outstanding, done or None)
+        return True
 
     # ------------------------------------------------------------------ tasks
     def _claim_task(self, spec):
@@ -138,7 +394,8 @@ class DirectPath:
         self.runtime.tasks.running[spec.task_id] = spec  # so cancel finds it, as a running task
         return lease
 
-    def _run_task(self, spec, lease, deadline, timeout_s) -> None:
+    def _task_call(self, spec, lease):
+        """(connection key, build(channel) -> message, settle(done, lost)) of a claimed task."""
         runtime = self.runtime
 
         def push(channel: _Channel) -> P.PushTask:
@@ -149,8 +406,11 @@ class DirectPath:
             return P.PushTask(spec.task_id, spec.function_id, blob, spec.args, spec.kwargs, 1,
                               runtime.address, lease.gpu_ids, spec.name, spec.namespace,
                               spec.job_id)
-        self._exchange(lease.address, spec, push, deadline, timeout_s,
-                       lambda done, lost: self._settle_task(spec, lease, done, lost))
+        # The worker's identity is part of the connection's key: a port freed by a dead
+        # worker and taken by a new one must not be reached through the dead one's
+        # connection (its end-of-stream would read as this call's worker dying).
+        return (lease.address[0], lease.address[1], lease.worker_id), push, \
+            lambda done, lost: self._settle_task(spec, lease, done, lost)
 
     def _settle_task(self, spec, lease, done: P.TaskDone | None, lost: _Lost | None) -> None:
         """The direct task ended: answered, or its connection broke (`lost`)."""
@@ -192,16 +452,16 @@ class DirectPath:
         self.runtime.actors.by_task[spec.task_id] = view
         return claim
 
-    def _run_actor_call(self, spec, view, address, incarnation, sequence, deadline,
-                        timeout_s) -> None:
+    def _actor_call(self, spec, view, address, incarnation, sequence):
+        """(connection key, build(channel) -> message, settle(done, lost)) of a claimed actor
+        call."""
         runtime = self.runtime
 
         def call(_channel: _Channel) -> P.ActorCall:
             return P.ActorCall(spec.task_id, view.actor_id, spec.method, spec.args, spec.kwargs,
                                1, runtime.address, sequence)
-        self._exchange(address, spec, call, deadline, timeout_s,
-                       lambda done, lost: self._settle_actor_call(spec, view, incarnation, done,
-                                                                  lost))
+        return (address[0], address[1], view.actor_id, incarnation), call, \
+            lambda done, lost: self._settle_actor_call(spec, view, incarnation, done, lost)
 
     def _settle_actor_call(self, spec, view, incarnation, done: P.TaskDone | None,
                            lost: _Lost | None) -> None:
@@ -223,24 +483,30 @@ class DirectPath:
             self.runtime.run_in_loop(self.runtime.actors.after_direct_call, view)
 
     # ------------------------------------------------------------------ the exchange
-    def _exchange(self, address, spec, build, deadline, timeout_s, settle) -> None:
-        """Send build(channel) to the worker at `address`, wait for its TaskDone, then call
-        settle(done, None), or settle(None, lost) when the connection broke."""
+    def _send(self, address, spec, build, settle, state: _ThreadState) -> _Channel | None:
+        """Send build(channel) to the worker at `address` on this thread's connection; the
+        channel, whose answer is then due, or None when the call was settled as lost."""
         try:
-            channel = self._channel(address)
+            channel = self._channel(address, state)
         except Exception as error:  # noqa: BLE001 - refused, reset, timed out, bad handshake
             logger.debug("direct connection to %s failed: %s", address, error)
             settle(None, _Lost(sent=False))
-            return
-        channel.busy = True
-        self._calls[spec.task_id] = (channel, spec)
+            return None
         self.calls_sent += 1
         try:
-            try:
-                channel.conn.send(P.encode(build(channel)))
-            except OSError:
-                self._drop(channel, address)
-                raise _Lost(sent=True) from None  # some of it may have gone out
+            channel.conn.send(P.encode(build(channel)))
+        except OSError:
+            self._drop(channel, address)
+            settle(None, _Lost(sent=True))  # some of it may have gone out
+            return None
+        channel.busy = True
+        self._calls[spec.task_id] = (channel, spec)
+        return channel
+
+    def _wait(self, channel: _Channel, address, spec, settle, deadline, timeout_s) -> None:
+        """Wait on this thread for the TaskDone of a call sent on `channel`, then call
+        settle(done, None), or settle(None, lost) when the connection broke."""
+        try:
             done = self._await_answer(channel, address, spec, deadline, timeout_s, settle)
         except _Lost as lost:
             settle(None, lost)
@@ -296,15 +562,20 @@ class DirectPath:
         settle(done, None if done is not None else _Lost(sent=True))
 
     # ------------------------------------------------------------------ connections
-    def _channel(self, address) -> _Channel:
-        channels = getattr(self._local, "channels", None)
-        if channels is None:
-            channels = self._local.channels = OrderedDict()
-        key = (address[0], address[1])
+    def _channel(self, key: tuple, state: _ThreadState | None = None) -> _Channel:
+        """This thread's connection for `key`: (host, port, who answers there)."""
+        channels = (state or self._state()).channels
         channel = channels.get(key)
         if channel is not None and not channel.conn.closed:
-            channels.move_to_end(key)
-            return channel
+            if not channel.lent:
+                channels.move_to_end(key)
+                return channel
+            with self.lock:  # the IO thread reads on it: it closes it when done
+                channel.abandoned = True
+                if not channel.lent:
+                    channel.abandoned = False
+                    channels.move_to_end(key)
+                    return channel
         channel = _Channel(transport.BlockingConnection(key[0], key[1], self.runtime.token))
         with self._channels_lock:
             if self.closed:
@@ -313,13 +584,16 @@ class DirectPath:
             self._all_channels.add(channel)
         channels[key] = channel
         while len(channels) > CHANNELS_PER_THREAD:
-            self._close(channels.popitem(last=False)[1])
+            oldest = channels.popitem(last=False)[1]
+            with self.lock:
+                oldest.abandoned = True
+                lent = oldest.lent
+            if not lent:  # (a lent one is closed by the IO thread, once read)
+                self._close(oldest)
         return channel
 
-    def _forget(self, address) -> None:
-        channels = getattr(self._local, "channels", None)
-        if channels is not None:
-            channels.pop((address[0], address[1]), None)
+    def _forget(self, key: tuple) -> None:
+        self._state().channels.pop(key, None)
 
     def _drop(self, channel: _Channel, address) -> None:
         self._forget(address)

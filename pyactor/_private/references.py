@@ -136,7 +136,8 @@ class ReferenceTable:
 
     def _unlink_if_unused(self, entry: ObjectEntry) -> bool:
         """Under the lock: forget the entry if nothing uses it any more (True if so)."""
-        if entry.in_use() or self.entries.get(entry.object_id) is not entry:
+        if entry.local_refs or entry.borrowers or entry.task_pins or \
+                self.entries.get(entry.object_id) is not entry:  # (in_use, inline: per call)
             return False
         del self.entries[entry.object_id]
         return True

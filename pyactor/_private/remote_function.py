@@ -160,8 +160,8 @@ class RemoteFunction:
                 spec.scheduling_key = self._scheduling_key + wire["key"].encode()
         spec.placement = self._placement
         spec.retries_left = options["max_retries"]
-        spec.namespace = api.get_namespace()
-        spec.job_id = api.get_job_id()
+        spec.namespace = api._namespace  # (its globals: get_namespace() is a call per task)
+        spec.job_id = api._job_id
         spec.retry_exceptions = options["retry_exceptions"]
         if self._streaming:
             return self._submit_streaming(runtime, spec)

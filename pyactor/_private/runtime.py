@@ -23,7 +23,8 @@ An actor call skips steps 1-2: the caller sends ActorCall straight to the actor'
 one connection, so calls from one caller arrive, and run, in the order they were sent.
 
 A thread that waits for the call it just made (`pa.get(f.remote())`) skips both thread hand-offs:
-it sends steps 3-4 itself on a connection of its own (direct.py).
+it sends steps 3-4 itself on a connection of its own (direct.py), from `.remote()` once its
+calls are waited for as they are made, so such a loop never wakes the IO thread.
 """
 
 from __future__ import annotations
@@ -173,6 +174,7 @@ class Runtime:
         self.direct.close()
 
         async def close():
+            self.direct.stop_timer()
             for conn_future in list(self._peers.values()):
                 if conn_future.done() and not conn_future.exception():
                     conn_future.result().close("shutdown")
@@ -572,9 +574,21 @@ class Runtime:
         return ObjectRef(object_id, self.address)
 
     def get(self, refs: list[ObjectRef], timeout_s: float | None) -> list[Any]:
+        if len(refs) == 1:  # the common case, without the lists
+            entry = self.refs.entries.get(refs[0].id) or self._entries_of(refs)[0]
+            if entry.state == PENDING:
+                if threading.current_thread() is not self._thread:
+                    self.direct.try_run(entry, timeout_s)  # pa.get(f.remote()): direct.py
+                if entry.state == PENDING:
+                    self._wait_for([entry], 1, timeout_s)
+            elif self.direct.unclaimed:  # (see below)
+                self.direct.hand_over_mine()
+            return [self.value_of(entry)]
         entries = self._entries_of(refs)
         if len(entries) == 1 and entries[0].state == PENDING and not self.in_io_thread():
             self.direct.try_run(entries[0], timeout_s)  # pa.get(f.remote()): direct.py
+        elif self.direct.unclaimed:  # an answer this thread left unread goes to the IO thread
+            self.direct.hand_over_mine()
         pending = [e for e in entries if e.state == PENDING]
         if pending:
             self._wait_for(pending, len(pending), timeout_s)
@@ -584,6 +598,8 @@ class Runtime:
              ids: list[bytes] | None = None) -> tuple[list, list]:
         """(ready, not_ready), order kept. `ids` are the refs' ids when the caller has them.
         Refs that are all ready already (the common case of a poll) take C-level loops only."""
+        if self.direct.unclaimed:  # (see get)
+            self.direct.hand_over_mine()
         get_entry = self.refs.entries.get
         if ids is None:
             ids = [ref.id for ref in refs]
@@ -701,6 +717,8 @@ class Runtime:
     def future_of(self, ref: ObjectRef):
         import concurrent.futures
         future: concurrent.futures.Future = concurrent.futures.Future()
+        if self.direct.unclaimed:  # (see get)
+            self.direct.hand_over_mine()
         entry = self._entries_of([ref])[0]
 
         def complete(entry: ObjectEntry, attempt: int = 0) -> None:
@@ -743,6 +761,8 @@ class Runtime:
         on that loop's thread, not on the IO thread). Cheaper than wrapping future_of: no
         concurrent.futures.Future and no chain of callbacks between the two."""
         future = loop.create_future()
+        if self.direct.unclaimed:  # (see get)
+            self.direct.hand_over_mine()
         entry = self._entries_of([ref])[0]
 
         def resolved(entry: ObjectEntry, ref=ref) -> None:  # holds the ref while awaited
@@ -795,6 +815,8 @@ class Runtime:
         refs = self._register_returns(spec)
         if self.on_submit is not None:
             self.on_submit(spec)
+        if self.direct.send_at_submit(spec):  # this thread waits for its calls: sent now
+            return refs
         self.direct.note_submitted(spec)
         self.run_in_loop(self.tasks.submit_on_loop, spec)
         return refs
@@ -817,6 +839,8 @@ class Runtime:
         refs = self._register_returns(spec)
         spec.retries_left = max_task_retries
         self.actors.count_submitted(spec, max_task_retries)
+        if self.direct.send_at_submit(spec):
+            return refs
         self.direct.note_submitted(spec)
         self.run_in_loop(self.actors.submit, spec)
         return refs
@@ -930,7 +954,7 @@ class Runtime:
         """The answer to a call sent directly (the calling thread, direct.py). The entry is
         resolved here unless that would run other waiters' callbacks or needs the IO thread
         (a retry, refs inside the value); then the IO thread does it."""
-        if spec.actor is None and retry_on_error(spec, done):
+        if done.error is not None and spec.actor is None and retry_on_error(spec, done):
             self.run_in_loop(self.tasks.retry, spec)
         elif not self._finish_here(spec, done):
             self.run_in_loop(self.finish_answered, spec, done)
@@ -943,7 +967,10 @@ class Runtime:
             ret = done.returns[0]
             if len(ret) > 3 and ret[3]:  # refs inside the value: adopt them on the IO thread
                 return False
-            state, inline, node_id = _resolution(ret)
+            if ret[0] == P.VALUE_INLINE:  # (_resolution, inline: this runs per round trip)
+                state, inline, node_id = READY, ret[1], None
+            else:
+                state, inline, node_id = READY, None, ret[2]
         resolved = self.refs.resolve_unwatched(entry, state, inline, node_id)
         if resolved is False:
             return False

@@ -163,6 +163,7 @@ def submit_streaming(runtime, spec, threshold: int, submit) -> ObjectRefGenerato
     """Register the stream, then submit the call (`submit(spec)` -> its refs): the producer's
     GeneratorStart may come back before submit returns."""
     table = streams_of(runtime)
+    spec.streaming = True  # (never sent at submit: direct.py)
     stream = table.consuming[spec.task_id] = _Stream(spec.task_id, threshold)
     try:
         ref0 = submit(spec)[0]

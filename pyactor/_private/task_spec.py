@@ -23,7 +23,7 @@ class TaskSpec:
                  "has_ref_args", "held_refs", "num_returns", "entries", "demand",
                  "scheduling_key", "retries_left", "retry_exceptions", "actor", "method",
                  "cancelled", "lease", "attempt", "namespace", "route", "placement",
-                 "job_id", "runtime_env", "submitted_at", "args_ready_at")
+                 "job_id", "runtime_env", "submitted_at", "args_ready_at", "streaming")
 
     def __init__(self):
         self.held_refs: list = []  # ObjectRefs kept alive until the task finishes
@@ -38,10 +38,14 @@ class TaskSpec:
         self.submitted_at = _now()  # made at .remote(): the task's history (task_events.py)
         self.args_ready_at = 0.0  # set when it had to wait for ref arguments
         self.demand = None  # a task's resources (remote_function.py); None for actor calls
+        self.streaming = False  # a generator's call: its items come as they are yielded
 
     def encode_call(self, runtime, args: tuple, kwargs: dict) -> None:
         """Encode the call's arguments (in the submitting thread), noting whether any must be
         resolved first, so the IO thread looks at the arguments only when one must."""
+        if not args and not kwargs:  # (has_ref_args stays False)
+            self.args, self.kwargs = [], {}
+            return
         self.args, self.kwargs = encode_args(runtime, args, kwargs, self.held_refs)
         self.has_ref_args = any(arg[0] == VALUE_REF for arg in self.args) or any(
             arg[0] == VALUE_REF for arg in self.kwargs.values())

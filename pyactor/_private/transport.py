@@ -854,13 +854,41 @@ class BlockingConnection:
     def send(self, message: Any) -> None:
         """Write one message now (raises OSError if the peer is gone)."""
         body = self._packer.pack(message)
-        self._socket.sendall(_frame_header(len(body), self._decoder.max_frame_bytes) + body)
+        if len(body) > self._decoder.max_frame_bytes:
+            _frame_header(len(body), self._decoder.max_frame_bytes)  # (raises: over the limit)
+        self._socket.sendall(_HEADER.pack(len(body)) + body)
 
     def receive(self, spin_ns: int = 0, deadline: float | None = None) -> Any:
         """Block for the next message; ConnectionError when the peer closed, ProtocolError when
         it broke the format, TimeoutError at `deadline` (time.monotonic(); a message cut short
         is kept for the next call). With `spin_ns`, poll that long before sleeping in the
         kernel: an answer that comes within it costs no wake-up of this thread."""
+        if spin_ns and self._poll_buffer is not None and not self._messages and \
+                not self._decoder.buffered_bytes:
+            # The common case, an answer that arrives as one whole frame within the spin, is
+            # unpacked here, without the decoder's buffering (one frame: one call to msgpack).
+            got = _net_lib.pa_recv_spin(self._socket.fileno(), self._poll_pointer,
+                                        len(self._poll_buffer), spin_ns)
+            if got > _HEADER_BYTES:
+                (body_bytes,) = _HEADER.unpack_from(self._poll_buffer)
+                if body_bytes == got - _HEADER_BYTES:  # (a raw payload's flag never matches)
+                    if body_bytes > self._decoder.max_frame_bytes:
+                        raise ProtocolError(f"{self.address} sent a frame of {body_bytes} "
+                                            f"bytes, over the limit")
+                    try:
+                        return msgpack.unpackb(
+                            memoryview(self._poll_buffer)[_HEADER_BYTES:got], raw=False,
+                            strict_map_key=False)
+                    except Exception as error:  # msgpack raises ValueError, TypeError, ...
+                        raise ProtocolError(f"frame body is not one msgpack value "
+                                            f"({type(error).__name__}: {error})") from None
+            if got >= 0:
+                if got == 0:
+                    raise ConnectionError(f"{self.address} closed the connection")
+                self._messages.extend(self._decoder.feed(bytes(self._poll_buffer[:got])))
+            elif got != _net_lib.PA_NET_NOTHING_YET:
+                raise OSError(-got, os.strerror(-got))
+            spin_ns = 0  # (the spin is spent)
         return self._receive_one(handshake=False, spin_ns=spin_ns, deadline=deadline)
 
     def _receive_one(self, handshake: bool, spin_ns: int = 0,
@@ -881,6 +909,34 @@ class BlockingConnection:
         if message is PAYLOAD_RECEIVED:
             raise ProtocolError(f"{self.address} sent a raw payload nobody asked for")
         return message
+
+    def poll_message(self) -> Any:
+        """The next message if it has arrived whole, else None, without blocking (for whichever
+        thread holds the connection now); ConnectionError / ProtocolError as `receive`."""
+        messages = self._messages
+        while not messages:
+            if self._decoder.has_more:
+                messages.extend(self._decoder.feed(b""))
+                continue
+            try:
+                data = self._socket.recv(1 << 16, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return None
+            if not data:
+                raise ConnectionError(f"{self.address} closed the connection")
+            messages.extend(self._decoder.feed(data))
+        message = messages.popleft()
+        if message is PAYLOAD_RECEIVED:
+            raise ProtocolError(f"{self.address} sent a raw payload nobody asked for")
+        return message
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def block_again(self) -> None:
+        """Make the socket blocking again after an event loop watched it (which set
+        O_NONBLOCK on it behind the socket object's back)."""
+        self._socket.settimeout(None)
 
     def _recv_until(self, deadline: float | None) -> bytes:
         if deadline is None:
