@@ -8,8 +8,8 @@ builds with these rows (bench/alternate_builds.py --script bench/actor_batch_cpu
     the actor's process    run each call, answer it                  actor_process_cpu_us
     the driver's GC        collections the batch set off (any thread) gc_cpu_us, gc_per_1k_calls
 
-Prints a table (median of REPEATS batches), or with --json one {"name", "value", "unit"} object a
-line. Thread CPU is exact (clock_gettime); a process's is in clock ticks (10 ms), so batches are
+Prints one {"name", "value", "unit"} object a line (medians of REPEATS batches; what
+alternate_builds reads), or with --table a table. Thread CPU is exact (clock_gettime); a process's is in clock ticks (10 ms), so batches are
 large enough for ticks to matter little.
 
 Instruction and cache-miss counts do not move with the load at all; for the driver, per call:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--table", action="store_true", help="a table, not JSON lines")
     args = parser.parse_args(argv)
     if args.calls < 1 or args.repeats < 0:
         parser.error("--calls must be at least 1 and --repeats at least 0")
@@ -119,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         pa.shutdown()
     for name, value, unit in rows:
-        if args.json:
-            print(json.dumps({"name": name, "value": value, "unit": unit}))
-        else:
+        if args.table:
             print(f"{name:<24} {value:12,.2f} {unit}")
+        else:
+            print(json.dumps({"name": name, "value": value, "unit": unit}))
     return 0
 
 
