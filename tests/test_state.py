@@ -13,7 +13,7 @@ import pytest
 
 import pyactor as pa
 from pyactor import cli
-from pyactor._private import api
+from pyactor._private import api, process_state
 from pyactor._private.worker_logs import RotatingLog, read_log
 from pyactor.util import state
 from conftest import wait_until
@@ -128,6 +128,48 @@ def test_task_history_has_states_transitions_and_errors(pa_module, tmp_path):
     summary = state.summarize_tasks()
     assert summary[failed.name].get("FAILED", 0) >= 1
     assert summary[done.name].get("FINISHED", 0) >= 1
+
+
+@pa.remote
+class Answers:
+    """Every kind of answer an actor call's done path tells apart."""
+
+    def small(self, i):
+        return i
+
+    def large(self, i):
+        return bytes([i]) * (1 << 20)  # over the inline limit: returned in the store
+
+    def holding_a_ref(self, i):
+        return [pa.put(i)]  # a value with a ref inside: the general path adopts it
+
+    def failing(self, i):
+        raise ValueError(f"answer {i} failed")
+
+
+def test_a_batch_of_actor_calls_of_every_answer_kind_resolves_and_is_recorded(pa_module):
+    """Calls submitted then gathered, answered inline, in the store, with a ref inside and with
+    an error, each resolve to their value or error, release their task pin, and each appears in
+    the owner's history as FINISHED or FAILED."""
+    actor = Answers.remote()
+    refs = {kind: [getattr(actor, kind).remote(i) for i in range(3)]
+            for kind in ("small", "large", "holding_a_ref", "failing")}
+    assert pa.get(refs["small"]) == [0, 1, 2]
+    assert [(len(v), v[0]) for v in pa.get(refs["large"])] == [(1 << 20, i) for i in range(3)]
+    assert [pa.get(inner[0]) for inner in pa.get(refs["holding_a_ref"])] == [0, 1, 2]
+    for ref in refs["failing"]:
+        with pytest.raises(ValueError, match="failed"):
+            pa.get(ref)
+    table = api._runtime.refs
+    assert all(table.get(ref.id).task_pins == 0 for kind in refs.values() for ref in kind)
+    owner_rows = {row["task_id"]: row for row in process_state.task_rows(api._runtime)
+                  if row["side"] == "owner"}
+    for kind, kind_refs in refs.items():
+        for ref in kind_refs:
+            row = owner_rows[ref.task_id().hex()]
+            assert row["state"] == ("FAILED" if kind == "failing" else "FINISHED"), kind
+            assert row["name"].endswith(kind) and row["submitted_at"] > 0
+    pa.kill(actor)
 
 
 def test_bad_filters_and_limits_name_the_problem(pa_module):

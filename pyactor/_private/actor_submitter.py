@@ -84,7 +84,7 @@ class ActorSubmitter:
 
     # ------------------------------------------------------------------ calls (IO thread)
     def submit(self, spec: TaskSpec) -> None:
-        view = self.view(spec.actor)
+        view = self.actors.get(spec.actor) or self.view(spec.actor)  # (a call less per call)
         with self.runtime.direct.lock:
             if spec.route == ROUTE_DIRECT:  # a waiting thread sends it itself
                 return
@@ -106,18 +106,24 @@ class ActorSubmitter:
         runtime = self.runtime
         while view.queue and not view.blocked:
             spec = view.queue[0]
-            if not runtime._resolve_dependencies(spec, lambda _s, v=view: self._unblock(v)):
-                view.blocked = True
-                return
-            if spec.cancelled:
+            if spec.has_ref_args:  # (checked here: most calls have none, and skip two calls)
+                if not runtime._resolve_dependencies(spec, lambda _s, v=view: self._unblock(v)):
+                    view.blocked = True
+                    return
+                if spec.cancelled:
+                    view.queue.popleft()
+                    continue
+                resolved = runtime.resolve_args(spec)
+                if resolved is None:  # an argument failed: the call fails with its error
+                    view.queue.popleft()
+                    self.by_task.pop(spec.task_id, None)
+                    continue
+                args, kwargs = resolved
+            elif spec.cancelled:
                 view.queue.popleft()
                 continue
-            resolved = runtime.resolve_args(spec)
-            if resolved is None:  # an argument failed: the call fails with its error
-                view.queue.popleft()
-                self.by_task.pop(spec.task_id, None)
-                continue
-            args, kwargs = resolved
+            else:
+                args, kwargs = spec.args, spec.kwargs
             view.sequence += 1
             # In flight before it leaves the queue: a claim (direct.py) never sees both empty
             # while a call is on its way.
