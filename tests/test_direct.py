@@ -470,3 +470,23 @@ def test_a_call_right_after_kill_goes_to_the_next_incarnation(pa_module):
         pa.kill(log, no_restart=False)
         assert pa.get(log.append.remote(round_)) == round_
         assert pa.get(log.read.remote()) == [round_]  # a fresh process each time
+
+
+def test_a_kill_answered_after_the_restart_keeps_the_connection_to_the_restart(pa_module):
+    """The killed process's connection closed and the caller already reached the restarted one
+    when kill()'s answer is handled: the caller keeps talking to the restart. (It used to drop
+    that connection and wait for an incarnation after it, which never came: a hang seen on a
+    loaded machine.)"""
+    log = Log.options(max_restarts=5).remote()
+    pa.get(log.read.remote())
+    runtime = api.runtime_for_call()
+    view = runtime.actors.actors[log._actor_id]
+    killed = view.incarnation
+    pa.kill(log, no_restart=False)
+    assert pa.get(log.append.remote("after"), timeout=30) == "after"
+    assert view.incarnation > killed
+    # kill()'s answer for the old incarnation, handled only now
+    runtime.actors.note_killed(log._actor_id)
+    runtime.run_in_loop(runtime.actors.on_killed, log._actor_id, killed)
+    assert pa.get(log.read.remote(), timeout=30) == ["after"]
+    assert view.state == "alive"

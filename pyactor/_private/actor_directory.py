@@ -152,9 +152,11 @@ class ActorDirectory:
 
     def kill(self, conn, message: P.KillActor) -> None:
         actor = self.actors.get(message.actor_id)
+        killed = 0  # the incarnation killed (0: none), so the caller keeps a newer one it knows
         if actor is not None:
+            killed = actor.incarnation
             self._kill(actor, "it was killed with pyactor.kill()", message.no_restart)
-        self._reply(conn, message.request_id, True)
+        self._reply(conn, message.request_id, killed)
 
     # ------------------------------------------------------------------ reports from nodes
     def on_hosted(self, actor_id: bytes, address: list | None, error: str | None,

@@ -218,11 +218,16 @@ class ActorSubmitter:
         with self.runtime.direct.lock:
             view.kills_pending += 1
 
-    def on_killed(self, actor_id: bytes) -> None:
+    def on_killed(self, actor_id: bytes, killed_incarnation=None) -> None:
         """pa.kill() from this process returned: the process is gone, even if its connection
-        has not closed yet. Calls made after kill() must not go out on that connection."""
+        has not closed yet. Calls made after kill() must not go out on that connection.
+        `killed_incarnation` (the head's answer): the view may already talk to the restarted
+        process (its old connection closed and the node named the next incarnation before this
+        ran); that connection is kept, or the view would wait for an incarnation after it that
+        never comes."""
         view = self.actors.get(actor_id)
-        if view is not None and view.conn is not None:
+        if view is not None and view.conn is not None and not (
+                type(killed_incarnation) is int and view.incarnation > killed_incarnation):
             self._lost(view)
         if view is not None:
             with self.runtime.direct.lock:

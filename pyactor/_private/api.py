@@ -466,9 +466,9 @@ def kill(actor: ActorHandle, *, no_restart: bool = True) -> None:
     runtime = runtime_for_call()
     # Wait for the node's answer: the process is dead once it comes, so a call made after
     # kill() returns cannot be run by it (it fails with ActorDiedError).
-    runtime.node_request(P.KillActor, actor._actor_id, no_restart)
+    killed = runtime.node_request(P.KillActor, actor._actor_id, no_restart)
     runtime.actors.note_killed(actor._actor_id)  # before any later call can go out directly
-    runtime.run_in_loop(runtime.actors.on_killed, actor._actor_id)
+    runtime.run_in_loop(runtime.actors.on_killed, actor._actor_id, killed)
 
 
 def get_actor(name: str, namespace: str | None = None) -> ActorHandle:
