@@ -38,3 +38,32 @@ def exit_the_first_time(marker):
         open(marker, "w").close()
         os._exit(1)
     return "second attempt"
+
+
+@pa.remote
+class Log:
+    """An actor that keeps what it was given, in order (test_direct, test_direct_submit)."""
+
+    def __init__(self):
+        self.entries = []
+
+    def append(self, item, seconds=0.0):
+        time.sleep(seconds)
+        self.entries.append(item)
+        return item
+
+    def read(self):
+        return list(self.entries)
+
+    def append_gated(self, item, started, release):
+        open(started, "w").close()
+        while not os.path.exists(release):
+            time.sleep(0.01)
+        self.entries.append(item)
+        return item
+
+    def exit_the_first_time(self, marker):
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return "second incarnation"

@@ -20,7 +20,7 @@ from pyactor._private import api
 from pyactor.exceptions import ActorDiedError, TaskCancelledError, TaskError, WorkerCrashedError
 
 from conftest import wait_until
-from helpers import exit_the_first_time, gated, identity
+from helpers import Log, exit_the_first_time, gated, identity
 
 
 def direct_calls() -> int:
@@ -61,33 +61,6 @@ def put_inside(value):
 @pa.remote
 def array(n):
     return np.arange(n, dtype=np.float64)
-
-
-@pa.remote
-class Log:
-    def __init__(self):
-        self.entries = []
-
-    def append(self, item, seconds=0.0):
-        time.sleep(seconds)
-        self.entries.append(item)
-        return item
-
-    def read(self):
-        return list(self.entries)
-
-    def append_gated(self, item, started, release):
-        open(started, "w").close()
-        while not os.path.exists(release):
-            time.sleep(0.01)
-        self.entries.append(item)
-        return item
-
-    def exit_the_first_time(self, marker):
-        if not os.path.exists(marker):
-            open(marker, "w").close()
-            os._exit(1)
-        return "second incarnation"
 
 
 def test_waiting_for_a_task_just_made_sends_it_directly(pa_module):

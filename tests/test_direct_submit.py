@@ -16,25 +16,12 @@ from pyactor._private import api
 from pyactor.exceptions import TaskCancelledError
 
 from conftest import wait_until
-from helpers import exit_the_first_time, gated
+from helpers import Log, exit_the_first_time, gated
 
 
 @pa.remote
 def add_one(x):
     return x + 1
-
-
-@pa.remote
-class Log:
-    def __init__(self):
-        self.entries = []
-
-    def append(self, item):
-        self.entries.append(item)
-        return item
-
-    def read(self):
-        return list(self.entries)
 
 
 def direct():

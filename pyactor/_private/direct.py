@@ -181,16 +181,10 @@ class DirectPath:
             return False
         if self._timer is None:  # not started yet (see try_run), or no timerfd here
             return False
-        if spec.actor is None:
-            lease = self._claim_task(spec)
-            if lease is None:
-                return False
-            address, build, settle = self._task_call(spec, lease)
-        else:
-            claim = self._claim_actor_call(spec)
-            if claim is None:
-                return False
-            address, build, settle = self._actor_call(spec, *claim)
+        call = self._claim(spec)
+        if call is None:
+            return False
+        address, build, settle = call
         channel = self._send(address, spec, build, settle, state)
         if channel is None:
             return True  # (settled: the IO thread sends or fails it)
@@ -236,16 +230,10 @@ class DirectPath:
         state.last = None
         if self.closed or spec.has_ref_args:
             return
-        if spec.actor is None:
-            lease = self._claim_task(spec)
-            if lease is None:
-                return
-            address, build, settle = self._task_call(spec, lease)
-        else:
-            claim = self._claim_actor_call(spec)
-            if claim is None:
-                return
-            address, build, settle = self._actor_call(spec, *claim)
+        call = self._claim(spec)
+        if call is None:
+            return
+        address, build, settle = call
         state.sync = True
         if not self._timer_requested:  # the first thread in step: the IO thread starts it
             self._timer_requested = True
@@ -372,6 +360,15 @@ class DirectPath:
             pass
         self._end_outstanding(outstanding, done or None)
         return True
+
+    def _claim(self, spec):
+        """Take `spec` off the ordinary path if it may go directly: (connection key,
+        build(channel) -> message, settle(done, lost)), or None."""
+        if spec.actor is None:
+            lease = self._claim_task(spec)
+            return None if lease is None else self._task_call(spec, lease)
+        claim = self._claim_actor_call(spec)
+        return None if claim is None else self._actor_call(spec, *claim)
 
     # ------------------------------------------------------------------ tasks
     def _claim_task(self, spec):

@@ -585,9 +585,7 @@ class Runtime:
                 self.direct.hand_over_mine()
             return [self.value_of(entry)]
         entries = self._entries_of(refs)
-        if len(entries) == 1 and entries[0].state == PENDING and not self.in_io_thread():
-            self.direct.try_run(entries[0], timeout_s)  # pa.get(f.remote()): direct.py
-        elif self.direct.unclaimed:  # an answer this thread left unread goes to the IO thread
+        if self.direct.unclaimed:  # an answer this thread left unread goes to the IO thread
             self.direct.hand_over_mine()
         pending = [e for e in entries if e.state == PENDING]
         if pending:
@@ -969,14 +967,10 @@ class Runtime:
             refs.resolve(entry, READY, None, ret[2])
             in_store = True
         refs.unpin_task(entry)
-        demand = spec.demand
         record_finished((spec.task_id, spec.name, spec.actor, spec.submitted_at,
                          spec.args_ready_at, 0.0, FINISHED_OK, None, spec.attempt,
-                         None if demand is None else self._history_demand(demand)))
-        if in_store and spec.actor is None:
-            self.tasks.lineage[spec.task_id] = spec  # as _keep_lineage
-        else:
-            spec.held_refs = None
+                         self._history_demand(spec.demand)))
+        self._keep_lineage(spec, in_store)
 
     def task_answered(self, spec: TaskSpec, done: P.TaskDone) -> None:
         """The answer to a call sent directly (the calling thread, direct.py). The entry is

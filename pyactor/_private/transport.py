@@ -867,32 +867,6 @@ class BlockingConnection:
         it broke the format, TimeoutError at `deadline` (time.monotonic(); a message cut short
         is kept for the next call). With `spin_ns`, poll that long before sleeping in the
         kernel: an answer that comes within it costs no wake-up of this thread."""
-        if spin_ns and self._poll_buffer is not None and not self._messages and \
-                not self._decoder.buffered_bytes:
-            # The common case, an answer that arrives as one whole frame within the spin, is
-            # unpacked here, without the decoder's buffering (one frame: one call to msgpack).
-            got = _net_lib.pa_recv_spin(self._socket.fileno(), self._poll_pointer,
-                                        len(self._poll_buffer), spin_ns)
-            if got > _HEADER_BYTES:
-                (body_bytes,) = _HEADER.unpack_from(self._poll_buffer)
-                if body_bytes == got - _HEADER_BYTES:  # (a raw payload's flag never matches)
-                    if body_bytes > self._decoder.max_frame_bytes:
-                        raise ProtocolError(f"{self.address} sent a frame of {body_bytes} "
-                                            f"bytes, over the limit")
-                    try:
-                        return msgpack.unpackb(
-                            memoryview(self._poll_buffer)[_HEADER_BYTES:got], raw=False,
-                            strict_map_key=False)
-                    except Exception as error:  # msgpack raises ValueError, TypeError, ...
-                        raise ProtocolError(f"frame body is not one msgpack value "
-                                            f"({type(error).__name__}: {error})") from None
-            if got >= 0:
-                if got == 0:
-                    raise ConnectionError(f"{self.address} closed the connection")
-                self._messages.extend(self._decoder.feed(bytes(self._poll_buffer[:got])))
-            elif got != _net_lib.PA_NET_NOTHING_YET:
-                raise OSError(-got, os.strerror(-got))
-            spin_ns = 0  # (the spin is spent)
         return self._receive_one(handshake=False, spin_ns=spin_ns, deadline=deadline)
 
     def _receive_one(self, handshake: bool, spin_ns: int = 0,

@@ -226,20 +226,7 @@ class Executor:
                 raise
             self._reply_error(conn, task_id, error, traceback.format_exc(), name)
             return
-        runtime = self.runtime
-        inline = serialization.plain_to_bytes(result) if num_returns == 1 and in_main else None
-        if inline is not None and len(inline) < serialization.INLINE_THRESHOLD_BYTES \
-                and runtime.borrows_started == self._borrows_at_start \
-                and not runtime.pending_registrations:
-            # The common answer, one small plain value with nothing lent meanwhile, written
-            # here at once: what _reply_result and _send_done would do, without their generality.
-            try:
-                conn.send_now(P.encode(P.TaskDone(
-                    task_id, [[P.VALUE_INLINE, inline, None, None]], None, False)))
-            except transport.ConnectionClosedError:
-                logger.debug("the caller of %s is gone; its answer is dropped", task_id.hex())
-        else:
-            self._reply_result(conn, task_id, name, num_returns, owner, result)
+        self._reply_result(conn, task_id, name, num_returns, owner, result)
         RUNNING.pop(task_id, None)
         record_ran((task_id, name, actor_id, started, decoded, _now(), False, thread))
         self.calls_finished[actor_id is not None] += 1
@@ -264,6 +251,14 @@ class Executor:
 
     # ------------------------------------------------------------------ answers
     def _reply_result(self, conn, task_id, name, num_returns, owner, result) -> None:
+        if num_returns == 1:
+            # The common answer, one small plain value (None, a number, a short string), is
+            # encoded without the general serializer: byte for byte what it would write.
+            inline = serialization.plain_to_bytes(result)
+            if inline is not None and len(inline) < serialization.INLINE_THRESHOLD_BYTES:
+                self._send_done(conn, P.TaskDone(task_id, [[P.VALUE_INLINE, inline, None, None]],
+                                                 None, False))
+                return
         try:
             values = [result] if num_returns == 1 else _split_returns(result, num_returns, name)
             returns = [self._encode_return(object_id_for(task_id, i), value, owner)
