@@ -6,6 +6,9 @@ in turns, for several rounds, so all see the same machine:
 
     bare      this process (uvloop client) --64 bytes--> echo server process (uvloop, a plain
               asyncio.Protocol, no framing, no auth) --same bytes--> back
+    bare unix the same over a Unix socket: what pyactor's calls to workers on this host travel
+              on (transport.py, "Same host, no TCP"); shown so the runtime's own share of a
+              round trip can be read against the transport it uses, not only against TCP
     task      pa.get(noop.remote())            driver -> leased worker -> driver
     actor     pa.get(actor.noop.remote())      driver -> actor process -> driver
 
@@ -38,6 +41,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------- the bare baseline
+UNIX_NAME = f"\0pyactor-rtt-bench-{os.getpid()}"
+
+
 def _echo_server(port_pipe) -> None:
     class Echo(asyncio.Protocol):
         def connection_made(self, transport):
@@ -49,17 +55,20 @@ def _echo_server(port_pipe) -> None:
     async def serve():
         loop = asyncio.get_running_loop()
         server = await loop.create_server(Echo, "127.0.0.1", 0)
+        unix_server = await loop.create_unix_server(Echo, port_pipe.recv())
         port_pipe.send(server.sockets[0].getsockname()[1])
         await loop.run_in_executor(None, port_pipe.recv)  # until the parent says stop
         server.close()
+        unix_server.close()
     try:
         uvloop.run(serve())
     except EOFError:
         pass
 
 
-def bare_round_trips_us(port: int, calls: int) -> list[float]:
-    """Round trips of MESSAGE to the echo server, each timed (us), on a fresh uvloop client."""
+def bare_round_trips_us(port: int | None, calls: int) -> list[float]:
+    """Round trips of MESSAGE to the echo server, each timed (us), on a fresh uvloop client;
+    port None: over its Unix socket."""
     async def main() -> list[float]:
         loop = asyncio.get_running_loop()
         state = {"waiter": None, "got": 0}
@@ -71,8 +80,14 @@ def bare_round_trips_us(port: int, calls: int) -> list[float]:
                     state["got"] = 0
                     state["waiter"].set_result(None)
 
-        transport, _ = await loop.create_connection(Client, "127.0.0.1", port)
-        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if port is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(UNIX_NAME)  # (uvloop takes an abstract name only as a socket)
+            transport, _ = await loop.create_unix_connection(Client, sock=sock)
+        else:
+            transport, _ = await loop.create_connection(Client, "127.0.0.1", port)
+            transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY,
+                                                          1)
         timings = []
         for index in range(calls + calls // 10):  # the first tenth warms up
             state["waiter"] = loop.create_future()
@@ -184,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     server = multiprocessing.get_context("spawn").Process(target=_echo_server,
                                                           args=(child_end,), daemon=True)
     server.start()
+    parent_end.send(UNIX_NAME)
     port = parent_end.recv()
 
     pa.init(num_cpus=2)
@@ -205,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = {
         "bare_uvloop_tcp_round_trip": (lambda: bare_round_trips_us(port, args.calls),
                                        [server.pid], None),
+        "bare_uvloop_unix_round_trip": (lambda: bare_round_trips_us(None, args.calls),
+                                        [server.pid], None),
         "task_round_trip": (calls(task), pyactor_pids, io_tid),
         "actor_round_trip": (calls(actor_call), pyactor_pids, io_tid),
     }
@@ -236,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     base = results["bare_uvloop_tcp_round_trip"]
     base_median = statistics.median(base["median_us"])
     base_mean = statistics.median(base["mean_us"])
+    unix_median = statistics.median(results["bare_uvloop_unix_round_trip"]["median_us"])
     out = []
     for name, record in results.items():
         median = statistics.median(record["median_us"])
@@ -244,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             "name": name, "median_us": median, "mean_us": mean,
             "ratio_median": median / base_median, "ratio_mean": mean / base_mean,
             "ratio_per_round": [m / b for m, b in zip(record["median_us"], base["median_us"])],
+            "ratio_median_vs_unix": median / unix_median,
             "own_cpu_us_per_call": statistics.median(record["own_cpu_us"]),
             "others_cpu_us_per_call": statistics.median(record["others_cpu_us"]),
             "io_thread_switches_per_call": statistics.median(record["io_switches"]),
@@ -253,15 +273,17 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(row))
         return 0
     print(f"load average {os.getloadavg()[0]:.1f}; {args.rounds} rounds x {args.calls} calls; "
-          f"baseline: the bare uvloop TCP round trip of the same round")
+          f"baseline: the bare uvloop TCP round trip of the same round (x unix: against the "
+          f"bare Unix-socket one)")
     print(f"{'row':<28} {'median us':>10} {'mean us':>9} {'x bare':>7} {'x bare':>7} "
-          f"{'cpu us/call':>12} {'io wakes':>9}")
-    print(f"{'':<28} {'':>10} {'':>9} {'median':>7} {'mean':>7} {'here+others':>12} "
-          f"{'per call':>9}")
+          f"{'x unix':>7} {'cpu us/call':>12} {'io wakes':>9}")
+    print(f"{'':<28} {'':>10} {'':>9} {'median':>7} {'mean':>7} {'median':>7} "
+          f"{'here+others':>12} {'per call':>9}")
     for row in out:
         cpu = f"{row['own_cpu_us_per_call']:.0f}+{row['others_cpu_us_per_call']:.0f}"
         print(f"{row['name']:<28} {row['median_us']:>10.1f} {row['mean_us']:>9.1f} "
-              f"{row['ratio_median']:>7.2f} {row['ratio_mean']:>7.2f} {cpu:>12} "
+              f"{row['ratio_median']:>7.2f} {row['ratio_mean']:>7.2f} "
+              f"{row['ratio_median_vs_unix']:>7.2f} {cpu:>12} "
               f"{row['io_thread_switches_per_call']:>9.2f}")
     return 0
 

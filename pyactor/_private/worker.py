@@ -107,7 +107,7 @@ class Executor:
         signal.signal(signal.SIGUSR1, self._interrupt)
         self.server = self.loop.run_until_complete(
             transport.serve(host, 0, runtime.token, self._on_task_message,
-                            on_reject=runtime.rejections.add))
+                            on_reject=runtime.rejections.add, local_socket=True))
         self.task_address = [host, self.server.port]
 
     def run_forever(self) -> None:
