@@ -76,6 +76,19 @@ def test_calls_waited_for_as_made_never_involve_the_io_thread(pa_module, monkeyp
     assert handed == []
 
 
+def test_the_backstop_timer_ticks_only_while_calls_are_sent_at_submit(pa_module):
+    """An idle program is never woken by it: the ticking stops once calls stop, and the next
+    call sent at submit starts it again."""
+    in_step()
+    with direct().lock:  # (an earlier test may have left it ticking at a longer period)
+        direct()._start_ticking()
+    assert wait_until(lambda: not direct()._ticking, 20)
+    ref = add_one.remote(1)  # sent at submit: its answer is covered from the start
+    assert direct()._ticking and direct().unclaimed
+    assert pa.get(ref) == 2
+    assert wait_until(lambda: not direct()._ticking, 20)
+
+
 def test_an_answer_its_thread_never_waits_for_reaches_other_waiters(pa_module, tmp_path):
     """The calling thread goes off to block elsewhere: the backstop timer gives its answer to
     the IO thread, so other threads' waits on the ref, and their calls to the same actor
