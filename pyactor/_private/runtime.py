@@ -148,13 +148,15 @@ class Runtime:
                                                  self._on_message,
                                                  on_close=self._on_node_closed)
         # Listen where the node reached us from: other nodes' processes reach this one through
-        # the same interface (loopback only when the node itself is on loopback).
+        # the same interface (loopback only when the node itself is on loopback). (So the node
+        # is reached over TCP: a Unix socket would name no interface.) Processes on this host
+        # reach us over the local socket (transport.py, "Same host, no TCP").
         sockname = self.node_conn._transport.get_extra_info("sockname")
         bind_host = self.bind_host or (sockname[0] if isinstance(sockname, tuple)
                                        else "127.0.0.1")
         self.server = await transport.serve(bind_host, 0, self.token, self._on_message,
                                             on_close=self._on_connection_closed,
-                                            on_reject=self.rejections.add)
+                                            on_reject=self.rejections.add, local_socket=True)
         self.address = [bind_host, self.server.port]
         info = await self._request(self.node_conn, P.Register, self.kind, os.getpid(),
                                    self.worker_id, self.address, self.namespace,

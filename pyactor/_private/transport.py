@@ -43,10 +43,12 @@ Design notes
   records state about a connection after an `await` checks `closed` first (on_close will not
   come again), and a caller that may race with a close catches ConnectionClosedError. Bulk
   senders call `await drain()` to respect TCP back-pressure.
-- Same host, no TCP: a server started with `local_socket=True` (a worker's task endpoint) also
-  listens on an abstract Unix socket named after its TCP address (`local_socket_name`, Linux),
-  and clients (`connect`, `BlockingConnection`) try that name before TCP. Loopback TCP runs the
-  whole IP stack twice per message; a Unix socket hands the bytes over (measured on this VM:
+- Same host, no TCP: a server started with `local_socket=True` (a worker's task endpoint, a
+  runtime's endpoint for its peers; not a node's, whose clients learn their interface from
+  the connection) also listens on an abstract Unix socket named after its TCP address
+  (`local_socket_name`, Linux), and clients (`connect`, `BlockingConnection`) try that name
+  before TCP. Loopback TCP runs the IP stack for each message; a Unix socket hands the bytes
+  over (measured on this VM:
   one send and receive in one thread 18 us over TCP, 5 us over a Unix socket). The name holds
   the TCP host and port, which only this server can hold, so a name that answers is this
   server; frames and handshake are the same, and with no such name (another host, another
