@@ -126,9 +126,6 @@ long pa_recv_frame(int fd, char *buf, long capacity, pa_inbox *inbox, long max_f
         if (spin_until && monotonic_ns() < spin_until) {
             continue;
         }
-        if (deadline_s == 0) {
-            return PA_NET_NOTHING_YET;
-        }
         const long ready = wait_readable(fd, deadline_s);
         if (ready == 0) {
             return PA_NET_NOTHING_YET;
@@ -163,7 +160,8 @@ long pa_send_frame(int fd, const char *body, long body_len, long offset) {
             parts[count].iov_base = (void *)(header + offset);
             parts[count++].iov_len = (size_t)(PA_FRAME_HEADER_BYTES - offset);
         }
-        const long body_offset = offset > PA_FRAME_HEADER_BYTES ? offset - PA_FRAME_HEADER_BYTES : 0;
+        const long body_offset =
+            offset > PA_FRAME_HEADER_BYTES ? offset - PA_FRAME_HEADER_BYTES : 0;
         if (body_len > body_offset) {
             parts[count].iov_base = (void *)(body + body_offset);
             parts[count++].iov_len = (size_t)(body_len - body_offset);

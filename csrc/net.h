@@ -21,7 +21,7 @@ long pa_recv_spin(int fd, char *buf, long len, long spin_ns);
  * A frame is a 4-byte big-endian body length and the body (transport.py). A thread that waits for
  * one answer on its own connection reads the whole frame here, header and body, polling for up to
  * spin_ns and then sleeping in the kernel until the deadline, all without the GIL; and it writes
- * header and body with one writev. Bytes read past the frame stay in the buffer for the next call.
+ * header and body with one sendmsg. Bytes read past the frame stay in the buffer for the next call.
  */
 
 /* What pa_recv_frame returns besides a body length (>= 0) and -errno. */
@@ -42,7 +42,7 @@ typedef struct {
  * call returned. On success the frame is at buf[0 .. 4 + result) and inbox->filled counts it and
  * whatever followed it. Polls without sleeping for up to spin_ns, then sleeps until deadline_s
  * (CLOCK_MONOTONIC seconds, the clock of Python's time.monotonic()); deadline_s < 0 sleeps
- * without limit, deadline_s == 0 never sleeps. PA_NET_NOTHING_YET when no whole frame came in
+ * without limit, one already past never sleeps. PA_NET_NOTHING_YET when no whole frame came in
  * time (what did come is kept); -EINVAL if inbox does not describe buf. */
 long pa_recv_frame(int fd, char *buf, long capacity, pa_inbox *inbox, long max_frame_bytes,
                    long spin_ns, double deadline_s);

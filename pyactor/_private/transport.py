@@ -834,7 +834,7 @@ class BlockingConnection:
     """
 
     __slots__ = ("address", "_socket", "_fd", "_packer", "closed", "max_frame_bytes",
-                 "_inbox", "_inbox_view", "_inbox_pointer", "_inbox_state")
+                 "_inbox", "_inbox_bytes", "_inbox_view", "_inbox_pointer", "_inbox_state")
 
     def __init__(self, host: str, port: int, token: bytes, timeout_s: float = 10.0,
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
@@ -883,28 +883,14 @@ class BlockingConnection:
         handler runs while it sleeps (its exception, such as KeyboardInterrupt, ends the wait)."""
         deadline_s = -1.0 if deadline is None else deadline
         while True:
-            got = _net_lib.pa_recv_frame(self._fd, self._inbox_pointer, len(self._inbox),
+            got = _net_lib.pa_recv_frame(self._fd, self._inbox_pointer, self._inbox_bytes,
                                          self._inbox_state, self.max_frame_bytes, spin_ns,
                                          deadline_s)
             if got >= 0:
-                return self._unpack(got)
+                break
             if not self._handle_no_frame(got):
                 raise TimeoutError(f"no message from {self.address} before the deadline")
-
-    def poll_message(self) -> Any:
-        """The next message if it has arrived whole, else None, without blocking (for whichever
-        thread holds the connection now); ConnectionError / ProtocolError as `receive`."""
-        while True:
-            got = _net_lib.pa_recv_frame(self._fd, self._inbox_pointer, len(self._inbox),
-                                         self._inbox_state, self.max_frame_bytes, 0, 0.0)
-            if got >= 0:
-                return self._unpack(got)
-            if not self._handle_no_frame(got):
-                return None
-
-    def _unpack(self, body_bytes: int) -> Any:
-        """The message of the frame at the inbox's start (C said its body is body_bytes)."""
-        end = _HEADER_BYTES + body_bytes
+        end = _HEADER_BYTES + got
         try:
             message = msgpack.unpackb(self._inbox_view[_HEADER_BYTES:end], raw=False,
                                       strict_map_key=False)
@@ -914,6 +900,14 @@ class BlockingConnection:
         if end > _INBOX_BYTES:  # a large frame: give its memory back (the body is copied out)
             self._shrink_inbox()
         return message
+
+    def poll_message(self) -> Any:
+        """The next message if it has arrived whole, else None, without blocking (for whichever
+        thread holds the connection now); ConnectionError / ProtocolError as `receive`."""
+        try:
+            return self.receive(0, 0.0)  # (a deadline long past: only what is there already)
+        except TimeoutError:
+            return None
 
     def _handle_no_frame(self, code: int) -> bool:
         """What pa_recv_frame said instead of a frame: True to read again (the inbox grew, or a
@@ -941,6 +935,7 @@ class BlockingConnection:
 
     def _use_inbox(self, inbox: bytearray) -> None:
         self._inbox = inbox
+        self._inbox_bytes = len(inbox)
         self._inbox_view = memoryview(inbox)
         self._inbox_pointer = _net_ffi.from_buffer(inbox)
 
