@@ -12,22 +12,6 @@ static int64_t monotonic_ns(void) {
     return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
 }
 
-long pa_recv_spin(int fd, char *buf, long len, long spin_ns) {
-    const int64_t deadline = monotonic_ns() + spin_ns;
-    for (;;) {
-        ssize_t got = recv(fd, buf, (size_t)len, MSG_DONTWAIT);
-        if (got >= 0) {
-            return (long)got;
-        }
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-            return -(long)errno;
-        }
-        if (monotonic_ns() >= deadline) {
-            return PA_NET_NOTHING_YET;
-        }
-    }
-}
-
 /* ---- The direct lane's frames (see net.h) ----------------------------------------------------
  * Why in C: the Python version (recv into a buffer, copy out, FrameDecoder.feed, a header concat
  * and sendall) was ~12-15 us of a ~100 us round trip. The GIL is released by cffi for the whole
