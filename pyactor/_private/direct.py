@@ -81,6 +81,32 @@ SPIN_BEFORE_SLEEP_NS = 100_000
 BACKSTOP_S = 0.005
 
 
+_TASK_DONE_KIND = P.KIND_OF[P.TaskDone]
+_TASK_DONE_LENGTH = 1 + len(P.TaskDone._fields)
+_new_tuple = tuple.__new__
+
+
+def _task_done(raw, task_id: bytes | None) -> P.TaskDone | None:
+    """The TaskDone that `raw` (a received message) is, answering `task_id` if one is given;
+    None for anything else. It builds what P.decode would, without its generic checks (the
+    ones here suffice) and its NamedTuple constructor call: this is on every round trip."""
+    if type(raw) is list and len(raw) == _TASK_DONE_LENGTH and raw[0] == _TASK_DONE_KIND \
+            and (task_id is None or raw[1] == task_id):
+        return _new_tuple(P.TaskDone, raw[1:])
+    return None
+
+
+def _message_name(raw) -> str:
+    """What a worker sent in place of a call's TaskDone, for the log."""
+    try:
+        message = P.decode(raw)
+    except ProtocolError as error:
+        return f"a broken message ({error})"
+    if type(message) is P.TaskDone:
+        return "the TaskDone of another call"
+    return type(message).__name__
+
+
 class _ThreadState:
     """One thread's place on the direct path (its own thread reads and writes it; `sync` is
     also cleared by the IO thread when it takes the thread's answer)."""
@@ -280,13 +306,10 @@ class DirectPath:
     def _end_outstanding(self, outstanding: _Outstanding, raw) -> None:
         """An outstanding call's answer was read (`raw`), or its connection broke (None)."""
         channel = outstanding.channel
-        try:
-            done = None if raw is None else P.decode(raw)
-        except Exception:  # noqa: BLE001 - garbage from the worker: the call is lost
-            done = raw
+        done = None if raw is None else _task_done(raw, outstanding.spec.task_id)
         self._calls.pop(outstanding.spec.task_id, None)
         channel.busy = False
-        if type(done) is P.TaskDone and done.task_id == outstanding.spec.task_id:
+        if done is not None:
             with self.lock:
                 channel.lent = False
                 close = channel.abandoned
@@ -294,8 +317,8 @@ class DirectPath:
                 self._close(channel)
             outstanding.settle(done, None)
             return
-        if done is not None:
-            logger.error("a worker answered a direct call with %s", type(done).__name__)
+        if raw is not None:
+            logger.error("a worker answered a direct call with %s", _message_name(raw))
         self._close(channel)  # (its thread's cache drops a closed channel)
         outstanding.settle(None, _Lost(sent=True))
 
@@ -546,9 +569,9 @@ class DirectPath:
         finally:
             if on_blocked is not None:
                 on_blocked(False)
-        done = P.decode(raw)
-        if type(done) is not P.TaskDone or done.task_id != spec.task_id:
-            logger.error("a worker answered a direct call with %s", type(done).__name__)
+        done = _task_done(raw, spec.task_id)
+        if done is None:
+            logger.error("a worker answered a direct call with %s", _message_name(raw))
             self._drop(channel, address)
             raise _Lost(sent=True)
         return done
@@ -563,10 +586,8 @@ class DirectPath:
     def _finish_later(self, channel: _Channel, settle) -> None:
         """Take an abandoned wait's answer (a helper thread), then close its connection."""
         try:
-            done = P.decode(channel.conn.receive())
+            done = _task_done(channel.conn.receive(), None)
         except Exception:  # noqa: BLE001 - the connection broke: the call is lost
-            done = None
-        if type(done) is not P.TaskDone:
             done = None
         self._close(channel)
         settle(done, None if done is not None else _Lost(sent=True))

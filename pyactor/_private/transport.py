@@ -82,10 +82,9 @@ from pyactor.exceptions import AuthenticationError, ProtocolError
 
 logger = logging.getLogger("pyactor.transport")
 
-try:  # the compiled part (csrc/net.c); without it, BlockingConnection only blocks
-    from pyactor._store_cffi import ffi as _net_ffi, lib as _net_lib
-except ImportError:  # pragma: no cover - the extension is built by every install
-    _net_ffi = _net_lib = None
+# The compiled part (csrc/net.c): BlockingConnection's frame I/O. Built by every install (the
+# object store is in the same extension).
+from pyactor._store_cffi import ffi as _net_ffi, lib as _net_lib
 
 DEFAULT_MAX_FRAME_BYTES = 1 << 30
 _LOCAL_SOCKETS = sys.platform.startswith("linux")  # abstract Unix socket names are Linux's
@@ -112,6 +111,8 @@ def _connect_local(host: str, port: int) -> socket.socket | None:
         sock.close()
         return None
     return sock  # (non-blocking, as an event loop takes it)
+
+
 HANDSHAKE_MAX_FRAME_BYTES = 256
 PROTOCOL_MAGIC = "pyactor"
 PROTOCOL_VERSION = 1
@@ -126,6 +127,7 @@ _LARGEST_FRAME_BYTES = (1 << 32) - 1  # what a 4-byte length can say
 _RAW_FLAG = 1 << 31
 _LARGE_BODY_BYTES = 1 << 18  # bodies from here up are written on their own, not copied in a batch
 _SMALL_BODY_BYTES = 1 << 12  # bodies up to here are sliced (a small copy beats a memoryview)
+_INBOX_BYTES = 1 << 16  # a BlockingConnection's read buffer; grows for a larger frame, then shrinks
 DEFAULT_REJECTION_REPORT_S = 60.0  # servers without on_reject log failed handshakes this often
 _TOKEN_HINT = ("pass the token printed by `pyactor start --head` as token=... "
                "or set PYACTOR_TOKEN")
@@ -882,49 +884,57 @@ class BlockingConnection:
     It speaks the same frames and handshake as `Connection`, without an event loop: the
     synchronous fast path (direct.py) uses it so that a thread blocked in `get` is woken by the
     answer itself, not by another thread. Not thread-safe; one call at a time.
+
+    Each frame is one C call each way (csrc/net.c, without the GIL): `send` writes header and
+    body with one sendmsg; `receive` reads a whole frame into this connection's inbox (polling,
+    then sleeping until the deadline) and the body is unpacked straight from there. Bytes read
+    past a frame, or a frame cut short by a deadline, stay in the inbox for the next call.
     """
 
-    __slots__ = ("address", "_socket", "_decoder", "_packer", "_messages", "closed",
-                 "_poll_buffer", "_poll_pointer")
+    __slots__ = ("address", "_socket", "_fd", "_packer", "closed", "max_frame_bytes",
+                 "_inbox", "_inbox_bytes", "_inbox_view", "_inbox_pointer", "_inbox_state")
 
     def __init__(self, host: str, port: int, token: bytes, timeout_s: float = 10.0,
                  max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
         token = _check_token(token)
+        max_frame_bytes = _check_max_frame_bytes(max_frame_bytes)
         self.address = f"{host}:{port}"
-        self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME_BYTES)
         self._packer = _new_packer()
-        self._messages: collections.deque = collections.deque()
         self.closed = False
-        self._poll_buffer: bytearray | None = None
-        self._poll_pointer = None
+        self.max_frame_bytes = HANDSHAKE_MAX_FRAME_BYTES  # until the peer proved itself
+        self._new_inbox()
         local = _connect_local(host, port)
         if local is not None:
             local.settimeout(timeout_s)
             try:
-                self._handshake(local, token)
+                self._handshake(local, token, timeout_s)
             except (OSError, ProtocolError, AuthenticationError) as error:
                 # Someone else holds the name (it outlived its TCP port): TCP reaches the server.
                 logger.debug("the local socket of %s failed its handshake (%s): over TCP",
                              self.address, error)
                 local = None
-                self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME_BYTES)
-                self._messages.clear()
+                self._new_inbox()
         if local is None:
             tcp = socket.create_connection((host, port), timeout=timeout_s)
             tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._handshake(tcp, token)
-        self._decoder.max_frame_bytes = _check_max_frame_bytes(max_frame_bytes)
+            self._handshake(tcp, token, timeout_s)
+        self.max_frame_bytes = max_frame_bytes
         self._socket.settimeout(None)
 
-    def _handshake(self, sock: socket.socket, token: bytes) -> None:
+    def _new_inbox(self) -> None:
+        self._inbox_state = _net_ffi.new("pa_inbox *")  # what the inbox holds (C keeps it)
+        self._use_inbox(bytearray(_INBOX_BYTES))
+
+    def _handshake(self, sock: socket.socket, token: bytes, timeout_s: float) -> None:
         """Authenticate on `sock` (closed if that fails)."""
-        self._socket, self.closed = sock, False
+        self._socket, self._fd, self.closed = sock, sock.fileno(), False
         try:
-            server_nonce = _check_challenge(self._receive_one(handshake=True), self.address)
+            deadline = time.monotonic() + timeout_s
+            server_nonce = _check_challenge(self.receive(0, deadline), self.address)
             client_nonce = secrets.token_bytes(_NONCE_BYTES)
             sock.sendall(_client_proof_frame(token, server_nonce, client_nonce))
-            _check_server_answer(self._receive_one(handshake=True), token, server_nonce,
-                                 client_nonce, self.address)
+            _check_server_answer(self.receive(0, deadline), token, server_nonce, client_nonce,
+                                 self.address)
         except BaseException:
             self.close()
             raise
@@ -932,97 +942,105 @@ class BlockingConnection:
     def send(self, message: Any) -> None:
         """Write one message now (raises OSError if the peer is gone)."""
         body = self._packer.pack(message)
-        if len(body) > self._decoder.max_frame_bytes:
-            _frame_header(len(body), self._decoder.max_frame_bytes)  # (raises: over the limit)
-        self._socket.sendall(_HEADER.pack(len(body)) + body)
+        body_bytes = len(body)
+        if body_bytes > self.max_frame_bytes:
+            _frame_header(body_bytes, self.max_frame_bytes)  # (raises: over the limit)
+        frame_bytes = body_bytes + _HEADER_BYTES
+        sent = _net_lib.pa_send_frame(self._fd, body, body_bytes, 0)
+        while sent != frame_bytes:  # (a signal came: its handler runs at this loop's turn)
+            if sent < 0:
+                raise OSError(-sent, os.strerror(-sent))
+            sent = _net_lib.pa_send_frame(self._fd, body, body_bytes, sent)
 
     def receive(self, spin_ns: int = 0, deadline: float | None = None) -> Any:
         """Block for the next message; ConnectionError when the peer closed, ProtocolError when
         it broke the format, TimeoutError at `deadline` (time.monotonic(); a message cut short
         is kept for the next call). With `spin_ns`, poll that long before sleeping in the
-        kernel: an answer that comes within it costs no wake-up of this thread."""
-        return self._receive_one(handshake=False, spin_ns=spin_ns, deadline=deadline)
-
-    def _receive_one(self, handshake: bool, spin_ns: int = 0,
-                     deadline: float | None = None) -> Any:
-        messages = self._messages
-        limit = 1 if handshake else None  # the frame size limit changes after the handshake
-        while not messages:
-            if self._decoder.has_more:  # a whole frame is already buffered
-                messages.extend(self._decoder.feed(b"", max_messages=limit))
-                continue
-            data = self._poll(spin_ns) if spin_ns else None
-            if data is None:
-                data = self._recv_until(deadline)
-            if not data:
-                raise ConnectionError(f"{self.address} closed the connection")
-            messages.extend(self._decoder.feed(data, max_messages=limit))
-        message = messages.popleft()
-        if message is PAYLOAD_RECEIVED:
-            raise ProtocolError(f"{self.address} sent a raw payload nobody asked for")
+        kernel: an answer that comes within it costs no wake-up of this thread. A signal's
+        handler runs while it sleeps (its exception, such as KeyboardInterrupt, ends the wait)."""
+        deadline_s = -1.0 if deadline is None else deadline
+        while True:
+            got = _net_lib.pa_recv_frame(self._fd, self._inbox_pointer, self._inbox_bytes,
+                                         self._inbox_state, self.max_frame_bytes, spin_ns,
+                                         deadline_s)
+            if got >= 0:
+                break
+            if not self._handle_no_frame(got):
+                raise TimeoutError(f"no message from {self.address} before the deadline")
+        end = _HEADER_BYTES + got
+        try:
+            message = msgpack.unpackb(self._inbox_view[_HEADER_BYTES:end], raw=False,
+                                      strict_map_key=False)
+        except Exception as error:  # msgpack raises ValueError, TypeError and subclasses
+            raise ProtocolError(f"{self.address} sent a frame body that is not one msgpack "
+                                f"value ({type(error).__name__}: {error})") from None
+        if end > _INBOX_BYTES:  # a large frame: give its memory back (the body is copied out)
+            self._shrink_inbox()
         return message
 
     def poll_message(self) -> Any:
         """The next message if it has arrived whole, else None, without blocking (for whichever
         thread holds the connection now); ConnectionError / ProtocolError as `receive`."""
-        messages = self._messages
-        while not messages:
-            if self._decoder.has_more:
-                messages.extend(self._decoder.feed(b""))
-                continue
-            try:
-                data = self._socket.recv(1 << 16, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                return None
-            if not data:
-                raise ConnectionError(f"{self.address} closed the connection")
-            messages.extend(self._decoder.feed(data))
-        message = messages.popleft()
-        if message is PAYLOAD_RECEIVED:
-            raise ProtocolError(f"{self.address} sent a raw payload nobody asked for")
-        return message
+        try:
+            return self.receive(0, 0.0)  # (a deadline long past: only what is there already)
+        except TimeoutError:
+            return None
+
+    def _handle_no_frame(self, code: int) -> bool:
+        """What pa_recv_frame said instead of a frame: True to read again (the inbox grew, or a
+        signal's handler ran and did not raise), False when nothing whole came in time; raises
+        for the rest."""
+        if code == _net_lib.PA_NET_NOTHING_YET:
+            return False
+        if code == _net_lib.PA_NET_INTERRUPTED:
+            return True  # (the handler runs as this returns; an exception it raises goes up)
+        if code == _net_lib.PA_NET_GROW:
+            bigger = bytearray(_HEADER_BYTES + int.from_bytes(self._inbox[:_HEADER_BYTES], "big"))
+            filled = self._inbox_state.filled
+            bigger[:filled] = self._inbox_view[:filled]
+            self._use_inbox(bigger)
+            return True
+        if code == _net_lib.PA_NET_CLOSED:
+            raise ConnectionError(f"{self.address} closed the connection")
+        if code == _net_lib.PA_NET_TOO_LARGE:
+            declared = int.from_bytes(self._inbox[:_HEADER_BYTES], "big")
+            if declared & _RAW_FLAG:
+                raise ProtocolError(f"{self.address} sent a raw payload nobody asked for")
+            raise ProtocolError(f"frame header declares {declared} bytes, over the limit of"
+                                f" {self.max_frame_bytes}")
+        raise OSError(-code, os.strerror(-code))
+
+    def _use_inbox(self, inbox: bytearray) -> None:
+        self._inbox = inbox
+        self._inbox_bytes = len(inbox)
+        self._inbox_view = memoryview(inbox)
+        self._inbox_pointer = _net_ffi.from_buffer(inbox)
+
+    def _shrink_inbox(self) -> None:
+        state = self._inbox_state
+        frame_end = state.consumed
+        rest = state.filled - frame_end  # what followed the frame just unpacked
+        if rest > _INBOX_BYTES:
+            return
+        inbox = bytearray(_INBOX_BYTES)
+        inbox[:rest] = self._inbox_view[frame_end:frame_end + rest]
+        self._use_inbox(inbox)
+        # (a signal's exception between these lines leaves a state C refuses, not a bad read)
+        state.filled, state.consumed = rest, 0
 
     def fileno(self) -> int:
         return self._socket.fileno()
 
     def block_again(self) -> None:
         """Make the socket blocking again after an event loop watched it (which set
-        O_NONBLOCK on it behind the socket object's back)."""
+        O_NONBLOCK on it behind the socket object's back). (The frame calls wait in poll,
+        so they work either way; Python's own socket calls do not.)"""
         self._socket.settimeout(None)
-
-    def _recv_until(self, deadline: float | None) -> bytes:
-        if deadline is None:
-            return self._socket.recv(1 << 16)
-        remaining_s = deadline - time.monotonic()
-        if remaining_s <= 0:
-            raise TimeoutError("no message before the deadline")
-        self._socket.settimeout(remaining_s)
-        try:
-            return self._socket.recv(1 << 16)  # socket.timeout is TimeoutError
-        finally:
-            self._socket.settimeout(None)
-
-    def _poll(self, spin_ns: int) -> bytes | None:
-        """What arrives within spin_ns, read without sleeping; None if nothing did. The polling
-        runs in C without the GIL (csrc/net.c): a Python loop would hold the GIL and starve the
-        process's other threads (measured: another thread's round trip went from 5.5 to 17 ms
-        at worst)."""
-        if self._poll_buffer is None:
-            if _net_lib is None:
-                return None
-            self._poll_buffer = bytearray(1 << 16)
-            self._poll_pointer = _net_ffi.from_buffer(self._poll_buffer)
-        got = _net_lib.pa_recv_spin(self._socket.fileno(), self._poll_pointer,
-                                    len(self._poll_buffer), spin_ns)
-        if got >= 0:
-            return bytes(self._poll_buffer[:got])
-        if got == _net_lib.PA_NET_NOTHING_YET:
-            return None
-        raise OSError(-got, os.strerror(-got))
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            self._fd = -1  # (the number may be reused at once: never read or write it again)
             self._socket.close()
 
     def shutdown(self) -> None:
