@@ -16,4 +16,14 @@
 #define PA_NET_NOTHING_YET -1000000
 long pa_recv_spin(int fd, char *buf, long len, long spin_ns);
 
+/* ---- The worker's hot wait after an answer ---------------------------------------------------
+ *
+ * pa_poll_spin polls the sockets fds[0..nfds) without blocking, again and again, for up to
+ * spin_ns nanoseconds, and returns as soon as any of them is readable (data, the peer's close,
+ * or an error), so that a worker whose next call comes within that time is not put to sleep
+ * and woken again. With yield_cpu, it calls sched_yield() between polls: another runnable
+ * process on the same CPU goes first. Called through cffi, which releases the GIL.
+ * Returns how many fds are readable (> 0), 0 when none became readable in time, or -errno. */
+long pa_poll_spin(const int *fds, long nfds, long spin_ns, int yield_cpu);
+
 #endif

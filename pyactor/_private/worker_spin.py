@@ -1,0 +1,115 @@
+"""The worker's hot wait: after answering, look for the next call before sleeping in epoll.
+
+A worker that writes an answer and goes straight back to `epoll_wait` is put to sleep, and
+woken again by the kernel when the next call comes: on a virtual machine that wake-up costs
+tens of microseconds of the caller's round trip. When calls come back to back (a caller doing
+`pa.get(actor.f.remote())` in a loop), the worker instead polls its sockets for a short bound
+first. The poll runs in C without the GIL (csrc/net.c, `pa_poll_spin`), so the worker's other
+threads run meanwhile; it watches every connection of the task endpoint and its listener, so
+another caller's call (or a new caller) ends the wait as well as the next call of the one just
+answered. Once something is readable it returns, and the event loop reads it as usual (its
+`epoll_wait` then finds it at once, without sleeping).
+
+    main thread: data_received -> calls run, answers written -> after_batch()
+        spinning:  pa_poll_spin(task endpoint sockets + listener, SPIN_NS)    [C, no GIL]
+                   something readable -> return, the loop reads it
+                   nothing in time    -> a miss; MISSES_TO_REST misses in a row: rest
+        resting:   note when the batch ended; a call that arrives within SPIN_NS of that end
+                   (note_arrival, from the worker's message handler) starts spinning again
+
+So spinning costs nothing where calls do not come back quickly (a few misses, then rest), and
+it cannot hold a CPU that others need for long: each poll yields the CPU to whoever else is
+runnable on it (sched_yield), and one wait lasts at most SPIN_NS.
+
+Only sync work on the main thread spins (tasks, plain actors): an async actor's coroutines and a
+threaded actor's answers need the event loop, which a spin would hold.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+try:  # the compiled part (csrc/net.c)
+    from pyactor._store_cffi import ffi as _ffi, lib as _lib
+except ImportError:  # pragma: no cover - the extension is built by every install
+    _ffi = _lib = None
+
+# How long a worker polls after an answer, in microseconds (0 turns spinning off). The round
+# trip of a call made right after the previous answer is the caller's Python turn, 50-100 us;
+# see docs/worker-path.md for the measurement behind the default.
+SPIN_NS = int(float(os.environ.get("PYACTOR_WORKER_SPIN_US", "200")) * 1000)
+MISSES_TO_REST = 3  # waits in a row that caught nothing: stop spinning until calls come quickly
+
+
+class CallSpinner:
+    """Decides whether the worker polls after an answer, and polls. Main thread only, except
+    `stop_for_good`."""
+
+    def __init__(self, spin_ns: int = SPIN_NS, yield_cpu: bool = True,
+                 clock=time.monotonic_ns):
+        if spin_ns < 0:
+            raise ValueError(f"spin_ns must be >= 0, not {spin_ns}")
+        self.spin_ns = spin_ns
+        self.yield_cpu = yield_cpu
+        self._clock = clock  # monotonic nanoseconds (tests pass their own)
+        self.usable = spin_ns > 0 and _lib is not None
+        self.spinning = self.usable  # on until it misses; `resting` is the other state
+        self.resting = False
+        self.misses = 0
+        self.caught = 0   # waits that ended with something readable (counters for tests and
+        self.missed = 0   # docs/worker-path.md; not on any decision path)
+        self._ended_ns = 0
+        self._listener_fd: int | None = None
+        self._connection_fds: dict[object, int] = {}
+        self._fds = _ffi.new("int[]", 0) if _ffi is not None else None
+        self._fd_count = 0
+
+    # -- which sockets to watch ------------------------------------------------------------
+    def watch_listener(self, fd: int) -> None:
+        self._listener_fd = fd
+        self._rebuild()
+
+    def watch(self, connection, fd: int) -> None:
+        self._connection_fds[connection] = fd
+        self._rebuild()
+
+    def unwatch(self, connection) -> None:
+        if self._connection_fds.pop(connection, None) is not None:
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        if _ffi is None:
+            return
+        fds = list(self._connection_fds.values())
+        if self._listener_fd is not None:
+            fds.append(self._listener_fd)
+        self._fds = _ffi.new("int[]", fds)
+        self._fd_count = len(fds)
+
+    # -- the decision ------------------------------------------------------------------------
+    def stop_for_good(self) -> None:
+        """This worker became an async or threaded actor: its loop must never be held."""
+        self.usable = self.spinning = self.resting = False
+
+    def after_batch(self) -> None:
+        """The connection's received calls are answered; the loop is about to sleep."""
+        if self.spinning:
+            if _lib.pa_poll_spin(self._fds, self._fd_count, self.spin_ns, self.yield_cpu) > 0:
+                self.misses = 0
+                self.caught += 1
+                return
+            self.missed += 1
+            self.misses += 1
+            if self.misses >= MISSES_TO_REST:
+                self.spinning, self.resting = False, True
+                self._ended_ns = self._clock()
+        elif self.resting:
+            self._ended_ns = self._clock()
+
+    def note_arrival(self) -> None:
+        """A call arrived while resting: spin again if it came within the bound of the last
+        answer (a spin would have caught it)."""
+        if self._clock() - self._ended_ns <= self.spin_ns:
+            self.spinning, self.resting = True, False
+            self.misses = 0
