@@ -25,20 +25,19 @@ def _fds(*sockets) -> object:
     return ffi.new("int[]", [s.fileno() for s in sockets])
 
 
-@pytest.mark.parametrize("yield_cpu", [0, 1])
-def test_poll_spin_returns_as_soon_as_any_socket_is_readable(yield_cpu):
+def test_poll_spin_returns_as_soon_as_any_socket_is_readable():
     """Nothing readable: 0 once the bound passed. Data on any one of the sockets, or a peer
     that closed: how many are readable. No sockets: 0."""
     first, first_peer = socket.socketpair()
     second, second_peer = socket.socketpair()
     try:
         fds = _fds(first, second)
-        assert lib.pa_poll_spin(fds, 2, 1_000_000, yield_cpu) == 0
+        assert lib.pa_poll_spin(fds, 2, 1_000_000, -1, 0) == 0
         second_peer.send(b"x")
-        assert lib.pa_poll_spin(fds, 2, LONG_SPIN_NS, yield_cpu) == 1
+        assert lib.pa_poll_spin(fds, 2, LONG_SPIN_NS, -1, 0) == 1
         first_peer.close()
-        assert lib.pa_poll_spin(fds, 2, 0, yield_cpu) == 2
-        assert lib.pa_poll_spin(fds, 0, 1_000_000, yield_cpu) == 0
+        assert lib.pa_poll_spin(fds, 2, 0, -1, 0) == 2
+        assert lib.pa_poll_spin(fds, 0, 1_000_000, -1, 0) == 0
     finally:
         for s in (first, first_peer, second, second_peer):
             s.close()
@@ -50,7 +49,7 @@ def test_poll_spin_watches_more_sockets_than_one_poll_takes():
     try:
         fds = _fds(*(mine for mine, _ in pairs))
         pairs[-1][1].send(b"x")
-        assert lib.pa_poll_spin(fds, len(pairs), LONG_SPIN_NS, 1) == 1
+        assert lib.pa_poll_spin(fds, len(pairs), LONG_SPIN_NS, -1, 0) == 1
     finally:
         for mine, peer in pairs:
             mine.close()
@@ -65,9 +64,27 @@ def test_poll_spin_releases_the_gil_so_other_threads_run():
     sender.start()
     try:
         spinning.set()  # from here until the C call, this thread keeps the GIL
-        assert lib.pa_poll_spin(_fds(mine), 1, LONG_SPIN_NS, 1) == 1
+        assert lib.pa_poll_spin(_fds(mine), 1, LONG_SPIN_NS, -1, 0) == 1
     finally:
         sender.join()
+        mine.close()
+        peer.close()
+
+
+def test_poll_spin_gives_up_when_more_tasks_are_runnable_than_allowed():
+    """With /proc/loadavg to read, a spin ends as PA_SPIN_CROWDED once more tasks are
+    runnable than max_runnable (this thread is one: 0 allowed is always crowded); with
+    room for everyone, it waits out its bound."""
+    mine, peer = socket.socketpair()
+    loadavg = os.open("/proc/loadavg", os.O_RDONLY)
+    try:
+        fds = _fds(mine)
+        assert lib.pa_poll_spin(fds, 1, LONG_SPIN_NS, loadavg, 0) == lib.PA_SPIN_CROWDED
+        assert lib.pa_poll_spin(fds, 1, 1_000_000, loadavg, 1 << 30) == 0
+        peer.send(b"x")  # something readable comes first: the count is not even read
+        assert lib.pa_poll_spin(fds, 1, LONG_SPIN_NS, loadavg, 0) == 1
+    finally:
+        os.close(loadavg)
         mine.close()
         peer.close()
 
@@ -88,6 +105,7 @@ def test_the_spinner_rests_after_misses_and_spins_again_when_a_call_comes_soon()
     mine, peer = socket.socketpair()
     try:
         spinner = CallSpinner(spin_ns=1_000, clock=clock)
+        spinner.max_runnable = 1 << 30  # (a busy test machine must not cut these waits short)
         spinner.watch("connection", mine.fileno())
         for _ in range(MISSES_TO_REST - 1):
             spinner.after_batch()
@@ -108,6 +126,24 @@ def test_the_spinner_rests_after_misses_and_spins_again_when_a_call_comes_soon()
         spinner.note_arrival()
         assert spinner.spinning and not spinner.resting and spinner.misses == 0
     finally:
+        spinner.close()
+        mine.close()
+        peer.close()
+
+
+def test_a_wait_cut_short_by_a_crowded_machine_is_not_a_miss():
+    """With more tasks runnable than the spinner allows, its wait ends at once and counts as
+    crowded, not as a miss: it says nothing about when the next call comes."""
+    mine, peer = socket.socketpair()
+    spinner = CallSpinner(spin_ns=LONG_SPIN_NS)
+    try:
+        spinner.max_runnable = 0  # this thread alone is one too many
+        spinner.watch("connection", mine.fileno())
+        for _ in range(MISSES_TO_REST):
+            spinner.after_batch()  # would hang for minutes if it waited
+        assert (spinner.crowded, spinner.missed, spinner.spinning) == (MISSES_TO_REST, 0, True)
+    finally:
+        spinner.close()
         mine.close()
         peer.close()
 
@@ -147,6 +183,7 @@ class Spinning:
         self.marker = marker
         spinner = _spinner()
         spinner.spin_ns, spinner.spinning, spinner.resting = spin_ns, True, False
+        spinner.max_runnable = 1 << 30  # a busy test machine must not cut the waits short
         return os.getpid()
 
     def state(self) -> tuple:
@@ -255,6 +292,7 @@ class Paced:
     def set_bound(self, spin_ns: int) -> None:
         spinner = _spinner()
         spinner.spin_ns, spinner.spinning, spinner.resting = spin_ns, True, False
+        spinner.max_runnable = 1 << 30
 
     def state(self) -> tuple:
         spinner = _spinner()

@@ -12,17 +12,23 @@ answered. Once something is readable it returns, and the event loop reads it as 
 
     main thread: data_received -> calls run, answers written -> after_batch()
         spinning:  pa_poll_spin(task endpoint sockets + listener, SPIN_NS)    [C, no GIL]
-                   something readable -> return, the loop reads it
-                   nothing in time    -> a miss; MISSES_TO_REST misses in a row: rest
+                   something readable  -> return, the loop reads it
+                   nothing in time     -> a miss; MISSES_TO_REST misses in a row: rest
+                   others need the CPU -> return at once (crowded; not a miss)
         resting:   note when the batch ended; a call that arrives within SPIN_NS of that end
                    (note_arrival, from the worker's message handler) starts spinning again
 
 So spinning costs nothing where calls do not come back quickly (a few misses, then rest), and
-it cannot hold a CPU that others need for long: each poll yields the CPU to whoever else is
-runnable on it (sched_yield), and one wait lasts at most SPIN_NS.
+it never holds a CPU that another task waits for: the spin reads how many tasks are runnable
+system-wide (/proc/loadavg, every 20 us) and gives up as soon as there are more than CPUs. On a
+busy machine (a Pool of many workers, other programs) the wait is then a few microseconds, and
+the worker sleeps in epoll as it did without spinning. (Yielding the CPU between polls instead,
+sched_yield, did not help: a spinning worker on a loaded 2-core machine made round trips 2.2x
+slower with or without it; docs/worker-path.md.)
 
 Only sync work on the main thread spins (tasks, plain actors): an async actor's coroutines and a
-threaded actor's answers need the event loop, which a spin would hold.
+threaded actor's answers need the event loop, which a spin would hold. A signal that arrives
+during a spin is handled when the spin ends, at most SPIN_NS later.
 """
 
 from __future__ import annotations
@@ -42,16 +48,22 @@ SPIN_NS = int(float(os.environ.get("PYACTOR_WORKER_SPIN_US", "200")) * 1000)
 MISSES_TO_REST = 3  # waits in a row that caught nothing: stop spinning until calls come quickly
 
 
+def _open_loadavg() -> int:
+    """/proc/loadavg, where a spin reads how many tasks are runnable (-1: not Linux)."""
+    try:
+        return os.open("/proc/loadavg", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
+
+
 class CallSpinner:
     """Decides whether the worker polls after an answer, and polls. Main thread only, except
     `stop_for_good`."""
 
-    def __init__(self, spin_ns: int = SPIN_NS, yield_cpu: bool = True,
-                 clock=time.monotonic_ns):
+    def __init__(self, spin_ns: int = SPIN_NS, clock=time.monotonic_ns):
         if spin_ns < 0:
             raise ValueError(f"spin_ns must be >= 0, not {spin_ns}")
         self.spin_ns = spin_ns
-        self.yield_cpu = yield_cpu
         self._clock = clock  # monotonic nanoseconds (tests pass their own)
         self.usable = spin_ns > 0 and _lib is not None
         self.spinning = self.usable  # on until it misses; `resting` is the other state
@@ -59,6 +71,9 @@ class CallSpinner:
         self.misses = 0
         self.caught = 0   # waits that ended with something readable (counters for tests and
         self.missed = 0   # docs/worker-path.md; not on any decision path)
+        self.crowded = 0  # waits given up because another task waited for a CPU
+        self._loadavg_fd = _open_loadavg() if self.usable else -1
+        self.max_runnable = os.cpu_count() or 1
         self._ended_ns = 0
         self._listener_fd: int | None = None
         self._connection_fds: dict[object, int] = {}
@@ -91,13 +106,24 @@ class CallSpinner:
     def stop_for_good(self) -> None:
         """This worker became an async or threaded actor: its loop must never be held."""
         self.usable = self.spinning = self.resting = False
+        self.close()
+
+    def close(self) -> None:
+        if self._loadavg_fd >= 0:
+            os.close(self._loadavg_fd)
+            self._loadavg_fd = -1
 
     def after_batch(self) -> None:
         """The connection's received calls are answered; the loop is about to sleep."""
         if self.spinning:
-            if _lib.pa_poll_spin(self._fds, self._fd_count, self.spin_ns, self.yield_cpu) > 0:
+            ready = _lib.pa_poll_spin(self._fds, self._fd_count, self.spin_ns, self._loadavg_fd,
+                                      self.max_runnable)
+            if ready > 0:
                 self.misses = 0
                 self.caught += 1
+                return
+            if ready == _lib.PA_SPIN_CROWDED:  # says nothing about when calls come
+                self.crowded += 1
                 return
             self.missed += 1
             self.misses += 1
