@@ -97,10 +97,11 @@ class FakeClock:
         return self.now_ns
 
 
-def test_the_spinner_rests_after_misses_and_spins_again_when_a_call_comes_soon():
-    """MISSES_TO_REST waits in a row that catch nothing stop the spinning; a call arriving
-    later than the bound after the last answer leaves it resting, one arriving within the
-    bound starts it again; a wait that catches something resets the count of misses."""
+def test_the_spinner_rests_after_misses_and_spins_again_when_calls_come_soon():
+    """MISSES_TO_REST waits in a row that catch nothing stop the spinning; a batch answered
+    later than the bound after the last one leaves it resting, one answered within the bound
+    starts it again (with a wait at once); a wait that catches something resets the count of
+    misses."""
     clock = FakeClock()
     mine, peer = socket.socketpair()
     try:
@@ -117,14 +118,14 @@ def test_the_spinner_rests_after_misses_and_spins_again_when_a_call_comes_soon()
             assert spinner.spinning
             spinner.after_batch()
         assert spinner.resting and not spinner.spinning
-        clock.now_ns += 1_001  # a call after a pause longer than the bound
-        spinner.note_arrival()
-        assert spinner.resting
-        spinner.after_batch()  # resting: no wait, the answer's time is noted
-        assert spinner.missed == 2 * MISSES_TO_REST - 1
-        clock.now_ns += 1_000  # the next call within the bound: a spin would have caught it
-        spinner.note_arrival()
-        assert spinner.spinning and not spinner.resting and spinner.misses == 0
+        misses = spinner.missed
+        clock.now_ns += 1_001  # the next batch ends after a pause longer than the bound
+        spinner.after_batch()  # resting: no wait, the batch's end is noted
+        assert spinner.resting and spinner.missed == misses
+        clock.now_ns += 1_000  # the next within the bound: its call came sooner still
+        peer.send(b"x")
+        spinner.after_batch()
+        assert spinner.spinning and not spinner.resting and spinner.caught == 2
     finally:
         spinner.close()
         mine.close()
@@ -149,12 +150,12 @@ def test_a_wait_cut_short_by_a_crowded_machine_is_not_a_miss():
 
 
 def test_a_spinner_stopped_for_good_never_spins_again():
-    """An async or threaded actor's spinner: after_batch waits for nothing, note_arrival
-    does not wake it."""
+    """An async or threaded actor's spinner: after_batch waits for nothing, however soon
+    the batches come."""
     spinner = CallSpinner(spin_ns=LONG_SPIN_NS)
     spinner.stop_for_good()
-    spinner.after_batch()  # would hang for a minute if it spun
-    spinner.note_arrival()
+    for _ in range(MISSES_TO_REST + 2):
+        spinner.after_batch()  # would hang for a minute if it spun
     assert not spinner.spinning and not spinner.resting and spinner.missed == 0
 
 

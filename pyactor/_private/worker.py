@@ -128,8 +128,6 @@ class Executor:
         """A call from an owner. Its wire list is read as it came, without building the
         message's NamedTuple (this runs once per call), after the checks P.decode makes: a
         list of the kind's length; anything else goes through P.decode, which refuses it."""
-        if self.spinner.resting:  # a call after a pause: was it soon enough to spin again?
-            self.spinner.note_arrival()
         if type(raw) is list and raw:
             kind, length = raw[0], len(raw)
             if kind == _ACTOR_CALL_KIND and length == _ACTOR_CALL_LENGTH:

@@ -15,10 +15,12 @@ answered. Once something is readable it returns, and the event loop reads it as 
                    something readable  -> return, the loop reads it
                    nothing in time     -> a miss; MISSES_TO_REST misses in a row: rest
                    others need the CPU -> return at once (crowded; not a miss)
-        resting:   note when the batch ended; a call that arrives within SPIN_NS of that end
-                   (note_arrival, from the worker's message handler) starts spinning again
+        resting:   note when the batch ended; a batch that ends within SPIN_NS of the
+                   previous one (its call came sooner still) starts spinning again
 
-So spinning costs nothing where calls do not come back quickly (a few misses, then rest), and
+So spinning costs nothing where calls do not come back quickly (a few misses, then one clock
+read per batch; a worker whose calls each run longer than the bound stays resting, where a
+saved wake-up would matter least), and
 it never holds a CPU that another task waits for: the spin reads how many tasks are runnable
 system-wide (/proc/loadavg, every 20 us) and gives up as soon as there are more than CPUs. On a
 busy machine (a Pool of many workers, other programs) the wait is then a few microseconds, and
@@ -57,8 +59,7 @@ def _open_loadavg() -> int:
 
 
 class CallSpinner:
-    """Decides whether the worker polls after an answer, and polls. Main thread only, except
-    `stop_for_good`."""
+    """Decides whether the worker polls after an answer, and polls. Main thread only."""
 
     def __init__(self, spin_ns: int = SPIN_NS, clock=time.monotonic_ns):
         if spin_ns < 0:
@@ -115,27 +116,27 @@ class CallSpinner:
 
     def after_batch(self) -> None:
         """The connection's received calls are answered; the loop is about to sleep."""
-        if self.spinning:
-            ready = _lib.pa_poll_spin(self._fds, self._fd_count, self.spin_ns, self._loadavg_fd,
-                                      self.max_runnable)
-            if ready > 0:
-                self.misses = 0
-                self.caught += 1
+        if self.resting:
+            # Calls come quickly again when this batch ended within the bound of the last one
+            # (its call arrived sooner still): spin from now on, starting with this wait.
+            now = self._clock()
+            if now - self._ended_ns > self.spin_ns:
+                self._ended_ns = now
                 return
-            if ready == _lib.PA_SPIN_CROWDED:  # says nothing about when calls come
-                self.crowded += 1
-                return
-            self.missed += 1
-            self.misses += 1
-            if self.misses >= MISSES_TO_REST:
-                self.spinning, self.resting = False, True
-                self._ended_ns = self._clock()
-        elif self.resting:
-            self._ended_ns = self._clock()
-
-    def note_arrival(self) -> None:
-        """A call arrived while resting: spin again if it came within the bound of the last
-        answer (a spin would have caught it)."""
-        if self._clock() - self._ended_ns <= self.spin_ns:
-            self.spinning, self.resting = True, False
+            self.spinning, self.resting, self.misses = True, False, 0
+        elif not self.spinning:
+            return
+        ready = _lib.pa_poll_spin(self._fds, self._fd_count, self.spin_ns, self._loadavg_fd,
+                                  self.max_runnable)
+        if ready > 0:
             self.misses = 0
+            self.caught += 1
+            return
+        if ready == _lib.PA_SPIN_CROWDED:  # says nothing about when calls come
+            self.crowded += 1
+            return
+        self.missed += 1
+        self.misses += 1
+        if self.misses >= MISSES_TO_REST:
+            self.spinning, self.resting = False, True
+            self._ended_ns = self._clock()
