@@ -238,7 +238,7 @@ class Executor:
             self._reply_error(conn, task_id, error, traceback.format_exc(), name, in_main)
             return
         self._reply_result(conn, task_id, name, num_returns, owner, result, in_main)
-        if in_main:
+        if in_main and self.children:  # (only calls that submitted tasks have children)
             self.children.pop(task_id, None)
         RUNNING.pop(task_id, None)
         record_ran((task_id, name, actor_id, started, decoded, _now(), False, thread))
