@@ -132,17 +132,31 @@ def test_the_spinner_rests_after_misses_and_spins_again_when_calls_come_soon():
         peer.close()
 
 
-def test_a_wait_cut_short_by_a_crowded_machine_is_not_a_miss():
-    """With more tasks runnable than the spinner allows, its wait ends at once and counts as
-    crowded, not as a miss: it says nothing about when the next call comes."""
+def test_a_crowded_machine_cuts_waits_short_and_spaces_them_out_without_a_miss():
+    """With more tasks runnable than the spinner allows, a wait ends at once and counts as
+    crowded, not as a miss (it says nothing about when the next call comes); the next 1, 2,
+    4... batches then skip their wait; the first wait that is not crowded starts over."""
     mine, peer = socket.socketpair()
     spinner = CallSpinner(spin_ns=LONG_SPIN_NS)
     try:
         spinner.max_runnable = 0  # this thread alone is one too many
         spinner.watch("connection", mine.fileno())
-        for _ in range(MISSES_TO_REST):
+        crowded_after = []
+        for _ in range(10):
             spinner.after_batch()  # would hang for minutes if it waited
-        assert (spinner.crowded, spinner.missed, spinner.spinning) == (MISSES_TO_REST, 0, True)
+            crowded_after.append(spinner.crowded)
+        assert crowded_after == [1, 1, 2, 2, 2, 3, 3, 3, 3, 3]
+        assert (spinner.missed, spinner.spinning) == (0, True)
+        spinner.max_runnable = 1 << 30
+        peer.send(b"x")
+        spinner.after_batch()  # (the four after the third crowded wait were skipped)
+        assert (spinner.caught, spinner.crowded) == (1, 3)
+        mine.recv(1)
+        spinner.max_runnable = 0
+        spinner.after_batch()
+        spinner.after_batch()  # skipped: one batch only, the count started over
+        spinner.after_batch()
+        assert spinner.crowded == 5
     finally:
         spinner.close()
         mine.close()

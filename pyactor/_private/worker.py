@@ -42,8 +42,8 @@ from pyactor._private import serialization, transport
 from pyactor._private.ids import object_id_for
 from pyactor._private.metrics import TaskStats
 from pyactor._private.streaming import StreamSender
-from pyactor._private.worker_spin import CallSpinner
 from pyactor._private.task_events import RUNNING, now as _now, record_ran, record_transfer
+from pyactor._private.worker_spin import CallSpinner
 from pyactor.exceptions import (ObjectLostError, ProtocolError, RuntimeEnvSetupError,
                                 TaskCancelledError, TaskError)
 

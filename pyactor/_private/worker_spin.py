@@ -14,7 +14,8 @@ answered. Once something is readable it returns, and the event loop reads it as 
         spinning:  pa_poll_spin(task endpoint sockets + listener, SPIN_NS)    [C, no GIL]
                    something readable  -> return, the loop reads it
                    nothing in time     -> a miss; MISSES_TO_REST misses in a row: rest
-                   others need the CPU -> return at once (crowded; not a miss)
+                   others need the CPU -> return at once (crowded; not a miss), and skip
+                                          the next 1, 2, 4... 64 batches' waits
         resting:   note when the batch ended; a batch that ends within SPIN_NS of the
                    previous one (its call came sooner still) starts spinning again
 
@@ -40,14 +41,18 @@ import time
 
 try:  # the compiled part (csrc/net.c)
     from pyactor._store_cffi import ffi as _ffi, lib as _lib
+    _CROWDED = _lib.PA_SPIN_CROWDED
 except ImportError:  # pragma: no cover - the extension is built by every install
-    _ffi = _lib = None
+    _ffi = _lib = _CROWDED = None
 
 # How long a worker polls after an answer, in microseconds (0 turns spinning off). The round
 # trip of a call made right after the previous answer is the caller's Python turn, 50-100 us;
 # see docs/worker-path.md for the measurement behind the default.
 SPIN_NS = int(float(os.environ.get("PYACTOR_WORKER_SPIN_US", "200")) * 1000)
 MISSES_TO_REST = 3  # waits in a row that caught nothing: stop spinning until calls come quickly
+# After a wait cut short by a crowded machine, skip the next 1, 2, 4... up to this many batches'
+# waits before looking again (each look costs ~3 us: a poll and a read of /proc/loadavg).
+MAX_CROWDED_SKIP = 64
 
 
 def _open_loadavg() -> int:
@@ -73,6 +78,8 @@ class CallSpinner:
         self.caught = 0   # waits that ended with something readable (counters for tests and
         self.missed = 0   # docs/worker-path.md; not on any decision path)
         self.crowded = 0  # waits given up because another task waited for a CPU
+        self._skip = 0  # batches whose wait is skipped: the machine was crowded a moment ago
+        self._next_skip = 1
         self._loadavg_fd = _open_loadavg() if self.usable else -1
         self.max_runnable = os.cpu_count() or 1
         self._ended_ns = 0
@@ -126,14 +133,20 @@ class CallSpinner:
             self.spinning, self.resting, self.misses = True, False, 0
         elif not self.spinning:
             return
+        elif self._skip:
+            self._skip -= 1
+            return
         ready = _lib.pa_poll_spin(self._fds, self._fd_count, self.spin_ns, self._loadavg_fd,
                                   self.max_runnable)
+        if ready == _CROWDED:  # says nothing about when calls come
+            self.crowded += 1
+            self._skip = self._next_skip
+            self._next_skip = min(2 * self._next_skip, MAX_CROWDED_SKIP)
+            return
+        self._next_skip = 1
         if ready > 0:
             self.misses = 0
             self.caught += 1
-            return
-        if ready == _lib.PA_SPIN_CROWDED:  # says nothing about when calls come
-            self.crowded += 1
             return
         self.missed += 1
         self.misses += 1
