@@ -15,7 +15,7 @@ import pytest
 import pyactor as pa
 from pyactor._private.worker_spin import MISSES_TO_REST, CallSpinner
 from pyactor._store_cffi import ffi, lib
-from tests.conftest import wait_until
+from conftest import wait_until
 
 LONG_SPIN_NS = 60 * 10**9  # a spin only something readable can end
 HANG_GUARD_S = 5  # far below LONG_SPIN_NS: a call that had to wait for the spin's end fails
