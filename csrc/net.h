@@ -49,4 +49,18 @@ long pa_recv_frame(int fd, char *buf, long capacity, pa_inbox *inbox, long max_f
  * the socket's buffer also when fd is non-blocking. */
 long pa_send_frame(int fd, const char *body, long body_len, long offset);
 
+/* ---- The worker's hot wait after an answer ---------------------------------------------------
+ *
+ * pa_poll_spin polls the sockets fds[0..nfds) without blocking, again and again, for up to
+ * spin_ns nanoseconds, and returns as soon as any of them is readable (data, the peer's close,
+ * or an error), so that a worker whose next call comes within that time is not put to sleep
+ * and woken again. A spinning thread must not hold a CPU that another runnable task waits for:
+ * with loadavg_fd (an open /proc/loadavg, or -1 not to look) it gives up, returning
+ * PA_SPIN_CROWDED, as soon as more than max_runnable tasks are runnable system-wide (pass the
+ * number of CPUs; the spinner itself is one of them), looking at the start and every 20 us.
+ * Called through cffi, which releases the GIL. Returns how many fds are readable (> 0), 0 when
+ * none became readable in time, PA_SPIN_CROWDED, or -errno. */
+#define PA_SPIN_CROWDED -1000001
+long pa_poll_spin(const int *fds, long nfds, long spin_ns, int loadavg_fd, long max_runnable);
+
 #endif

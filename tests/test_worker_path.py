@@ -70,6 +70,15 @@ def test_the_worker_reads_calls_in_the_protocols_field_order():
     assert tuple(parameters[2:]) == P.PushTask._fields
 
 
+def test_the_workers_answer_is_a_task_done_in_the_protocols_field_order():
+    """The worker writes TaskDone as its wire list, [kind, task_id, returns, error,
+    retryable]: what P.encode gives and P.decode reads back."""
+    from pyactor._private.worker import _TASK_DONE_KIND
+    done = P.TaskDone(b"t" * 16, [[P.VALUE_INLINE, b"v", None, None]], None, False)
+    assert [_TASK_DONE_KIND, *done] == P.encode(done)
+    assert P.TaskDone._fields == ("task_id", "returns", "error", "retryable")
+
+
 @pa.remote
 class Endpoint:
     def task_address(self):

@@ -399,6 +399,9 @@ class _Endpoint:
     handshake_timeout_s: float
     is_server: bool
     on_reject: OnReject | None = None  # servers: where failed handshakes are reported
+    # Servers: runs after a connection handled a batch of received messages, before the loop
+    # goes back to waiting (a worker polls for its next call there: worker_spin.py).
+    after_batch: Callable[[], None] | None = None
 
 
 _thread_state = threading.local()
@@ -460,6 +463,12 @@ class Connection(asyncio.Protocol):
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open" if self._authenticated else "handshaking"
         return f"<Connection {self._address} {state}>"
+
+    def fileno(self) -> int:
+        """The socket's file descriptor, or -1 when there is none (not connected, or not a
+        socket): for polling it from C, never for reading or writing past the transport."""
+        sock = self._transport.get_extra_info("socket") if self._transport is not None else None
+        return sock.fileno() if sock is not None else -1
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -631,13 +640,12 @@ class Connection(asyncio.Protocol):
             transport.write(encode_frame([PROTOCOL_MAGIC, PROTOCOL_VERSION, self._server_nonce]))
 
     def data_received(self, data: bytes) -> None:
-        if self._authenticated:
-            self._deliver(data)
-        else:
+        """Decode what `data` completes and hand each message to on_message, in order; before
+        the handshake completed, its frames go to _handshake_received instead. (One function:
+        this runs once per call a worker receives.)"""
+        if not self._authenticated:
             self._handshake_received(data)
-
-    def _deliver(self, data: bytes) -> None:
-        """Decode what `data` completes and hand each message to on_message, in order."""
+            return
         if self.closed:
             return
         decoder = self._decoder
@@ -676,6 +684,9 @@ class Connection(asyncio.Protocol):
             self._delivering = False
         if self._flush_scheduled:
             self._flush()
+        after_batch = self._endpoint.after_batch
+        if after_batch is not None:
+            after_batch()
 
     def eof_received(self) -> bool:
         if self._decoder.buffered_bytes and not self.closed:
@@ -754,7 +765,7 @@ class Connection(asyncio.Protocol):
                 else:
                     self._check_server_proof(frames[0])
                 if self._authenticated:
-                    self._deliver(b"")  # frames that came in the same read as the last proof
+                    self.data_received(b"")  # frames that came in the same read as the proof
                     return
                 frames = [] if self.closed else self._decoder.feed(b"", max_messages=1)
         except (ProtocolError, AuthenticationError) as error:
@@ -1071,6 +1082,11 @@ class Server:
     def __repr__(self) -> str:
         return f"<Server {self.host}:{self.port} connections={len(self.connections)}>"
 
+    def listener_filenos(self) -> list[int]:
+        """The listening sockets' file descriptors, TCP and local (for polling them from C)."""
+        listeners = [self._listener] + ([self._local_listener] if self._local_listener else [])
+        return [listener.sockets[0].fileno() for listener in listeners]
+
     def close(self) -> None:
         """Stop listening and close every connection (after writing what each has queued)."""
         self._listener.close()
@@ -1107,12 +1123,14 @@ async def serve(host: str, port: int, token: bytes, on_message: OnMessage, *,
                 on_connect: OnConnect | None = None, on_close: OnClose | None = None,
                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                 handshake_timeout_s: float = 10.0, on_reject: OnReject | None = None,
-                local_socket: bool = False) -> Server:
+                local_socket: bool = False,
+                after_batch: Callable[[], None] | None = None) -> Server:
     """Listen on host:port; `on_connect(conn)` runs for each connection once it authenticated.
     `on_reject(peer, reason)` (any thread's code may be behind it) hears of each connection that
     failed the handshake; by default they are logged here, aggregated, once a minute at most.
     With `local_socket`, also listen on local_socket_name(host, port) for clients on this host
-    (see the module's notes; if the name is taken, TCP alone serves)."""
+    (see the module's notes; if the name is taken, TCP alone serves). `after_batch()` runs each
+    time a connection has handled the messages of one read."""
     loop = asyncio.get_running_loop()
     if on_reject is None:
         on_reject = RejectionReporter(loop, DEFAULT_REJECTION_REPORT_S,
@@ -1120,7 +1138,7 @@ async def serve(host: str, port: int, token: bytes, on_message: OnMessage, *,
     endpoint = _Endpoint(token=_check_token(token), on_message=on_message, on_connect=on_connect,
                          on_close=on_close, max_frame_bytes=_check_max_frame_bytes(max_frame_bytes),
                          handshake_timeout_s=handshake_timeout_s, is_server=True,
-                         on_reject=on_reject)
+                         on_reject=on_reject, after_batch=after_batch)
     server = Server(host)
     server._listener = await loop.create_server(lambda: Connection(endpoint, server=server),
                                                 host, port)

@@ -43,6 +43,7 @@ from pyactor._private.ids import object_id_for
 from pyactor._private.metrics import TaskStats
 from pyactor._private.streaming import StreamSender
 from pyactor._private.task_events import RUNNING, now as _now, record_ran, record_transfer
+from pyactor._private.worker_spin import CallSpinner
 from pyactor.exceptions import (ObjectLostError, ProtocolError, RuntimeEnvSetupError,
                                 TaskCancelledError, TaskError)
 
@@ -53,6 +54,9 @@ _ACTOR_CALL_KIND = P.KIND_OF[P.ActorCall]
 _ACTOR_CALL_LENGTH = 1 + len(P.ActorCall._fields)
 _PUSH_TASK_KIND = P.KIND_OF[P.PushTask]
 _PUSH_TASK_LENGTH = 1 + len(P.PushTask._fields)
+# A TaskDone is written as its wire list, [kind, task_id, returns, error, retryable] (what
+# P.encode(P.TaskDone(...)) gives, without building the NamedTuple per answer).
+_TASK_DONE_KIND = P.KIND_OF[P.TaskDone]
 
 # Ids of recently started tasks, for RevokeTasks: an owner only revokes tasks it pipelined to us
 # and has no answer for yet, a handful at most.
@@ -105,9 +109,16 @@ class Executor:
         runtime.on_submit = self._on_submit
         self.children: dict[bytes, list[bytes]] = {}  # task -> tasks it submitted (cancel)
         signal.signal(signal.SIGUSR1, self._interrupt)
-        self.server = self.loop.run_until_complete(
-            transport.serve(host, 0, runtime.token, self._on_task_message,
-                            on_reject=runtime.rejections.add, local_socket=True))
+        # After answering, poll the task endpoint for the next call before sleeping (see
+        # worker_spin.py): the spinner watches every caller's connection and the listeners.
+        self.spinner = CallSpinner()
+        self.server = self.loop.run_until_complete(transport.serve(
+            host, 0, runtime.token, self._on_task_message, on_reject=runtime.rejections.add,
+            on_connect=lambda conn: self.spinner.watch(conn, conn.fileno()),
+            on_close=lambda conn, _reason: self.spinner.unwatch(conn),
+            after_batch=self.spinner.after_batch if self.spinner.usable else None,
+            local_socket=True))
+        self.spinner.watch_listeners(self.server.listener_filenos())
         self.task_address = [host, self.server.port]
 
     def run_forever(self) -> None:
@@ -169,8 +180,9 @@ class Executor:
         self.current_owner = None
 
     def _run_actor_call(self, conn, message: P.ActorCall) -> None:
+        """A threaded actor's call, on a thread of its pool."""
         self._invoke(conn, message.task_id, message.method, message.num_returns, message.owner,
-                     None, message.args, message.kwargs)
+                     None, message.args, message.kwargs, threading.get_ident())
 
     def _function(self, function_id: bytes):
         function = self.functions.get(function_id)
@@ -179,16 +191,17 @@ class Executor:
                 self.function_blobs.pop(function_id))
         return function
 
-    def _invoke(self, conn, task_id, name, num_returns, owner, function_id, args, kwargs):
+    def _invoke(self, conn, task_id, name, num_returns, owner, function_id, args, kwargs,
+                thread=0):
         """Run one call and answer it: the function `function_id` (a task), or with None the
         actor's method `name`. Looking the function up is part of the call: its failure (an
-        unknown method) is the caller's error."""
-        thread = threading.get_ident()
-        in_main = thread == self.main_thread_id
+        unknown method) is the caller's error. `thread`: 0 on the main thread, else the id of
+        the threaded actor's pool thread that runs it. Bookkeeping that does not have to come
+        first (the task-event record, counters, the children list) comes after the answer."""
+        in_main = thread == 0
         self._borrows_at_start = self.runtime.borrows_started
         if in_main:
             self.current_task = task_id
-            thread = 0
         actor_id = self.actor_id
         started = _now()
         RUNNING[task_id] = (name, actor_id, started)  # task_events.py: what runs now
@@ -211,9 +224,8 @@ class Executor:
             del call_args, call_kwargs  # the values may pin store objects: not beyond the call
             if type(result) is types.GeneratorType:  # a streaming call: items go one by one
                 result = StreamSender(self, task_id, owner, name).run(result)
-            if in_main:
+            if in_main:  # (before the answer: a cancel's signal must not hit its writing)
                 self.current_task = None
-                self.children.pop(task_id, None)
         except BaseException as error:  # noqa: BLE001 - everything the task raised goes back
             if in_main:
                 self.current_task = None
@@ -224,9 +236,11 @@ class Executor:
             if isinstance(error, (SystemExit, KeyboardInterrupt)) and not isinstance(
                     error, TaskCancelledError) and self.actor is None:
                 raise
-            self._reply_error(conn, task_id, error, traceback.format_exc(), name)
+            self._reply_error(conn, task_id, error, traceback.format_exc(), name, in_main)
             return
-        self._reply_result(conn, task_id, name, num_returns, owner, result)
+        self._reply_result(conn, task_id, name, num_returns, owner, result, in_main)
+        if in_main and self.children:  # (only calls that submitted tasks have children)
+            self.children.pop(task_id, None)
         RUNNING.pop(task_id, None)
         record_ran((task_id, name, actor_id, started, decoded, _now(), False, thread))
         self.calls_finished[actor_id is not None] += 1
@@ -250,33 +264,37 @@ class Executor:
         return serialization.deserialize(self.runtime.local_view(arg[1], arg[2]))
 
     # ------------------------------------------------------------------ answers
-    def _reply_result(self, conn, task_id, name, num_returns, owner, result) -> None:
+    def _reply_result(self, conn, task_id, name, num_returns, owner, result,
+                      in_main=True) -> None:
         if num_returns == 1:
             # The common answer, one small plain value (None, a number, a short string), is
             # encoded without the general serializer: byte for byte what it would write.
             inline = serialization.plain_to_bytes(result)
             if inline is not None and len(inline) < serialization.INLINE_THRESHOLD_BYTES:
-                self._send_done(conn, P.TaskDone(task_id, [[P.VALUE_INLINE, inline, None, None]],
-                                                 None, False))
+                self._send_done(conn, [_TASK_DONE_KIND, task_id,
+                                       [[P.VALUE_INLINE, inline, None, None]], None, False],
+                                in_main)
                 return
         try:
             values = [result] if num_returns == 1 else _split_returns(result, num_returns, name)
             returns = [self._encode_return(object_id_for(task_id, i), value, owner)
                        for i, value in enumerate(values)]
         except BaseException as error:  # noqa: BLE001 - an unpicklable result, a full store
-            self._reply_error(conn, task_id, error, traceback.format_exc(), name,
+            self._reply_error(conn, task_id, error, traceback.format_exc(), name, in_main,
                               retryable=False)
             return
-        self._send_done(conn, P.TaskDone(task_id, returns, None, False))
+        self._send_done(conn, [_TASK_DONE_KIND, task_id, returns, None, False], in_main)
 
-    def _reply_error(self, conn, task_id, error, remote_traceback, name, retryable=True) -> None:
+    def _reply_error(self, conn, task_id, error, remote_traceback, name, in_main=True,
+                     retryable=True) -> None:
         blob = pickle_error(error, remote_traceback, name)
-        self._send_done(conn, P.TaskDone(task_id, [], blob, retryable))
+        self._send_done(conn, [_TASK_DONE_KIND, task_id, [], blob, retryable], in_main)
 
-    def _send_done(self, conn, done: P.TaskDone) -> None:
-        """Answer on the connection the call came on. Borrowers this call registered with
-        other owners must be acknowledged first, or an owner could free an object we hold; that
-        wait happens only when refs travelled (rare), on the IO thread."""
+    def _send_done(self, conn, done: list, in_main: bool) -> None:
+        """Answer on the connection the call came on: `done` is a TaskDone's wire list, from
+        the main thread (`in_main`) or a threaded actor's pool thread. Borrowers this call
+        registered with other owners must be acknowledged first, or an owner could free an
+        object we hold; that wait happens only when refs travelled (rare), on the IO thread."""
         runtime = self.runtime
         if runtime.borrows_started != self._borrows_at_start or runtime.pending_registrations:
             async def settled():
@@ -285,15 +303,15 @@ class Executor:
                                      return_exceptions=True)
             asyncio.run_coroutine_threadsafe(settled(), runtime.loop).result()
         try:
-            if threading.get_ident() == self.main_thread_id:
+            if in_main:
                 # Written now: the next call may run long, do not hold this answer behind it.
-                conn.send_now(P.encode(done))
-            else:  # a threaded actor's pool thread
-                conn.send_threadsafe(P.encode(done))
+                conn.send_now(done)
+            else:
+                conn.send_threadsafe(done)
         except transport.ConnectionClosedError:
             # The caller went away while this ran: nobody is left to take the answer (its
             # owner's side already counted the call as lost when the connection closed).
-            logger.debug("the caller of %s is gone; its answer is dropped", done.task_id.hex())
+            logger.debug("the caller of %s is gone; its answer is dropped", done[1].hex())
 
     def _encode_return(self, object_id: bytes, value: Any, owner: list) -> list:
         serialized = serialization.serialize(value)
@@ -429,9 +447,11 @@ class Executor:
                for name in dir(cls) if not name.startswith("__")):
             self.actor_is_async = True
             self.actor_semaphore = asyncio.Semaphore(max_concurrency or 1000)
+            self.spinner.stop_for_good()  # its coroutines need the loop: never hold it
         elif max_concurrency and max_concurrency > 1:
             self.actor_pool = ThreadPoolExecutor(max_concurrency,
                                                  thread_name_prefix="pyactor-actor")
+            self.spinner.stop_for_good()  # its answers come through the loop: never hold it
         self.runtime.run_in_loop(conn.try_send, P.encode(P.ActorReady(message.actor_id, None)))
 
     async def _async_call(self, conn, message: P.ActorCall) -> None:
