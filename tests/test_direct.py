@@ -94,6 +94,37 @@ def test_waits_with_a_timeout_go_directly_and_multi_ref_gets_do_not(pa_module):
     assert direct_calls() == before + 3
 
 
+def test_a_worker_that_never_completes_the_handshake_does_not_hold_a_get_past_its_timeout(
+        pa_module, monkeypatch):
+    """A thread's first direct connection to a worker gets no longer than the get's timeout to
+    open (it had 10 s): the get times out on time, and the call, gone the ordinary way,
+    still completes."""
+    from pyactor._private import transport
+    stalled = []
+
+    def handshake_never_answered(host, port, token, timeout_s=10.0, **_kwargs):
+        stalled.append(timeout_s)
+        time.sleep(timeout_s)  # what a worker that accepts and never answers costs
+        raise TimeoutError(f"no pyactor handshake with {host}:{port} within {timeout_s} s")
+    pa.get(add_one.remote(0))  # (a worker is leased)
+    monkeypatch.setattr(transport, "BlockingConnection", handshake_never_answered)
+    refs, raised = [], []
+
+    def caller():  # (a new thread: no connection of its own yet)
+        refs.append(add_one.remote(1))
+        try:
+            pa.get(refs[0], timeout=1.5)
+        except pa.GetTimeoutError as error:
+            raised.append(error)
+    thread = threading.Thread(target=caller)
+    started = time.monotonic()
+    thread.start()
+    thread.join(30)
+    assert raised and stalled and max(stalled) <= 1.5
+    assert time.monotonic() - started < 8  # (10 s and more before)
+    assert pa.get(refs[0], timeout=30) == 2
+
+
 def test_a_direct_wait_that_times_out_loses_nothing(pa_module, tmp_path):
     """The timed-out caller gets GetTimeoutError; the answer still arrives (a helper thread
     reads it) and a later get returns it, for a task and for an actor call."""

@@ -69,6 +69,8 @@ ROUTE_OPEN = 0  # not taken yet
 ROUTE_LOOP = 1  # the IO thread took it
 ROUTE_DIRECT = 2  # a waiting thread took it
 
+# How long a new connection to a worker may take to open (connect and handshake).
+CONNECT_TIMEOUT_S = 10.0
 # Connections one thread keeps to workers it called; the least recently used beyond this close.
 CHANNELS_PER_THREAD = 32
 # How long a waiting thread polls for the answer before it sleeps in the kernel. An answer that
@@ -270,7 +272,7 @@ class DirectPath:
             self._timer_requested = True
             self.runtime.run_in_loop(self._start_timer)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        channel = self._send(address, spec, build, settle, state)
+        channel = self._send(address, spec, build, settle, state, timeout_s)
         if channel is not None:
             self._wait(channel, address, spec, settle, deadline, timeout_s)
 
@@ -516,11 +518,14 @@ class DirectPath:
             self.runtime.run_in_loop(self.runtime.actors.after_direct_call, view)
 
     # ------------------------------------------------------------------ the exchange
-    def _send(self, address, spec, build, settle, state: _ThreadState) -> _Channel | None:
+    def _send(self, address, spec, build, settle, state: _ThreadState,
+              timeout_s: float | None = None) -> _Channel | None:
         """Send build(channel) to the worker at `address` on this thread's connection; the
-        channel, whose answer is then due, or None when the call was settled as lost."""
+        channel, whose answer is then due, or None when the call was settled as lost. A new
+        connection gets at most timeout_s (a get's) to open: a worker that accepts and never
+        answers the handshake must not hold the get past its timeout."""
         try:
-            channel = self._channel(address, state)
+            channel = self._channel(address, state, timeout_s)
         except Exception as error:  # noqa: BLE001 - refused, reset, timed out, bad handshake
             logger.debug("direct connection to %s failed: %s", address, error)
             settle(None, _Lost(sent=False))
@@ -593,8 +598,10 @@ class DirectPath:
         settle(done, None if done is not None else _Lost(sent=True))
 
     # ------------------------------------------------------------------ connections
-    def _channel(self, key: tuple, state: _ThreadState | None = None) -> _Channel:
-        """This thread's connection for `key`: (host, port, who answers there)."""
+    def _channel(self, key: tuple, state: _ThreadState | None = None,
+                 timeout_s: float | None = None) -> _Channel:
+        """This thread's connection for `key`: (host, port, who answers there); a new one gets
+        up to CONNECT_TIMEOUT_S, or timeout_s if shorter, to open."""
         channels = (state or self._state()).channels
         channel = channels.get(key)
         if channel is not None and not channel.conn.closed:
@@ -607,7 +614,10 @@ class DirectPath:
                     channel.abandoned = False
                     channels.move_to_end(key)
                     return channel
-        channel = _Channel(transport.BlockingConnection(key[0], key[1], self.runtime.token))
+        connect_s = CONNECT_TIMEOUT_S if timeout_s is None else \
+            max(min(timeout_s, CONNECT_TIMEOUT_S), 0.001)
+        channel = _Channel(transport.BlockingConnection(key[0], key[1], self.runtime.token,
+                                                        connect_s))
         with self._channels_lock:
             if self.closed:
                 channel.conn.close()

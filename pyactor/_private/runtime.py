@@ -35,6 +35,7 @@ import logging
 import os
 import pickle
 import threading
+import time
 from collections import deque
 from typing import Any, Callable
 
@@ -580,7 +581,12 @@ class Runtime:
             entry = self.refs.entries.get(refs[0].id) or self._entries_of(refs)[0]
             if entry.state == PENDING:
                 if threading.current_thread() is not self._thread:
-                    self.direct.try_run(entry, timeout_s)  # pa.get(f.remote()): direct.py
+                    if timeout_s is None:
+                        self.direct.try_run(entry, None)  # pa.get(f.remote()): direct.py
+                    else:  # (what it took counts against the timeout: it may hand back early)
+                        started = time.monotonic()
+                        self.direct.try_run(entry, timeout_s)
+                        timeout_s = max(0.0, timeout_s - (time.monotonic() - started))
                 if entry.state == PENDING:
                     self._wait_for([entry], 1, timeout_s)
             elif self.direct.unclaimed:  # (see below)
