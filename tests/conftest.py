@@ -26,7 +26,7 @@ os.environ["PYACTOR_TEST_RUN"] = TEST_RUN_MARKER.split("=", 1)[1]
 
 # Every temporary file of this run (ours, pytest's tmp_path, those of the processes we start)
 # goes under one folder, so that what a test leaves behind is seen (see no_leftovers) and the
-# folder is removed when the run passes.
+# folder is removed when the run passes (or fails leaving nothing there to look at).
 # Processes that import this file again (workers unpickling a test's function) inherit it.
 _OWNS_RUN_TMP = "PYACTOR_TEST_RUN_TMP" not in os.environ
 if _OWNS_RUN_TMP:
@@ -49,7 +49,7 @@ def leftover_files() -> list[str]:
 def pytest_sessionfinish(session, exitstatus):
     if not _OWNS_RUN_TMP:
         return
-    if exitstatus == 0:
+    if exitstatus == 0 or not leftover_files():  # (a failed run keeps only what tells)
         shutil.rmtree(RUN_TMP, ignore_errors=True)
     else:
         print(f"\nthis run's temporary files are kept in {RUN_TMP}", file=sys.stderr)
